@@ -1,0 +1,96 @@
+"""Pure builders: a parsed LearnerPlatform in, the child manifests (plain dicts) out.
+
+Nothing here talks to a cluster or formats YAML: ``children()`` is what the operator applies and
+exactly what ``learner-operator render`` prints.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from learner_operator.builders import common as c
+from learner_operator.builders import config, evaluator, learner_api, network, observability
+from learner_operator.builders.common import (
+    FIELD_MANAGER,
+    OPTIONAL_SECRET_KEYS,
+    REQUIRED_SECRET_KEYS,
+    SECRET_HASH_ANNOTATION,
+    Manifest,
+    Platform,
+    secret_digest,
+)
+
+
+class ChildKind(NamedTuple):
+    api_version: str
+    kind: str
+    plural: str
+
+
+#: Every kind the operator may create, in the order they are applied: what a pod needs exists first.
+CHILD_KINDS: tuple[ChildKind, ...] = (
+    ChildKind("v1", "ServiceAccount", "serviceaccounts"),
+    ChildKind("v1", "ConfigMap", "configmaps"),
+    ChildKind("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies"),
+    ChildKind("v1", "Service", "services"),
+    ChildKind("apps/v1", "Deployment", "deployments"),
+    ChildKind("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers"),
+    ChildKind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets"),
+    ChildKind("monitoring.coreos.com/v1", "ServiceMonitor", "servicemonitors"),
+)
+_ORDER = {kind.kind: index for index, kind in enumerate(CHILD_KINDS)}
+
+
+def children(p: Platform) -> list[Manifest]:
+    """All children the spec asks for. Whatever is missing from this list gets pruned."""
+    spec = p.spec
+    api, ev, gw = c.api_name(p), c.evaluator_name(p), c.pushgateway_name(p)
+    out: list[Manifest] = [
+        config.config_map(p),
+        config.service_account(p, api, learner_api.APP, learner_api.COMPONENT),
+        learner_api.deployment(p),
+        learner_api.service(p),
+    ]
+    if spec.learner_api.autoscaling.enabled:
+        out.append(learner_api.autoscaler(p))
+    if spec.learner_api.pod_disruption_budget.enabled:
+        out.append(learner_api.disruption_budget(p))
+    if spec.network_policy.enabled:
+        out.append(network.policy(p, api, learner_api.APP, learner_api.COMPONENT,
+                                  ingress_port=c.API_PORT, egress=True))
+    if spec.evaluator.enabled:
+        out += [
+            config.service_account(p, ev, evaluator.APP, evaluator.COMPONENT),
+            evaluator.deployment(p),
+            evaluator.metrics_service(p),
+        ]
+        if spec.network_policy.enabled:
+            out.append(network.policy(p, ev, evaluator.APP, evaluator.COMPONENT,
+                                      ingress_port=c.EVALUATOR_METRICS_PORT, egress=True))
+    gateway = spec.observability.pushgateway
+    if gateway.enabled and not gateway.url:
+        out += [
+            config.service_account(p, gw, observability.APP, observability.COMPONENT),
+            observability.pushgateway_deployment(p),
+            observability.pushgateway_service(p),
+        ]
+        if spec.network_policy.enabled:
+            out.append(network.policy(p, gw, observability.APP, observability.COMPONENT,
+                                      ingress_port=c.PUSHGATEWAY_PORT, egress=False))
+    if spec.observability.service_monitor:
+        out.append(observability.service_monitor(p))
+    return sorted(out, key=lambda m: _ORDER[m["kind"]])
+
+
+__all__ = [
+    "CHILD_KINDS",
+    "FIELD_MANAGER",
+    "OPTIONAL_SECRET_KEYS",
+    "REQUIRED_SECRET_KEYS",
+    "SECRET_HASH_ANNOTATION",
+    "ChildKind",
+    "Manifest",
+    "Platform",
+    "children",
+    "secret_digest",
+]

@@ -1,0 +1,240 @@
+"""What every child shares: names, labels, owner references, the restricted pod security."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from learner_operator.models import API_VERSION, KIND, LearnerPlatformSpec
+
+Manifest = dict[str, Any]
+
+FIELD_MANAGER = "learner-platform-operator"
+PART_OF = "learner-platform"
+API_PORT = 8000
+EVALUATOR_METRICS_PORT = 9102
+PUSHGATEWAY_PORT = 9091
+#: UID/GID the images run as: above 10000 so they never match a host user.
+RUN_AS_USER = 10001
+
+#: Annotations on pod templates: a change of either rolls the pods.
+SECRET_HASH_ANNOTATION = "learner.dev/secret-hash"
+CONFIG_HASH_ANNOTATION = "learner.dev/config-hash"
+
+REQUIRED_SECRET_KEYS = ("DATABASE_URL", "REDIS_URL")
+#: Wired when present (optional secretKeyRefs), so that a Secret without them still starts.
+OPTIONAL_SECRET_KEYS = ("JWT_SECRET", "JWT_PUBLIC_KEY", "PAYMENT_WEBHOOK_SECRET", "ALERTMANAGER_URL")
+
+
+@dataclasses.dataclass(frozen=True)
+class Platform:
+    """One LearnerPlatform as the builders need it: identity, the parsed spec, the Secret's digest."""
+
+    name: str
+    namespace: str
+    uid: str
+    spec: LearnerPlatformSpec
+    #: A digest of the referenced Secret's wired keys; never the values themselves.
+    secret_hash: str = "unknown"
+
+
+def secret_digest(uid: str, data: Mapping[str, bytes]) -> str:
+    """A short salted digest of the wired keys: enough to roll pods on rotation, useless to recover a value."""
+    digest = hashlib.sha256(uid.encode())
+    for key in sorted(k for k in data if k in REQUIRED_SECRET_KEYS + OPTIONAL_SECRET_KEYS):
+        digest.update(key.encode() + b"\0" + data[key] + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def content_digest(data: Mapping[str, str]) -> str:
+    digest = hashlib.sha256()
+    for key in sorted(data):
+        digest.update(key.encode() + b"\0" + data[key].encode() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def api_name(p: Platform) -> str:
+    return f"{p.name}-learner-api"
+
+
+def evaluator_name(p: Platform) -> str:
+    return f"{p.name}-evaluator"
+
+
+def pushgateway_name(p: Platform) -> str:
+    return f"{p.name}-pushgateway"
+
+
+def config_name(p: Platform) -> str:
+    return f"{p.name}-config"
+
+
+def label_value(text: str) -> str:
+    """Labels hold at most 63 characters from [A-Za-z0-9._-], starting and ending alphanumeric."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "-", text)[:63]
+    return cleaned.strip("._-")
+
+
+def selector_labels(p: Platform, app: str) -> dict[str, str]:
+    """The immutable part of the labels: what Deployments, Services and PDBs select on."""
+    return {"app.kubernetes.io/name": app, "app.kubernetes.io/instance": p.name}
+
+
+def labels(p: Platform, app: str, component: str) -> dict[str, str]:
+    return {
+        **selector_labels(p, app),
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/part-of": PART_OF,
+        "app.kubernetes.io/managed-by": FIELD_MANAGER,
+        "app.kubernetes.io/version": label_value(p.spec.image.tag),
+    }
+
+
+def metadata(p: Platform, name: str, app: str, component: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": p.namespace,
+        "labels": labels(p, app, component),
+        "ownerReferences": [{
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "name": p.name,
+            "uid": p.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }],
+    }
+
+
+def pod_security_context() -> dict[str, Any]:
+    """Pod Security Standards "restricted", pod level."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_USER,
+        "runAsGroup": RUN_AS_USER,
+        "fsGroup": RUN_AS_USER,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def container_security_context() -> dict[str, Any]:
+    """Pod Security Standards "restricted", container level, plus a read-only root filesystem."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def tmp_volume() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The writable /tmp that a read-only root filesystem still needs (volume, mount)."""
+    return {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}, {"name": "tmp", "mountPath": "/tmp"}  # noqa: S108
+
+
+def topology_spread(p: Platform, app: str) -> list[dict[str, Any]]:
+    """Spread replicas over nodes and zones, without refusing to schedule when that is impossible."""
+    return [
+        {
+            "maxSkew": 1,
+            "topologyKey": key,
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": selector_labels(p, app)},
+            "matchLabelKeys": ["pod-template-hash"],
+        }
+        for key in ("kubernetes.io/hostname", "topology.kubernetes.io/zone")
+    ]
+
+
+def secret_env(p: Platform) -> list[dict[str, Any]]:
+    """The Secret's keys wired by reference: the values never leave the Secret."""
+    return [
+        {"name": key, "valueFrom": {"secretKeyRef": {"name": p.spec.secret_ref.name, "key": key,
+                                                      **({"optional": True} if optional else {})}}}
+        for keys, optional in ((REQUIRED_SECRET_KEYS, False), (OPTIONAL_SECRET_KEYS, True))
+        for key in keys
+    ]
+
+
+def resources(spec_resources: Any) -> dict[str, Any]:
+    dumped: dict[str, Any] = spec_resources.model_dump(by_alias=True, mode="json")
+    return dumped
+
+
+def image(p: Platform) -> str:
+    return f"{p.spec.image.repository}:{p.spec.image.tag}"
+
+
+def pushgateway_url(p: Platform) -> str:
+    gateway = p.spec.observability.pushgateway
+    if not gateway.enabled:
+        return ""
+    return gateway.url or f"http://{pushgateway_name(p)}.{p.namespace}.svc:{PUSHGATEWAY_PORT}"
+
+
+def config_data(p: Platform) -> dict[str, str]:
+    data = {
+        "NODE_ENV": p.spec.environment,
+        "TENANT_MODE": p.spec.tenant_mode,
+        "PORT": str(API_PORT),
+        "METRICS_PORT": str(EVALUATOR_METRICS_PORT),
+        "LOG_FORMAT": "json",
+    }
+    if url := pushgateway_url(p):
+        data["PUSHGATEWAY_URL"] = url
+    return data
+
+
+def pod_template(
+    p: Platform, app: str, component: str, *, metrics_port: int, grace_seconds: int, container: dict[str, Any]
+) -> dict[str, Any]:
+    """A restricted pod running the platform image; ``container`` adds what differs (args, ports, probes).
+
+    Secret keys, the ConfigMap, security contexts, /tmp and the rollout hashes are the same for
+    every workload, so they are filled in here once.
+    """
+    volume, mount = tmp_volume()
+    return {
+        "metadata": {
+            "labels": labels(p, app, component),
+            "annotations": {
+                SECRET_HASH_ANNOTATION: p.secret_hash,
+                CONFIG_HASH_ANNOTATION: content_digest(config_data(p)),
+                "prometheus.io/scrape": "true",
+                "prometheus.io/port": str(metrics_port),
+                "prometheus.io/path": "/metrics",
+            },
+        },
+        "spec": {
+            "serviceAccountName": f"{p.name}-{app}",
+            "automountServiceAccountToken": False,
+            "securityContext": pod_security_context(),
+            "terminationGracePeriodSeconds": grace_seconds,
+            "topologySpreadConstraints": topology_spread(p, app),
+            "containers": [{
+                "name": app,
+                "image": image(p),
+                "imagePullPolicy": p.spec.image.pull_policy,
+                "command": ["learner-api"],
+                **container,
+                "envFrom": [{"configMapRef": {"name": config_name(p)}}],
+                "env": [*container.get("env", []), *secret_env(p)],
+                "securityContext": container_security_context(),
+                "volumeMounts": [mount],
+            }],
+            "volumes": [volume],
+        },
+    }
+
+
+def http_probe(path: str, port: str, period: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": port},
+        "periodSeconds": period,
+        "timeoutSeconds": 2,
+        "failureThreshold": failures,
+    }

@@ -1,0 +1,45 @@
+"""NetworkPolicies: each component may receive and send only what it needs."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from learner_operator.builders import common as c
+
+
+def _dns() -> dict[str, Any]:
+    return {"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]}
+
+
+def _tcp(*ports: int) -> dict[str, Any]:
+    return {"ports": [{"port": port, "protocol": "TCP"} for port in ports]}
+
+
+def _pushgateway_port(p: c.Platform) -> int | None:
+    url = c.pushgateway_url(p)
+    if not url:
+        return None
+    parts = urlsplit(url)
+    return parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def policy(p: c.Platform, name: str, app: str, component: str, *, ingress_port: int, egress: bool) -> c.Manifest:
+    """Ingress on one port from anywhere (learners come through an ingress controller, Prometheus from
+    its own namespace); egress to DNS and to the managed databases' ports only."""
+    egress_rules: list[dict[str, Any]] = []
+    if egress:
+        egress_rules = [_dns(), _tcp(*p.spec.network_policy.egress_ports)]
+        if (port := _pushgateway_port(p)) is not None and app == "evaluator":
+            egress_rules.append(_tcp(port))
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": c.metadata(p, name, app, component),
+        "spec": {
+            "podSelector": {"matchLabels": c.selector_labels(p, app)},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [_tcp(ingress_port)],
+            "egress": egress_rules,
+        },
+    }

@@ -1,0 +1,107 @@
+"""A coalescing work queue: many triggers for one platform become one reconcile at a time.
+
+Like client-go's workqueue: a key is either waiting, being worked on, or neither; a trigger that
+arrives while its key is being worked on marks it dirty and the key runs once more afterwards.
+Failures come back after an exponential backoff; a periodic resync touches every known key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+Work = Callable[[K], Awaitable[float | None]]  # returns seconds until a retry, or None
+
+logger = logging.getLogger(__name__)
+
+
+class Engine(Generic[K]):
+    def __init__(self, work: Work[K], *, workers: int = 8, max_backoff: float = 300.0) -> None:
+        self._work = work
+        self._workers = workers
+        self._max_backoff = max_backoff
+        self._queue: asyncio.Queue[K] = asyncio.Queue()
+        self._waiting: set[K] = set()
+        self._active: set[K] = set()
+        self._dirty: set[K] = set()
+        self._timers: dict[K, asyncio.TimerHandle] = {}
+        self._failures: dict[K, int] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def trigger(self, key: K) -> None:
+        if key in self._active:
+            self._dirty.add(key)
+        elif key not in self._waiting:
+            self._waiting.add(key)
+            self._idle.clear()
+            self._queue.put_nowait(key)
+
+    def trigger_later(self, key: K, delay: float) -> None:
+        if (timer := self._timers.pop(key, None)) is not None:
+            timer.cancel()
+        self._timers[key] = asyncio.get_running_loop().call_later(delay, self._fire, key)
+
+    def _fire(self, key: K) -> None:
+        self._timers.pop(key, None)
+        self.trigger(key)
+
+    def forget(self, key: K) -> None:
+        if (timer := self._timers.pop(key, None)) is not None:
+            timer.cancel()
+        self._failures.pop(key, None)
+
+    @property
+    def depth(self) -> int:
+        return len(self._waiting)
+
+    async def wait_idle(self) -> None:
+        """Until nothing is waiting or being worked on (for tests and benchmarks)."""
+        await self._idle.wait()
+
+    async def _worker(self) -> None:
+        while True:
+            key = await self._queue.get()
+            self._waiting.discard(key)
+            self._active.add(key)
+            retry: float | None
+            try:
+                retry = await self._work(key)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("Reconcile of %s failed", key)
+                retry = 1.0
+            finally:
+                self._active.discard(key)
+            if retry is None:
+                self._failures.pop(key, None)
+            else:
+                failures = self._failures[key] = self._failures.get(key, 0) + 1
+                retry = min(self._max_backoff, retry * 2.0 ** (failures - 1))
+            if key in self._dirty:
+                self._dirty.discard(key)
+                self.trigger(key)
+            elif retry is not None:
+                self.trigger_later(key, retry)
+            if not self._waiting and not self._active:
+                self._idle.set()
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._worker(), name=f"reconcile-worker-{i}") for i in range(self._workers)]
+
+    async def stop(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []

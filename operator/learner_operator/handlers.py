@@ -1,0 +1,199 @@
+"""kopf handlers, kept thin: they feed the caches and the work queue; the reconciler does the work.
+
+Why not ``@kopf.on.create/update``: those keep their progress in annotations on the CR (a write per
+change) and daemons/timers add a finalizer (a write per CR, and a CR that cannot be deleted while
+the operator is down). Event handlers plus our own queue make a no-op resync cost zero writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Callable
+from typing import Any, cast
+
+import kopf
+
+from learner_operator import builders
+from learner_operator.builders import FIELD_MANAGER
+from learner_operator.engine import Engine
+from learner_operator.kube import KubeApi, RequestCounter
+from learner_operator.kube.client import connect
+from learner_operator.livestate import LiveState, compact, controller_uid
+from learner_operator.metrics import Metrics
+from learner_operator.models import CONDITION_TYPES, GROUP, KIND, PLURAL, VERSION
+from learner_operator.platforms import Key, Platforms
+from learner_operator.reconcile import Deps, reconcile
+
+logger = logging.getLogger("learner_operator")
+MANAGED = {"app.kubernetes.io/managed-by": FIELD_MANAGER}
+
+
+@dataclasses.dataclass(frozen=True)
+class OperatorConfig:
+    resync_seconds: float = 300.0
+    workers: int = 8
+    #: The API server for the reconciler's own requests; None: in-cluster config, else kubeconfig.
+    api_host: str | None = None
+    #: Where /metrics is served; None: not served (tests that run several operators in one process).
+    metrics_port: int | None = 9090
+
+
+@dataclasses.dataclass
+class Runtime:
+    """Everything one running operator shares between handlers: kept in kopf's memo, not in globals."""
+
+    deps: Deps
+    engine: Engine[Key]
+    tasks: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)
+    closers: list[Callable[[], Any]] = dataclasses.field(default_factory=list)
+
+    @property
+    def platforms(self) -> Platforms:
+        return self.deps.platforms
+
+
+def configure(settings: kopf.OperatorSettings) -> None:
+    # Watch streams that go silent (a dropped connection that never errors) are kopf's most reported
+    # problem: the server closes each watch after server_timeout, the client gives up a bit later.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 30
+    settings.networking.request_timeout = 60
+    # Only warnings and errors become Kubernetes Events: every INFO line would be a write.
+    settings.posting.level = logging.WARNING
+
+
+def _index_ids() -> list[str]:
+    return [f"children_{kind.plural}" for kind in builders.CHILD_KINDS]
+
+
+def _owner_name(body: Any) -> str | None:
+    for ref in (body.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("controller") and ref.get("kind") == KIND:
+            return str(ref.get("name"))
+    return None
+
+
+def register(registry: kopf.OperatorRegistry, config: OperatorConfig, login: Callable[..., Any]) -> None:
+    """Put the operator's handlers into ``registry`` (one registry per operator: tests run several)."""
+
+    kopf.on.login(registry=registry)(login)
+
+    @kopf.on.startup(registry=registry)
+    async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+        configure(settings)
+        metrics = Metrics()
+        counter = RequestCounter(lambda verb: metrics.api_requests.labels(verb).inc())
+        api: KubeApi = await connect(config.api_host, counter)
+        deps = Deps(api=api, live=LiveState(), platforms=Platforms(), metrics=metrics,
+                    warn=lambda body, reason, message: kopf.warn(cast(Any, body), reason=reason, message=message))
+
+        async def work(key: Key) -> float | None:
+            snapshot = deps.platforms.get(key)
+            if snapshot is None:
+                return None
+            adapter = logging.LoggerAdapter(logger, {"platform": f"{key[0]}/{key[1]}"})
+            with metrics.duration.time():
+                try:
+                    retry = await reconcile(deps, snapshot, adapter)  # type: ignore[arg-type]
+                except Exception:
+                    metrics.reconciles.labels("error").inc()
+                    raise
+            metrics.reconciles.labels("retry" if retry is not None else "ok").inc()
+            metrics.queue_depth.set(runtime.engine.depth)
+            return retry
+
+        runtime = Runtime(deps=deps, engine=Engine(work, workers=config.workers))
+        runtime.engine.start()
+        runtime.tasks.append(asyncio.create_task(_resync(runtime, config.resync_seconds), name="resync"))
+        if config.metrics_port is not None:
+            runtime.closers.append(await _serve_metrics(metrics, config.metrics_port))
+        memo["runtime"] = runtime
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+        runtime: Runtime | None = memo.get("runtime")
+        if runtime is None:
+            return
+        await runtime.engine.stop()
+        for task in runtime.tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for close in runtime.closers:
+            await close()
+        await runtime.deps.api.close()
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    async def platform_event(event: Any, body: Any, memo: kopf.Memo, **kwargs: Any) -> None:
+        runtime: Runtime = memo["runtime"]
+        runtime.deps.live.attach(kwargs[name] for name in _index_ids())
+        meta = body.get("metadata") or {}
+        key: Key = (str(meta.get("namespace")), str(meta.get("name")))
+        if event.get("type") == "DELETED":
+            runtime.platforms.forget(key)
+            runtime.engine.forget(key)
+            runtime.deps.live.drop_owner(str(meta.get("uid")))
+            runtime.deps.metrics.forget(key[0], key[1], CONDITION_TYPES)
+        elif runtime.platforms.observe(body):
+            runtime.engine.trigger(key)
+        runtime.deps.metrics.platforms.set(len(runtime.platforms))
+
+    def index_child(body: Any, **_: Any) -> dict[str, Any] | None:
+        uid = controller_uid(body, KIND)
+        return {uid: compact(body)} if uid else None
+
+    async def child_event(event: Any, body: Any, namespace: str | None, memo: Any, **_: Any) -> None:
+        if event.get("type") is None:
+            return  # the initial listing: the platforms' own events start their reconciles
+        owner = _owner_name(body)
+        runtime: Runtime = memo["runtime"]
+        if owner is None:
+            return
+        meta = body.get("metadata") or {}
+        uid = controller_uid(body, KIND) or ""
+        if event.get("type") != "DELETED" and runtime.deps.live.is_own_write(
+            uid, str(body.get("kind")), str(meta.get("name")), str(meta.get("resourceVersion"))
+        ):
+            return  # the echo of our own apply
+        runtime.engine.trigger((str(namespace), owner))
+
+    for kind, index_id in zip(builders.CHILD_KINDS, _index_ids(), strict=True):
+        group, _, version = kind.api_version.rpartition("/")
+        kopf.index(group, version, kind.plural, labels=MANAGED, id=index_id, registry=registry)(index_child)
+        kopf.on.event(group, version, kind.plural, labels=MANAGED, id=f"{index_id}_events",
+                      registry=registry)(child_event)
+
+    @kopf.on.event("", "v1", "secrets", registry=registry)
+    async def secret_event(event: Any, name: str, namespace: str | None, memo: Any, **_: Any) -> None:
+        if event.get("type") is None:
+            return
+        runtime: Runtime = memo["runtime"]
+        for key in runtime.platforms.referencing_secret(str(namespace), name):
+            runtime.engine.trigger(key)
+
+
+async def _resync(runtime: Runtime, period: float) -> None:
+    """Level-triggered safety net: every platform is reconciled at least once per period."""
+    while True:
+        await asyncio.sleep(period)
+        for key in runtime.platforms.known():
+            runtime.engine.trigger(key)
+
+
+async def _serve_metrics(metrics: Metrics, port: int) -> Callable[[], Any]:
+    from aiohttp import web
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    async def handle(_: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/metrics", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "0.0.0.0", port).start()  # noqa: S104  # scraped from other pods
+    return runner.cleanup

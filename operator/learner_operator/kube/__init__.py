@@ -1,0 +1,10 @@
+"""All Kubernetes API I/O of the operator's own writes and reads (kopf does the watching).
+
+One seam: :class:`KubeApi` is what the reconciler talks to; tests run it against the emulator over
+HTTP exactly as production runs it against a real API server.
+"""
+
+from learner_operator.kube.client import ApiError, KubeApi, RequestCounter
+from learner_operator.kube.paths import ResourceRef, ref_of
+
+__all__ = ["ApiError", "KubeApi", "RequestCounter", "ResourceRef", "ref_of"]

@@ -1,0 +1,120 @@
+"""A small typed wrapper over ``kubernetes.aio``'s ApiClient for the verbs the operator uses."""
+
+from __future__ import annotations
+
+import collections
+import json
+from collections.abc import Callable
+from typing import Any
+
+from kubernetes.aio import client as k8s
+
+from learner_operator.kube.paths import ResourceRef
+
+FIELD_MANAGER = "learner-platform-operator"
+MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+class ApiError(Exception):
+    """The API server refused a request; ``reason``/``message`` come from its Status object."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+class RequestCounter:
+    """Counts requests by verb: for /metrics, and for the benchmark's requests-per-reconcile."""
+
+    def __init__(self, hook: Callable[[str], None] | None = None) -> None:
+        self.by_verb: collections.Counter[str] = collections.Counter()
+        self._hook = hook
+
+    def count(self, verb: str) -> None:
+        self.by_verb[verb] += 1
+        if self._hook is not None:
+            self._hook(verb)
+
+    @property
+    def mutating(self) -> int:
+        return sum(count for verb, count in self.by_verb.items() if verb in MUTATING)
+
+
+class KubeApi:
+    def __init__(self, api_client: k8s.ApiClient, counter: RequestCounter | None = None) -> None:
+        self._api = api_client
+        self.counter = counter or RequestCounter()
+
+    async def close(self) -> None:
+        await self._api.close()
+
+    async def _call(
+        self, method: str, path: str, *, body: Any = None, content_type: str = "application/json",
+        query: list[tuple[str, str]] | None = None,
+    ) -> dict[str, Any] | None:
+        self.counter.count(method)
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        serialized = await self._api.param_serialize(
+            method=method, resource_path=path, query_params=query or [], header_params=headers,
+            body=body, auth_settings=["BearerToken"],
+        )
+        response = await self._api.call_api(*serialized)
+        data = await response.read()
+        if response.status == 404 and method in ("GET", "DELETE"):
+            return None
+        if not 200 <= response.status < 300:
+            raise _error(response.status, data)
+        parsed: dict[str, Any] = json.loads(data) if data else {}
+        return parsed
+
+    async def get(self, ref: ResourceRef) -> dict[str, Any] | None:
+        return await self._call("GET", ref.path())
+
+    async def apply(self, ref: ResourceRef, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Server-side apply as the operator's field manager, taking over fields someone else changed."""
+        result = await self._call(
+            "PATCH", ref.path(), body=manifest, content_type="application/apply-patch+yaml",
+            query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+        )
+        assert result is not None
+        return result
+
+    async def delete(self, ref: ResourceRef) -> bool:
+        """Delete in the background (dependents go through garbage collection); False if it was gone."""
+        result = await self._call(
+            "DELETE", ref.path(), body={"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"},
+        )
+        return result is not None
+
+    async def patch_status(self, ref: ResourceRef, status: dict[str, Any]) -> dict[str, Any]:
+        result = await self._call(
+            "PATCH", ref.path("status"), body={"status": status}, content_type="application/merge-patch+json",
+            query=[("fieldManager", FIELD_MANAGER)],
+        )
+        assert result is not None
+        return result
+
+
+def _error(status: int, data: bytes) -> ApiError:
+    try:
+        payload = json.loads(data)
+        return ApiError(status, str(payload.get("reason") or status), str(payload.get("message") or ""))
+    except ValueError:
+        return ApiError(status, "Unknown", data[:200].decode(errors="replace"))
+
+
+async def connect(host: str | None = None, counter: RequestCounter | None = None) -> KubeApi:
+    """In-cluster config when there, else the kubeconfig; ``host`` (tests, benchmarks) overrides both."""
+    from kubernetes.aio import config as k8s_config
+
+    configuration = k8s.Configuration()
+    if host is not None:
+        configuration.host = host
+    else:
+        try:
+            k8s_config.load_incluster_config(client_configuration=configuration)
+        except k8s_config.ConfigException:
+            await k8s_config.load_kube_config(client_configuration=configuration)
+    return KubeApi(k8s.ApiClient(configuration), counter)

@@ -1,0 +1,32 @@
+"""Typed, versioned models of the LearnerPlatform API (one module per version)."""
+
+from learner_operator.models.parsing import InvalidSpec, parse_spec
+from learner_operator.models.v1alpha1 import (
+    API_VERSION,
+    CONDITION_TYPES,
+    GROUP,
+    KIND,
+    PLURAL,
+    VERSION,
+    Condition,
+    LearnerPlatformSpec,
+    LearnerPlatformStatus,
+    WorkloadStatus,
+    parse_quantity,
+)
+
+__all__ = [
+    "API_VERSION",
+    "CONDITION_TYPES",
+    "GROUP",
+    "KIND",
+    "PLURAL",
+    "VERSION",
+    "Condition",
+    "InvalidSpec",
+    "LearnerPlatformSpec",
+    "LearnerPlatformStatus",
+    "WorkloadStatus",
+    "parse_quantity",
+    "parse_spec",
+]

@@ -1,0 +1,302 @@
+"""The ``learner.dev/v1alpha1`` LearnerPlatform API: the one source of truth.
+
+The CRD's openAPIV3Schema is generated from these models (``learner-operator crd``), and the
+operator parses every custom resource with them at the handler's edge. Defaults are the seed's
+(``../shared/seeds``): two API replicas, an HPA from 2 to 10 at 70% CPU, requests 100m/256Mi and
+limits 500m/512Mi, the ``ai-platform-secrets`` Secret, tenant mode on.
+
+Rules that a person can get wrong are written twice on purpose: as CEL ``x-kubernetes-validations``
+so that the API server refuses them at admission, and as pydantic validators so that a resource that
+slipped past an older CRD is reported as ``InvalidSpec`` instead of crashing a reconcile.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "learner.dev"
+VERSION = "v1alpha1"
+KIND = "LearnerPlatform"
+PLURAL = "learnerplatforms"
+SINGULAR = "learnerplatform"
+SHORT_NAMES = ("lp",)
+API_VERSION = f"{GROUP}/{VERSION}"
+
+#: The longest CR name whose derived child names ("<name>-learner-api", "<name>-pushgateway")
+#: still fit a DNS-1035 label (63 characters) with room for the ReplicaSet/pod suffixes.
+MAX_NAME_LENGTH = 40
+NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+#: A DNS-1123 subdomain: what Kubernetes accepts as a Secret's name.
+SECRET_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+IMAGE_REPOSITORY_PATTERN = r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*$"
+IMAGE_TAG_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
+QUANTITY_PATTERN = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+DURATION_PATTERN = r"^([0-9]+(ms|s|m|h))+$"
+URL_PATTERN = r"^(https?://[^\s]+)?$"
+
+_QUANTITY_RE = re.compile(QUANTITY_PATTERN)
+_SUFFIXES: dict[str, Decimal] = {
+    "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "": Decimal(1),
+    "k": Decimal(10) ** 3, "M": Decimal(10) ** 6, "G": Decimal(10) ** 9, "T": Decimal(10) ** 12,
+    "P": Decimal(10) ** 15, "E": Decimal(10) ** 18,
+    "Ki": Decimal(2) ** 10, "Mi": Decimal(2) ** 20, "Gi": Decimal(2) ** 30, "Ti": Decimal(2) ** 40,
+    "Pi": Decimal(2) ** 50, "Ei": Decimal(2) ** 60,
+}
+
+
+def parse_quantity(value: str | int) -> Decimal:
+    """The numeric value of a Kubernetes quantity ("100m" -> 0.1, "256Mi" -> 268435456)."""
+    text = str(value).strip()
+    if not _QUANTITY_RE.match(text):
+        raise ValueError(f"{value!r} is not a Kubernetes quantity (examples: 100m, 0.5, 256Mi, 1Gi)")
+    number = re.match(r"^[+-]?(\d+(\.\d*)?|\.\d+)", text)
+    assert number is not None  # guaranteed by the pattern above
+    rest = text[number.end():]
+    if rest[:1] in ("e", "E"):
+        return Decimal(text)
+    return Decimal(number.group(0)) * _SUFFIXES[rest]
+
+
+def _quantity(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError("a quantity is a string such as 100m or 256Mi, or a whole number")
+    parse_quantity(value)
+    return str(value)
+
+
+#: Kubernetes quantities accept both `cpu: 1` and `cpu: "500m"`; kept as strings after parsing.
+Quantity = Annotated[
+    str,
+    WithJsonSchema({"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string"}],
+                    "pattern": QUANTITY_PATTERN}),
+]
+
+
+class _Model(BaseModel):
+    """camelCase on the wire, snake_case in Python; unknown fields are an error, not ignored."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+
+class ResourceList(_Model):
+    cpu: Quantity = Field(description="CPU, e.g. 100m or 1.")
+    memory: Quantity = Field(description="Memory, e.g. 256Mi or 1Gi.")
+
+    @field_validator("cpu", "memory", mode="before")
+    @classmethod
+    def _valid_quantity(cls, value: Any) -> str:
+        return _quantity(value)
+
+
+class ResourceRequirements(_Model):
+    requests: ResourceList = Field(description="What the scheduler reserves for each pod.")
+    limits: ResourceList = Field(description="The most each pod may use.")
+
+    @model_validator(mode="after")
+    def _requests_within_limits(self) -> ResourceRequirements:
+        for name in ("cpu", "memory"):
+            request = parse_quantity(getattr(self.requests, name))
+            limit = parse_quantity(getattr(self.limits, name))
+            if request > limit:
+                raise ValueError(
+                    f"resources.requests.{name} ({getattr(self.requests, name)}) is above "
+                    f"resources.limits.{name} ({getattr(self.limits, name)}); Kubernetes refuses such pods"
+                )
+        return self
+
+
+def _api_resources() -> ResourceRequirements:
+    return ResourceRequirements(
+        requests=ResourceList(cpu="100m", memory="256Mi"), limits=ResourceList(cpu="500m", memory="512Mi")
+    )
+
+
+def _evaluator_resources() -> ResourceRequirements:
+    return ResourceRequirements(
+        requests=ResourceList(cpu="50m", memory="128Mi"), limits=ResourceList(cpu="250m", memory="256Mi")
+    )
+
+
+class ImageSpec(_Model):
+    repository: str = Field(
+        default="ghcr.io/ai-platform/learner-api", pattern=IMAGE_REPOSITORY_PATTERN, max_length=255,
+        description="The learner-api image repository; the evaluator runs from the same image.",
+    )
+    tag: str = Field(
+        pattern=IMAGE_TAG_PATTERN, description="The image tag: the git SHA the image was built from."
+    )
+    pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(default="IfNotPresent")
+
+
+class SecretRef(_Model):
+    name: str = Field(
+        default="ai-platform-secrets", pattern=SECRET_NAME_PATTERN, max_length=253,
+        description="A Secret in the same namespace holding DATABASE_URL and REDIS_URL. "
+        "The operator reads its keys, never copies its values.",
+    )
+
+
+class AutoscalingSpec(_Model):
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [{
+        "rule": "self.minReplicas <= self.maxReplicas",
+        "message": "autoscaling.minReplicas must be less than or equal to autoscaling.maxReplicas",
+        "reason": "FieldValueInvalid",
+    }]})
+
+    enabled: bool = Field(default=True, description="Scale learner-api with a HorizontalPodAutoscaler.")
+    min_replicas: int = Field(default=2, ge=1, le=1000)
+    max_replicas: int = Field(default=10, ge=1, le=1000)
+    target_cpu_utilization_percentage: int = Field(
+        default=70, ge=1, le=100, alias="targetCPUUtilizationPercentage",
+        description="Average CPU use, in percent of the request, that the HPA aims for.",
+    )
+
+    @model_validator(mode="after")
+    def _min_within_max(self) -> AutoscalingSpec:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"autoscaling.minReplicas ({self.min_replicas}) must be less than or equal to "
+                f"autoscaling.maxReplicas ({self.max_replicas})"
+            )
+        return self
+
+
+class PodDisruptionBudgetSpec(_Model):
+    enabled: bool = True
+    min_available: int = Field(default=1, ge=0, le=1000, description="Pods kept up during voluntary evictions.")
+
+
+_PDB_RULE = (
+    "!self.podDisruptionBudget.enabled || self.podDisruptionBudget.minAvailable < "
+    "(self.autoscaling.enabled ? self.autoscaling.minReplicas : self.replicas)"
+)
+_PDB_MESSAGE = (
+    "podDisruptionBudget.minAvailable must be lower than the smallest replica count "
+    "(autoscaling.minReplicas, or replicas without autoscaling), or node drains can never evict a pod"
+)
+
+
+class LearnerApiSpec(_Model):
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [{
+        "rule": _PDB_RULE, "message": _PDB_MESSAGE, "reason": "FieldValueInvalid",
+    }]})
+
+    replicas: int = Field(default=2, ge=0, le=1000, description="Used only when autoscaling is off.")
+    autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
+    resources: ResourceRequirements = Field(default_factory=_api_resources)
+    pod_disruption_budget: PodDisruptionBudgetSpec = Field(default_factory=PodDisruptionBudgetSpec)
+
+    @property
+    def min_replicas(self) -> int:
+        return self.autoscaling.min_replicas if self.autoscaling.enabled else self.replicas
+
+    @model_validator(mode="after")
+    def _pdb_allows_eviction(self) -> LearnerApiSpec:
+        pdb = self.pod_disruption_budget
+        if pdb.enabled and pdb.min_available >= self.min_replicas:
+            raise ValueError(f"{_PDB_MESSAGE} (minAvailable {pdb.min_available}, replicas {self.min_replicas})")
+        return self
+
+
+class EvaluatorSpec(_Model):
+    enabled: bool = Field(default=True, description="Run the evaluator worker (progress pipeline and alerts).")
+    replicas: int = Field(default=1, ge=0, le=100)
+    resources: ResourceRequirements = Field(default_factory=_evaluator_resources)
+
+
+class PushgatewaySpec(_Model):
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [{
+        "rule": "!self.enabled || self.url != '' || self.image != ''",
+        "message": "pushgateway needs either url (an existing Pushgateway) or image (one the operator runs)",
+        "reason": "FieldValueRequired",
+    }]})
+
+    enabled: bool = Field(default=False, description="Push evaluator metrics where scraping cannot reach.")
+    url: str = Field(
+        default="", pattern=URL_PATTERN, max_length=2048,
+        description="An existing Pushgateway; empty means the operator runs one next to the platform.",
+    )
+    image: str = Field(default="quay.io/prometheus/pushgateway:v1.11.1", max_length=512)
+
+
+class ObservabilitySpec(_Model):
+    service_monitor: bool = Field(
+        default=False, description="Create a ServiceMonitor (needs the Prometheus Operator's CRDs)."
+    )
+    scrape_interval: str = Field(default="30s", pattern=DURATION_PATTERN)
+    pushgateway: PushgatewaySpec = Field(default_factory=PushgatewaySpec)
+
+
+class NetworkPolicySpec(_Model):
+    enabled: bool = Field(default=True, description="Allow only the traffic the platform needs.")
+    egress_ports: list[int] = Field(
+        default_factory=lambda: [5432, 6379, 6380], max_length=32,
+        description="TCP ports the pods may reach outside the cluster: managed PostgreSQL and Redis.",
+    )
+
+    @field_validator("egress_ports")
+    @classmethod
+    def _valid_ports(cls, ports: list[int]) -> list[int]:
+        for port in ports:
+            if not 1 <= port <= 65535:
+                raise ValueError(f"networkPolicy.egressPorts: {port} is not a TCP port (1-65535)")
+        return ports
+
+
+class LearnerPlatformSpec(_Model):
+    paused: bool = Field(default=False, description="Stop all writes to the children (for maintenance).")
+    image: ImageSpec
+    environment: Literal["production", "staging", "development"] = Field(
+        default="production", description="Passed to the pods as NODE_ENV."
+    )
+    tenant_mode: Literal["enabled", "disabled"] = Field(default="enabled", description="Passed as TENANT_MODE.")
+    secret_ref: SecretRef = Field(default_factory=SecretRef)
+    learner_api: LearnerApiSpec = Field(default_factory=LearnerApiSpec)
+    evaluator: EvaluatorSpec = Field(default_factory=EvaluatorSpec)
+    observability: ObservabilitySpec = Field(default_factory=ObservabilitySpec)
+    network_policy: NetworkPolicySpec = Field(default_factory=NetworkPolicySpec)
+
+
+# ---------------------------------------------------------------------------------------------
+# Status: written by the operator only.
+
+ConditionType = Literal["SecretReady", "LearnerApiAvailable", "EvaluatorAvailable", "Progressing", "Degraded", "Ready"]
+CONDITION_TYPES: tuple[ConditionType, ...] = (
+    "Ready", "SecretReady", "LearnerApiAvailable", "EvaluatorAvailable", "Progressing", "Degraded",
+)
+REASON_PATTERN = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
+
+
+class Condition(_Model):
+    """The shape of metav1.Condition."""
+
+    type: str = Field(max_length=316)
+    status: Literal["True", "False", "Unknown"]
+    observed_generation: int = Field(default=0, ge=0)
+    last_transition_time: str = Field(json_schema_extra={"format": "date-time"})
+    reason: str = Field(pattern=REASON_PATTERN, min_length=1, max_length=1024)
+    message: str = Field(default="", max_length=32768)
+
+
+class WorkloadStatus(_Model):
+    replicas: int = 0
+    ready_replicas: int = 0
+    ready: str = Field(default="0/0", description="Ready pods out of desired, as `kubectl get` shows them.")
+    image: str = ""
+
+
+class LearnerPlatformStatus(_Model):
+    observed_generation: int = 0
+    conditions: list[Condition] = Field(
+        default_factory=list, max_length=16,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    learner_api: WorkloadStatus = Field(default_factory=WorkloadStatus)
+    evaluator: WorkloadStatus = Field(default_factory=WorkloadStatus)

@@ -1,0 +1,99 @@
+"""The LearnerPlatforms this operator knows, as last seen on the watch stream or written by itself."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from learner_operator.kube import ResourceRef
+from learner_operator.models import API_VERSION, PLURAL
+from learner_operator.models.v1alpha1 import SecretRef
+
+Key = tuple[str, str]  # (namespace, name)
+_DEFAULT_SECRET = SecretRef().name
+
+
+def _plain(value: Any) -> Any:
+    """Deep-copy kopf's body views into plain dicts and lists."""
+    if hasattr(value, "items"):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _newer(a: str, b: str) -> bool:
+    try:
+        return int(a) > int(b)
+    except ValueError:
+        return a != b
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    resource_version: str
+    spec: Any
+    status: dict[str, Any]
+
+    @property
+    def key(self) -> Key:
+        return (self.namespace, self.name)
+
+    @property
+    def ref(self) -> ResourceRef:
+        return ResourceRef(API_VERSION, PLURAL, self.namespace, self.name)
+
+    @property
+    def secret_name(self) -> str:
+        spec = self.spec if isinstance(self.spec, dict) else {}
+        ref = spec.get("secretRef") if isinstance(spec.get("secretRef"), dict) else {}
+        return str((ref or {}).get("name") or _DEFAULT_SECRET)
+
+    @classmethod
+    def of(cls, body: Any) -> Snapshot:
+        meta = body.get("metadata") or {}
+        return cls(
+            namespace=str(meta.get("namespace", "")), name=str(meta.get("name", "")), uid=str(meta.get("uid", "")),
+            generation=int(meta.get("generation") or 0), resource_version=str(meta.get("resourceVersion", "")),
+            spec=_plain(body.get("spec")), status=_plain(body.get("status")) or {},
+        )
+
+
+class Platforms:
+    def __init__(self) -> None:
+        self._by_key: dict[Key, Snapshot] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+    def known(self) -> list[Key]:
+        return list(self._by_key)
+
+    def get(self, key: Key) -> Snapshot | None:
+        return self._by_key.get(key)
+
+    def observe(self, body: Any) -> bool:
+        """Store what the watch stream says; True when it asks for a reconcile (not a mere status change)."""
+        new = Snapshot.of(body)
+        old = self._by_key.get(new.key)
+        if old is not None and old.uid == new.uid and not _newer(new.resource_version, old.resource_version):
+            return False  # older than what we already know (e.g. than our own status write)
+        self._by_key[new.key] = new
+        return old is None or old.uid != new.uid or old.generation != new.generation or old.spec != new.spec
+
+    def wrote(self, body: Any) -> None:
+        """Our own write's result: newer than anything the watch stream has shown so far."""
+        new = Snapshot.of(body)
+        old = self._by_key.get(new.key)
+        if old is None or old.uid != new.uid or _newer(new.resource_version, old.resource_version):
+            self._by_key[new.key] = new
+
+    def forget(self, key: Key) -> Snapshot | None:
+        return self._by_key.pop(key, None)
+
+    def referencing_secret(self, namespace: str, name: str) -> list[Key]:
+        return [key for key, snap in self._by_key.items() if key[0] == namespace and snap.secret_name == name]

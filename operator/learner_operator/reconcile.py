@@ -1,0 +1,174 @@
+"""One reconcile of one LearnerPlatform: observe, apply what differs, prune, report.
+
+Level-triggered: it does not care *why* it runs (CR change, child drift, Secret rotation, resync);
+it compares the desired children with the live ones and sends only the difference. A reconcile
+that finds nothing to do sends no mutating request at all.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import datetime
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from learner_operator import builders, drift
+from learner_operator.builders import common
+from learner_operator.kube import ApiError, KubeApi, ResourceRef, ref_of
+from learner_operator.kube.paths import plural_of
+from learner_operator.livestate import LiveState
+from learner_operator.metrics import Metrics
+from learner_operator.models import API_VERSION, InvalidSpec, LearnerPlatformSpec, parse_spec
+from learner_operator.platforms import Platforms, Snapshot
+from learner_operator.status import Observation, Verdict, merge_conditions, observe_deployment, verdicts
+from learner_operator.status import workload_status as summarise
+
+#: Seconds before retrying a platform whose reconcile hit an API error.
+RETRY_AFTER_ERROR = 10.0
+
+WarnFn = Callable[[dict[str, Any], str, str], None]
+
+
+@dataclasses.dataclass
+class Deps:
+    api: KubeApi
+    live: LiveState
+    platforms: Platforms
+    metrics: Metrics
+    warn: WarnFn = lambda body, reason, message: None
+    now: Callable[[], str] = lambda: datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def check_secret(api: KubeApi, namespace: str, name: str, uid: str) -> tuple[Verdict, str]:
+    """Is the referenced Secret there with the required keys? Returns the verdict and the data digest.
+
+    Only key names ever appear in messages; the values are decoded for the digest and dropped.
+    """
+    secret = await api.get(ResourceRef("v1", "secrets", namespace, name))
+    if secret is None:
+        return Verdict("False", "SecretNotFound", (
+            f"Secret {namespace}/{name} does not exist: create it from your env file with "
+            f"`kubectl -n {namespace} create secret generic {name} --from-env-file=.env.production`"
+        )), ""
+    data: dict[str, bytes] = {}
+    for key, value in (secret.get("data") or {}).items():
+        try:
+            data[key] = base64.b64decode(value or "")
+        except (binascii.Error, ValueError):
+            data[key] = b""
+    for key, value in (secret.get("stringData") or {}).items():
+        data.setdefault(key, str(value).encode())
+    missing = [key for key in builders.REQUIRED_SECRET_KEYS if not data.get(key)]
+    if missing:
+        return Verdict("False", "SecretKeysMissing", (
+            f"Secret {namespace}/{name} lacks {', '.join(missing)} (or they are empty); "
+            f"add them to the env file and recreate the Secret"
+        )), ""
+    return Verdict("True", "SecretFound", f"Secret {name} holds {', '.join(builders.REQUIRED_SECRET_KEYS)}"), \
+        builders.secret_digest(uid, data)
+
+
+async def _sync_children(
+    deps: Deps, cr: Snapshot, spec: LearnerPlatformSpec, secret_hash: str, live: dict[tuple[str, str], Any],
+    logger: logging.Logger,
+) -> list[str]:
+    """Apply the children that differ and delete the ones no longer wanted; returns error messages."""
+    platform = builders.Platform(cr.name, cr.namespace, cr.uid, spec, secret_hash)
+    desired = [drift.with_digest(manifest) for manifest in builders.children(platform)]
+    errors: list[str] = []
+    for manifest in desired:
+        key = (manifest["kind"], manifest["metadata"]["name"])
+        if not drift.needs_apply(manifest, live.get(key)):
+            continue
+        try:
+            applied = await deps.api.apply(ref_of(manifest), manifest)
+        except ApiError as exc:
+            errors.append(f"{key[0]} {key[1]}: {exc.message or exc.reason}")
+            continue
+        logger.info("Applied %s %s", *key)
+        deps.live.remember(cr.uid, applied)
+        live[key] = applied
+    wanted = {(m["kind"], m["metadata"]["name"]) for m in desired}
+    for (kind, name), body in list(live.items()):
+        if (kind, name) in wanted:
+            continue
+        ref = ResourceRef(str(body.get("apiVersion", "")), plural_of(kind), cr.namespace, name)
+        try:
+            await deps.api.delete(ref)
+        except ApiError as exc:
+            errors.append(f"deleting {kind} {name}: {exc.message or exc.reason}")
+            continue
+        logger.info("Deleted %s %s (switched off in the spec)", kind, name)
+        deps.live.forget(cr.uid, kind, name, str(body.get("metadata", {}).get("resourceVersion", "")))
+        del live[(kind, name)]
+    return errors
+
+
+async def reconcile(deps: Deps, cr: Snapshot, logger: logging.Logger) -> float | None:
+    """Returns the seconds after which to try again, or None when nothing needs a retry."""
+    try:
+        spec = parse_spec(cr.spec)
+    except InvalidSpec as exc:
+        await _report(deps, cr, Observation(cr.generation, invalid_spec=str(exc)), logger)
+        return None  # a new generation triggers the next attempt; retrying the same spec cannot help
+    if spec.paused:
+        await _report(deps, cr, Observation(cr.generation, paused=True), logger)
+        return None
+
+    secret, secret_hash = await check_secret(deps.api, cr.namespace, spec.secret_ref.name, cr.uid)
+    live = deps.live.children_of(cr.uid)
+    errors: list[str] = []
+    if secret.status == "True":
+        errors = await _sync_children(deps, cr, spec, secret_hash, live, logger)
+    # Without the Secret nothing is applied, and nothing is pruned either: running pods keep running.
+
+    platform = builders.Platform(cr.name, cr.namespace, cr.uid, spec)
+    api = observe_deployment(live.get(("Deployment", common.api_name(platform))))
+    evaluator = observe_deployment(live.get(("Deployment", common.evaluator_name(platform))))
+    observation = Observation(
+        cr.generation, secret=secret, apply_errors=tuple(errors), api=api,
+        evaluator=evaluator if spec.evaluator.enabled else None,
+    )
+    await _report(deps, cr, observation, logger)
+    return RETRY_AFTER_ERROR if errors else None
+
+
+async def _report(deps: Deps, cr: Snapshot, obs: Observation, logger: logging.Logger) -> None:
+    """Write the status only when it differs from what the CR already says."""
+    platform_names = (f"{cr.name}-learner-api", f"{cr.name}-evaluator")
+    old_conditions = list(cr.status.get("conditions") or [])
+    conditions = merge_conditions(old_conditions, verdicts(obs, *platform_names), cr.generation, deps.now())
+    status: dict[str, Any] = {"observedGeneration": cr.generation, "conditions": conditions}
+    if not obs.invalid_spec and not obs.paused:
+        status["learnerApi"] = summarise(obs.api)
+        status["evaluator"] = summarise(obs.evaluator)
+    deps.metrics.set_conditions(cr.namespace, cr.name, conditions)
+    if all(cr.status.get(key) == value for key, value in status.items()):
+        return
+    _warn_on_transition(deps, cr, old_conditions, conditions)
+    try:
+        written = await deps.api.patch_status(cr.ref, status)
+    except ApiError as exc:
+        if exc.status != 404:  # a CR deleted meanwhile has no status to write
+            raise
+        return
+    deps.platforms.wrote(written)
+    logger.debug("Status written: %s", {c["type"]: c["reason"] for c in conditions})
+
+
+_QUIET_REASONS = {"RolloutInProgress", "Paused", "DeploymentMissing", "MinimumReplicasUnavailable"}
+
+
+def _warn_on_transition(deps: Deps, cr: Snapshot, old: list[dict[str, Any]], new: list[dict[str, Any]]) -> None:
+    """A Kubernetes Event when Ready turns False for a reason a person must fix (not during rollouts)."""
+    before = {c.get("type"): c for c in old}.get("Ready") or {}
+    after = {c.get("type"): c for c in new}.get("Ready") or {}
+    if after.get("status") == "False" and after.get("reason") not in _QUIET_REASONS and (
+        before.get("status") != "False" or before.get("reason") != after.get("reason")
+    ):
+        body = {"apiVersion": API_VERSION, "kind": "LearnerPlatform",
+                "metadata": {"namespace": cr.namespace, "name": cr.name, "uid": cr.uid}}
+        deps.warn(body, str(after.get("reason")), str(after.get("message")))

@@ -1,0 +1,31 @@
+"""Starting the operator: kopf itself, with our handlers in a registry of their own."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+import kopf
+
+from learner_operator.handlers import OperatorConfig, register
+
+
+def run(
+    *, namespaces: Sequence[str], all_namespaces: bool, peering: str, standalone: bool, liveness: str,
+    metrics_port: int, resync_seconds: float, verbose: bool,
+) -> int:
+    kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    registry = kopf.OperatorRegistry()
+    register(registry, OperatorConfig(resync_seconds=resync_seconds, metrics_port=metrics_port),
+             login=kopf.login_via_client)
+    asyncio.run(kopf.operator(
+        registry=registry,
+        clusterwide=all_namespaces or not namespaces,
+        namespaces=list(namespaces),
+        standalone=standalone,
+        peering_name=peering,
+        liveness_endpoint=liveness,
+    ))
+    return 0

@@ -1,0 +1,164 @@
+"""Status conditions from what a reconcile observed (pure: no client, no kopf).
+
+Conditions follow metav1.Condition: CamelCase reasons, a message a person can act on, and a
+``lastTransitionTime`` that moves only when the condition's ``status`` moves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+from learner_operator.models import CONDITION_TYPES
+
+
+class Verdict(NamedTuple):
+    status: str  # "True" | "False" | "Unknown"
+    reason: str
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    """A Deployment as the status needs it."""
+
+    exists: bool = False
+    desired: int = 0
+    ready: int = 0
+    available: bool = False
+    rolling_out: bool = False
+    stalled: str = ""  # the Deployment's own message when its progress deadline passed
+    image: str = ""
+
+
+def observe_deployment(live: dict[str, Any] | None) -> Workload:
+    if live is None:
+        return Workload()
+    spec, status = live.get("spec") or {}, live.get("status") or {}
+    desired = int(spec.get("replicas", status.get("replicas", 0)) or 0)
+    generation = int((live.get("metadata") or {}).get("generation") or 0)
+    observed = int(status.get("observedGeneration") or 0)
+    ready, updated = int(status.get("readyReplicas") or 0), int(status.get("updatedReplicas") or 0)
+    available_replicas, total = int(status.get("availableReplicas") or 0), int(status.get("replicas") or 0)
+    conditions = {c.get("type"): c for c in status.get("conditions") or []}
+    progressing = conditions.get("Progressing") or {}
+    stalled = progressing.get("reason") == "ProgressDeadlineExceeded"
+    containers = ((spec.get("template") or {}).get("spec") or {}).get("containers") or [{}]
+    available_condition = conditions.get("Available")
+    if desired == 0:
+        available = True
+    elif available_condition is not None:
+        available = available_condition.get("status") == "True" and available_replicas > 0
+    else:
+        available = available_replicas >= desired
+    return Workload(
+        exists=True,
+        desired=desired,
+        ready=ready,
+        available=available,
+        rolling_out=observed < generation or updated < desired or total > updated or available_replicas < updated,
+        stalled=str(progressing.get("message") or "progress deadline exceeded") if stalled else "",
+        image=str(containers[0].get("image") or ""),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Observation:
+    generation: int
+    invalid_spec: str = ""
+    paused: bool = False
+    secret: Verdict | None = None  # None: not checked (invalid spec or paused)
+    apply_errors: tuple[str, ...] = ()
+    api: Workload = Workload()
+    evaluator: Workload | None = None  # None: the evaluator is switched off
+
+
+def _workload(name: str, w: Workload, deployment: str) -> Verdict:
+    if not w.exists:
+        return Verdict("False", "DeploymentMissing", f"the {name} Deployment {deployment} does not exist yet")
+    if w.available:
+        return Verdict("True", "MinimumReplicasAvailable", f"{w.ready}/{w.desired} {name} pods ready")
+    return Verdict("False", "MinimumReplicasUnavailable",
+                   f"{w.ready}/{w.desired} {name} pods ready; see `kubectl describe deployment {deployment}`")
+
+
+def verdicts(obs: Observation, api_deployment: str, evaluator_deployment: str) -> dict[str, Verdict]:
+    """What each condition should say now. Conditions that cannot be judged are left out (kept as they were)."""
+    if obs.invalid_spec:
+        message = f"the spec cannot be served: {obs.invalid_spec}"
+        return {"Ready": Verdict("False", "InvalidSpec", message), "Degraded": Verdict("True", "InvalidSpec", message),
+                "Progressing": Verdict("False", "InvalidSpec", "nothing is applied until the spec is fixed")}
+    if obs.paused:
+        message = "spec.paused is true: the operator changes nothing until it is set back to false"
+        return {"Ready": Verdict("False", "Paused", message), "Progressing": Verdict("False", "Paused", message)}
+
+    out: dict[str, Verdict] = {}
+    secret = obs.secret or Verdict("Unknown", "NotChecked", "")
+    out["SecretReady"] = secret
+    out["LearnerApiAvailable"] = _workload("learner-api", obs.api, api_deployment)
+    if obs.evaluator is None:
+        out["EvaluatorAvailable"] = Verdict("True", "Disabled", "spec.evaluator.enabled is false")
+    else:
+        out["EvaluatorAvailable"] = _workload("evaluator", obs.evaluator, evaluator_deployment)
+
+    workloads = [obs.api] + ([obs.evaluator] if obs.evaluator is not None else [])
+    stalled = [w.stalled for w in workloads if w.stalled]
+    rolling = any(w.rolling_out for w in workloads)
+    if obs.apply_errors:
+        degraded = Verdict("True", "ApplyFailed", "; ".join(obs.apply_errors))
+    elif secret.status != "True":
+        degraded = Verdict("True", secret.reason, secret.message)
+    elif stalled:
+        degraded = Verdict("True", "ProgressDeadlineExceeded", "; ".join(stalled))
+    else:
+        degraded = Verdict("False", "AsExpected", "")
+    out["Degraded"] = degraded
+    out["Progressing"] = (
+        Verdict("True", "RolloutInProgress", "new pods are being rolled out") if rolling and not stalled
+        else Verdict("False", "RolloutComplete", "all pods run the desired template") if not stalled
+        else Verdict("False", "ProgressDeadlineExceeded", "; ".join(stalled))
+    )
+
+    if degraded.status == "True":
+        ready = Verdict("False", degraded.reason, degraded.message)
+    elif out["LearnerApiAvailable"].status != "True":
+        ready = out["LearnerApiAvailable"]
+    elif out["EvaluatorAvailable"].status != "True":
+        ready = out["EvaluatorAvailable"]
+    elif rolling:
+        ready = Verdict("False", "RolloutInProgress", "new pods are being rolled out")
+    else:
+        ready = Verdict("True", "AllComponentsReady", "learner-api and evaluator are available")
+    out["Ready"] = ready
+    return out
+
+
+def merge_conditions(
+    old: list[dict[str, Any]], new: dict[str, Verdict], generation: int, now: str,
+) -> list[dict[str, Any]]:
+    """New conditions in a stable order; ``lastTransitionTime`` kept unless ``status`` changed."""
+    by_type = {c.get("type"): c for c in old}
+    merged: list[dict[str, Any]] = []
+    for kind in CONDITION_TYPES:
+        previous = by_type.get(kind)
+        verdict = new.get(kind)
+        if verdict is None:
+            if previous is not None:
+                merged.append(previous)
+            continue
+        moved = previous is None or previous.get("status") != verdict.status
+        merged.append({
+            "type": kind,
+            "status": verdict.status,
+            "observedGeneration": generation,
+            "lastTransitionTime": now if moved or previous is None else previous.get("lastTransitionTime", now),
+            "reason": verdict.reason,
+            "message": verdict.message,
+        })
+    return merged
+
+
+def workload_status(w: Workload | None) -> dict[str, Any]:
+    if w is None:
+        return {"replicas": 0, "readyReplicas": 0, "ready": "0/0", "image": ""}
+    return {"replicas": w.desired, "readyReplicas": w.ready, "ready": f"{w.ready}/{w.desired}", "image": w.image}
