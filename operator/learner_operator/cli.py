@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from learner_operator import __version__, yamlio
 from learner_operator.builders import Platform, children, secret_digest
+from learner_operator.drift import with_digest
 from learner_operator.models import API_VERSION, KIND, InvalidSpec, parse_spec
 from learner_operator.models.crd import custom_resource_definition
 
@@ -42,7 +43,7 @@ def render(documents: Sequence[dict[str, Any]], secret_data: dict[str, bytes] | 
             name=str(meta.get("name", "")), namespace=str(meta.get("namespace") or "default"), uid=uid, spec=spec,
             secret_hash=secret_digest(uid, secret_data) if secret_data is not None else "unknown",
         )
-        out += children(platform)
+        out += [with_digest(manifest) for manifest in children(platform)]
     return out
 
 

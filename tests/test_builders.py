@@ -1,0 +1,190 @@
+"""Rendered children: valid against the official schemas, restricted, wired by reference."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+
+from learner_operator import builders, yamlio
+from learner_operator.cli import render
+from learner_operator.models import parse_spec
+from tests.conftest import EXAMPLES, load
+
+#: The oldest Kubernetes minor still commonly run, and the newest kubernetes-validate ships.
+K8S_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
+EXAMPLE_FILES = sorted(EXAMPLES.glob("*.yaml"))
+SECRET = {"DATABASE_URL": b"postgresql://app:s3cr3t-pg@db.example:5432/learn?sslmode=require",
+          "REDIS_URL": b"rediss://:s3cr3t-redis@cache.example:6380/0"}
+
+
+def platform(spec: dict[str, Any], secret: dict[str, bytes] | None = None) -> builders.Platform:
+    uid = "7d6f3c1e-2b1a-4c55-9d1e-0a8f6b2c9e11"
+    return builders.Platform(
+        "ai-platform", "learning", uid, parse_spec(spec),
+        builders.secret_digest(uid, secret if secret is not None else SECRET),
+    )
+
+
+def by_kind(manifests: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(m["kind"], m["metadata"]["name"]): m for m in manifests}
+
+
+def pod_templates(manifests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [m["spec"]["template"] for m in manifests if m["kind"] == "Deployment"]
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: p.name)
+def test_every_child_validates_strictly(path: Path, version: str) -> None:
+    manifests = builders.children(platform(load(path)["spec"]))
+    for manifest in manifests:
+        if manifest["kind"] == "ServiceMonitor":
+            continue  # not a built-in kind: no official schema; checked below
+        kubernetes_validate.validate(manifest, version, strict=True)
+
+
+def test_service_monitor_points_at_the_metrics_ports() -> None:
+    manifests = builders.children(platform(load(EXAMPLES / "03-production.yaml")["spec"]))
+    monitor = by_kind(manifests)[("ServiceMonitor", "ai-platform")]
+    ports = {endpoint["port"] for endpoint in monitor["spec"]["endpoints"]}
+    service_ports = {p["name"] for m in manifests if m["kind"] == "Service" for p in m["spec"]["ports"]}
+    assert ports <= service_ports
+    assert monitor["spec"]["endpoints"][0]["interval"] == "15s"
+
+
+@pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: p.name)
+def test_pods_meet_pod_security_restricted(path: Path) -> None:
+    for template in pod_templates(builders.children(platform(load(path)["spec"]))):
+        spec = template["spec"]
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        assert spec["securityContext"]["runAsUser"] >= 10000
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert spec["automountServiceAccountToken"] is False
+        assert not {"hostNetwork", "hostPID", "hostIPC"} & set(spec)
+        assert all(set(volume) <= {"name", "emptyDir", "configMap", "secret"} for volume in spec["volumes"])
+        for container in spec["containers"]:
+            ctx = container["securityContext"]
+            assert ctx["allowPrivilegeEscalation"] is False
+            assert ctx["capabilities"] == {"drop": ["ALL"]}
+            assert ctx["readOnlyRootFilesystem"] is True
+            assert container["resources"]["limits"]
+            assert container["resources"]["requests"]
+            assert "readinessProbe" in container
+            assert "livenessProbe" in container
+
+
+def test_learner_api_probes_and_defaults() -> None:
+    manifests = by_kind(builders.children(platform(load(EXAMPLES / "01-minimal.yaml")["spec"])))
+    container = manifests[("Deployment", "ai-platform-learner-api")]["spec"]["template"]["spec"]["containers"][0]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
+    assert container["startupProbe"]["httpGet"]["path"] == "/livez"
+    assert container["resources"] == {"requests": {"cpu": "100m", "memory": "256Mi"},
+                                      "limits": {"cpu": "500m", "memory": "512Mi"}}
+    hpa = manifests[("HorizontalPodAutoscaler", "ai-platform-learner-api")]["spec"]
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (2, 10)
+    assert hpa["metrics"][0]["resource"]["target"] == {"type": "Utilization", "averageUtilization": 70}
+    config = manifests[("ConfigMap", "ai-platform-config")]["data"]
+    assert (config["NODE_ENV"], config["TENANT_MODE"]) == ("production", "enabled")
+
+
+def test_with_the_hpa_the_deployment_leaves_replicas_alone() -> None:
+    spec = load(EXAMPLES / "01-minimal.yaml")["spec"]
+    with_hpa = by_kind(builders.children(platform(spec)))
+    assert "replicas" not in with_hpa[("Deployment", "ai-platform-learner-api")]["spec"]
+    spec["learnerApi"] = {"autoscaling": {"enabled": False}, "replicas": 4}
+    without = by_kind(builders.children(platform(spec)))
+    assert without[("Deployment", "ai-platform-learner-api")]["spec"]["replicas"] == 4
+    assert ("HorizontalPodAutoscaler", "ai-platform-learner-api") not in without
+
+
+def test_secret_is_wired_by_reference_and_never_copied() -> None:
+    manifests = builders.children(platform(load(EXAMPLES / "03-production.yaml")["spec"]))
+    text = yamlio.dump_all(manifests)
+    for value in SECRET.values():
+        assert value.decode() not in text
+        assert b"s3cr3t" not in text.encode()
+    for template in pod_templates(manifests):
+        env = {e["name"]: e for e in template["spec"]["containers"][0].get("env", [])}
+        if template["metadata"]["labels"]["app.kubernetes.io/name"] == "pushgateway":
+            assert env == {}
+            continue
+        for key in ("DATABASE_URL", "REDIS_URL"):
+            assert env[key]["valueFrom"]["secretKeyRef"] == {"name": "ai-platform-secrets", "key": key}
+
+
+def test_rotating_the_secret_changes_the_pod_template() -> None:
+    spec = load(EXAMPLES / "01-minimal.yaml")["spec"]
+    before = pod_templates(builders.children(platform(spec)))
+    rotated = {**SECRET, "DATABASE_URL": b"postgresql://app:rotated@db.example:5432/learn"}
+    after = pod_templates(builders.children(platform(spec, rotated)))
+    for old, new in zip(before, after, strict=True):
+        assert old["metadata"]["annotations"][builders.SECRET_HASH_ANNOTATION] != \
+            new["metadata"]["annotations"][builders.SECRET_HASH_ANNOTATION]
+    # An unrelated key in the Secret does not restart anything.
+    unrelated = pod_templates(builders.children(platform(spec, {**SECRET, "SOMETHING_ELSE": b"x"})))
+    assert unrelated == before
+
+
+def test_every_child_carries_the_standard_labels_and_an_owner() -> None:
+    for manifest in builders.children(platform(load(EXAMPLES / "03-production.yaml")["spec"])):
+        labels = manifest["metadata"]["labels"]
+        assert set(labels) == {f"app.kubernetes.io/{k}" for k in
+                               ("name", "instance", "component", "part-of", "managed-by", "version")}
+        assert labels["app.kubernetes.io/managed-by"] == "learner-platform-operator"
+        owner = manifest["metadata"]["ownerReferences"][0]
+        assert owner["kind"] == "LearnerPlatform"
+        assert owner["controller"] is True
+
+
+def test_switches_add_and_remove_children() -> None:
+    spec = load(EXAMPLES / "01-minimal.yaml")["spec"]
+    names = set(by_kind(builders.children(platform(spec))))
+    assert ("Deployment", "ai-platform-evaluator") in names
+    assert not any(kind == "ServiceMonitor" for kind, _ in names)
+    spec.update(evaluator={"enabled": False}, networkPolicy={"enabled": False},
+                learnerApi={"podDisruptionBudget": {"enabled": False}})
+    fewer = set(by_kind(builders.children(platform(spec))))
+    assert {kind for kind, name in fewer} == {"ServiceAccount", "ConfigMap", "Service", "Deployment",
+                                              "HorizontalPodAutoscaler"}
+    assert ("Deployment", "ai-platform-evaluator") not in fewer
+
+
+def test_network_policy_allows_only_what_is_needed() -> None:
+    manifests = by_kind(builders.children(platform(load(EXAMPLES / "02-staging.yaml")["spec"])))
+    api = manifests[("NetworkPolicy", "ai-platform-learner-api")]["spec"]
+    assert api["ingress"] == [{"ports": [{"port": 8000, "protocol": "TCP"}]}]
+    egress_ports = {p["port"] for rule in api["egress"] for p in rule["ports"]}
+    assert egress_ports == {53, 5432, 6379, 6380}
+    evaluator = manifests[("NetworkPolicy", "ai-platform-evaluator")]["spec"]
+    assert {p["port"] for rule in evaluator["egress"] for p in rule["ports"]} == {53, 5432, 6379, 6380, 9091}
+
+
+def test_render_prints_exactly_the_children(tmp_path: Path) -> None:
+    env = tmp_path / ".env.production"
+    env.write_text("DATABASE_URL=postgresql://a:b@c/d\nREDIS_URL=redis://e\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "learner_operator.cli", "render", "-f", str(EXAMPLES / "03-production.yaml"),
+         "--secret-env-file", str(env)], capture_output=True, text=True, check=True,
+    )
+    docs = yamlio.load_all(result.stdout)
+    expected = render([load(EXAMPLES / "03-production.yaml")],
+                      {"DATABASE_URL": b"postgresql://a:b@c/d", "REDIS_URL": b"redis://e"})
+    assert docs == expected
+    assert len(docs) == len(builders.children(platform(load(EXAMPLES / "03-production.yaml")["spec"])))
+    assert "postgresql://a:b@c/d" not in result.stdout
+
+
+def test_render_refuses_an_invalid_spec_with_the_reason() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "learner_operator.cli", "render", "-f",
+         str(EXAMPLES / "invalid" / "requests-above-limits.yaml")], capture_output=True, text=True,
+    )
+    assert result.returncode == 2
+    assert "resources.requests.cpu (2) is above resources.limits.cpu (500m)" in result.stderr
+    assert result.stdout == ""
