@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 import kopf
 
@@ -88,8 +88,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, login: Cal
         metrics = Metrics()
         counter = RequestCounter(lambda verb: metrics.api_requests.labels(verb).inc())
         api: KubeApi = await connect(config.api_host, counter)
-        deps = Deps(api=api, live=LiveState(), platforms=Platforms(), metrics=metrics,
-                    warn=lambda body, reason, message: kopf.warn(cast(Any, body), reason=reason, message=message))
+        deps = Deps(api=api, live=LiveState(), platforms=Platforms(), metrics=metrics)
 
         async def work(key: Key) -> float | None:
             snapshot = deps.platforms.get(key)

@@ -29,16 +29,12 @@ from learner_operator.status import workload_status as summarise
 #: Seconds before retrying a platform whose reconcile hit an API error.
 RETRY_AFTER_ERROR = 10.0
 
-WarnFn = Callable[[dict[str, Any], str, str], None]
-
-
 @dataclasses.dataclass
 class Deps:
     api: KubeApi
     live: LiveState
     platforms: Platforms
     metrics: Metrics
-    warn: WarnFn = lambda body, reason, message: None
     now: Callable[[], str] = lambda: datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -148,7 +144,7 @@ async def _report(deps: Deps, cr: Snapshot, obs: Observation, logger: logging.Lo
     deps.metrics.set_conditions(cr.namespace, cr.name, conditions)
     if all(cr.status.get(key) == value for key, value in status.items()):
         return
-    _warn_on_transition(deps, cr, old_conditions, conditions)
+    await _warn_on_transition(deps, cr, old_conditions, conditions, logger)
     try:
         written = await deps.api.patch_status(cr.ref, status)
     except ApiError as exc:
@@ -162,13 +158,18 @@ async def _report(deps: Deps, cr: Snapshot, obs: Observation, logger: logging.Lo
 _QUIET_REASONS = {"RolloutInProgress", "Paused", "DeploymentMissing", "MinimumReplicasUnavailable"}
 
 
-def _warn_on_transition(deps: Deps, cr: Snapshot, old: list[dict[str, Any]], new: list[dict[str, Any]]) -> None:
+async def _warn_on_transition(
+    deps: Deps, cr: Snapshot, old: list[dict[str, Any]], new: list[dict[str, Any]], logger: logging.Logger,
+) -> None:
     """A Kubernetes Event when Ready turns False for a reason a person must fix (not during rollouts)."""
     before = {c.get("type"): c for c in old}.get("Ready") or {}
     after = {c.get("type"): c for c in new}.get("Ready") or {}
     if after.get("status") == "False" and after.get("reason") not in _QUIET_REASONS and (
         before.get("status") != "False" or before.get("reason") != after.get("reason")
     ):
-        body = {"apiVersion": API_VERSION, "kind": "LearnerPlatform",
-                "metadata": {"namespace": cr.namespace, "name": cr.name, "uid": cr.uid}}
-        deps.warn(body, str(after.get("reason")), str(after.get("message")))
+        involved = {"apiVersion": API_VERSION, "kind": "LearnerPlatform", "namespace": cr.namespace,
+                    "name": cr.name, "uid": cr.uid}
+        try:
+            await deps.api.post_event(involved, "Warning", str(after.get("reason")), str(after.get("message")))
+        except ApiError as exc:  # an event is a courtesy: never fail the reconcile for it
+            logger.warning("Could not post an event: %s", exc)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import collections
+import datetime
 import json
+import secrets
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
 from kubernetes.aio import client as k8s
 
@@ -95,6 +98,20 @@ class KubeApi:
         )
         assert result is not None
         return result
+
+
+    async def post_event(self, involved: dict[str, str], type_: str, reason: str, message: str) -> None:
+        """A core/v1 Event on ``involved`` (what `kubectl describe` lists), from this operator."""
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        namespace = involved["namespace"]
+        event = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": f"{involved['name']}.{secrets.token_hex(8)}", "namespace": namespace},
+            "involvedObject": involved, "type": type_, "reason": reason, "message": message[:1024],
+            "source": {"component": FIELD_MANAGER}, "reportingComponent": FIELD_MANAGER,
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        }
+        await self._call("POST", f"/api/v1/namespaces/{quote(namespace, safe='')}/events", body=event)
 
 
 def _error(status: int, data: bytes) -> ApiError:

@@ -1,0 +1,478 @@
+"""A Kubernetes API server double: kmock's KubernetesEmulator, taught what our tests rely on.
+
+No cluster and no Docker engine run here, so the operator talks HTTP to this emulator, exactly as it
+talks to a real API server (kopf for watching, kubernetes.aio for writes). kmock provides the HTTP
+server, discovery, request recording and fault injection (``cluster['patch', ...] << 500``); this
+class replaces its naive object store with one that behaves like the real server where it matters:
+
+Emulated:
+- ``metadata.uid``, ``resourceVersion`` (one global counter, as etcd's revision), ``generation``
+  (bumped when anything but metadata/status changes), ``creationTimestamp``.
+- Server-side apply (``application/apply-patch+yaml``): creates missing objects; remembers what each
+  field manager applied, so a field dropped from a later apply is removed (lists are atomic, see
+  below); a no-op apply changes nothing and sends no watch event, as on a real server.
+- JSON merge patch (RFC 7386; strategic merge patch is treated as merge patch), and JSON patch.
+- The ``status`` subresource: writes to ``/status`` change only status; writes to the main resource
+  never change status.
+- Label selectors (``=``, ``==``, ``!=``, ``in``, ``notin``, exists, ``!``) on list and watch.
+- Watch from a resourceVersion (replaying the events after it), ``timeoutSeconds``, bookmarks not sent.
+- Deletion with finalizers (``deletionTimestamp``), and background garbage collection of dependents
+  through ``ownerReferences``.
+- Admission of LearnerPlatforms with the CRD's schema: defaults, validation and CEL rules (422).
+- A few server-side defaults on Deployments and Services (``protocol``, ``imagePullPolicy``,
+  ``clusterIP``...), so that drift detection is tested against defaulted objects.
+
+Not emulated (the tests do not rely on them): field ownership conflicts (the operator always applies
+with ``force=true``), list merging by key in apply (lists are replaced whole), strategic merge
+directives, quantity normalisation, admission webhooks, RBAC, any controller (Deployments never get
+pods: tests set Deployment status themselves with :meth:`Cluster.set_deployment_status`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import copy
+import datetime
+import json
+import re
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import attrs
+import kmock
+import yaml
+from kmock._internal import apps
+
+from tests.crd_schema import admit
+
+ResKey = tuple[str, str, str]  # group, version, plural
+ObjKey = tuple[ResKey, str | None, str]  # resource, namespace, name
+
+_NAMESPACED = {
+    ("", "v1", "namespaces"): False,
+    ("apiextensions.k8s.io", "v1", "customresourcedefinitions"): False,
+}
+_WITH_STATUS = {"deployments", "horizontalpodautoscalers", "poddisruptionbudgets", "learnerplatforms", "services"}
+_HANG_UP: dict[str, Any] = {}
+
+
+def _error(status: int, reason: str, message: str) -> kmock.KubernetesError:
+    return kmock.KubernetesError(status=status, reason=reason, message=message, details={})
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = copy.deepcopy(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def json_patch(target: Any, ops: list[dict[str, Any]]) -> Any:
+    """RFC 6902, the operations kubectl and kopf send (add, replace, remove, test)."""
+    doc = copy.deepcopy(target)
+    for op in ops:
+        parts = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].split("/")[1:]]
+        parent = doc
+        for part in parts[:-1]:
+            parent = parent[int(part)] if isinstance(parent, list) else parent.setdefault(part, {})
+        last = parts[-1]
+        if op["op"] == "test":
+            current = parent[int(last)] if isinstance(parent, list) else parent.get(last)
+            if current != op["value"]:
+                raise _error(422, "Invalid", f"test operation failed at {op['path']}")
+        elif op["op"] == "remove":
+            del parent[int(last) if isinstance(parent, list) else last]
+        elif isinstance(parent, list):
+            index = len(parent) if last == "-" else int(last)
+            if op["op"] == "add":
+                parent.insert(index, op["value"])
+            else:
+                parent[index] = op["value"]
+        else:
+            parent[last] = op["value"]
+    return doc
+
+
+def _remove_unapplied(current: Any, previous: Any, applied: Any) -> Any:
+    """Drop the fields a manager applied before but applies no more (it owned them alone here)."""
+    if not isinstance(current, dict) or not isinstance(previous, dict):
+        return current
+    result = dict(current)
+    for key, old in previous.items():
+        if key not in (applied or {}):
+            result.pop(key, None)
+        elif isinstance(old, dict) and isinstance(applied.get(key), dict):
+            result[key] = _remove_unapplied(result.get(key), old, applied[key])
+    return result
+
+
+def _apply_merge(current: Any, applied: Any) -> Any:
+    """Apply's merge: objects merge field by field, lists and scalars are replaced."""
+    if isinstance(current, dict) and isinstance(applied, dict):
+        result = dict(current)
+        for key, value in applied.items():
+            result[key] = _apply_merge(current.get(key), value)
+        return result
+    return copy.deepcopy(applied)
+
+
+_SELECTOR_TERM = re.compile(r"^\s*(!?)([\w./-]+)\s*(?:(==|=|!=)\s*([\w.-]*)|\s+(in|notin)\s+\(([^)]*)\))?\s*$")
+
+
+def matches_selector(labels: dict[str, str], selector: str) -> bool:
+    terms = re.split(r",(?![^(]*\))", selector) if selector else []
+    for term in terms:
+        m = _SELECTOR_TERM.match(term)
+        if m is None:
+            raise _error(400, "BadRequest", f"unable to parse requirement: {term!r}")
+        negate, key, op, value, set_op, values = m.groups()
+        if op in ("=", "=="):
+            ok = labels.get(key) == value
+        elif op == "!=":
+            ok = labels.get(key) != value
+        elif set_op:
+            choices = {v.strip() for v in values.split(",")}
+            ok = (labels.get(key) in choices) if set_op == "in" else (labels.get(key) not in choices)
+        else:
+            ok = (key in labels) != bool(negate)
+        if not ok:
+            return False
+    return True
+
+
+def _server_defaults(plural: str, obj: dict[str, Any]) -> None:
+    """A few of the defaults a real API server fills in (enough to catch naive drift checks)."""
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):
+        return
+    if plural == "deployments":
+        spec.setdefault("replicas", 1)
+        spec.setdefault("progressDeadlineSeconds", 600)
+        pod = (spec.get("template") or {}).get("spec") or {}
+        pod.setdefault("restartPolicy", "Always")
+        pod.setdefault("dnsPolicy", "ClusterFirst")
+        for container in pod.get("containers") or []:
+            container.setdefault("imagePullPolicy", "IfNotPresent")
+            container.setdefault("terminationMessagePath", "/dev/termination-log")
+            for port in container.get("ports") or []:
+                port.setdefault("protocol", "TCP")
+    elif plural == "services":
+        spec.setdefault("clusterIP", "10.96.0.42")
+        spec.setdefault("sessionAffinity", "None")
+        for port in spec.get("ports") or []:
+            port.setdefault("protocol", "TCP")
+
+
+@attrs.define(kw_only=True)
+class Cluster(kmock.KubernetesEmulator):
+    crd: dict[str, Any] | None = None
+    _store: dict[ObjKey, dict[str, Any]] = attrs.field(factory=dict, init=False)
+    _managed: dict[ObjKey, dict[str, Any]] = attrs.field(factory=dict, init=False)  # manager -> last applied
+    _revision: int = attrs.field(default=1000, init=False)
+    _history: dict[ResKey, list[tuple[int, dict[str, Any]]]] = attrs.field(
+        factory=lambda: collections.defaultdict(list), init=False)
+    _watchers: dict[ResKey, set[asyncio.Queue[dict[str, Any]]]] = attrs.field(
+        factory=lambda: collections.defaultdict(set), init=False)
+
+    # -- kmock plumbing ------------------------------------------------------------------------
+
+    async def _handle(self, request: kmock.Request) -> Any:
+        # Skip KubernetesEmulator's own naive state tracking: our fallbacks below keep the state,
+        # and user reactions (fault injection) answer before them without changing anything.
+        return await apps.RawHandler._handle(self, request)
+
+    def declare(self, group: str, version: str, plural: str, kind: str, *, namespaced: bool = True) -> None:
+        path = f"{group}/{version}/{plural}" if group else f"{version}/{plural}"
+        self.resources[path] = kmock.ResourceInfo(
+            kind=kind, namespaced=namespaced,
+            verbs={"list", "watch", "get", "create", "patch", "update", "delete"},
+            subresources={"status"} if plural in _WITH_STATUS else set(),
+        )
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _res(request: kmock.Request) -> ResKey:
+        r = request.resource
+        assert r is not None
+        return (str(r.group or ""), str(r.version), str(r.plural))
+
+    def _select(self, request: kmock.Request) -> list[dict[str, Any]]:
+        res, selector = self._res(request), request.params.get("labelSelector", "")
+        return [
+            copy.deepcopy(obj) for (r, ns, _), obj in sorted(self._store.items(), key=lambda i: str(i[0]))
+            if r == res and (request.namespace is None or ns == request.namespace)
+            and matches_selector((obj.get("metadata") or {}).get("labels") or {}, selector)
+        ]
+
+    async def _serve_list(self, request: kmock.Request) -> Any:
+        return {"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": str(self._revision)},
+                "items": self._select(request)}
+
+    async def _serve_fetch(self, request: kmock.Request) -> Any:
+        obj = self._store.get((self._res(request), request.namespace, str(request.name)))
+        if obj is None:
+            raise self._not_found(request)
+        return copy.deepcopy(obj)
+
+    async def _serve_watch(self, request: kmock.Request) -> AsyncIterator[Any]:
+        yield b""
+        res, selector = self._res(request), request.params.get("labelSelector", "")
+        since = int(request.params.get("resourceVersion") or 0)
+        timeout = float(request.params.get("timeoutSeconds") or 3600)
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._watchers[res].add(queue)
+
+        def wanted(event: dict[str, Any]) -> bool:
+            meta = event["object"].get("metadata") or {}
+            return (request.namespace is None or meta.get("namespace") == request.namespace) and \
+                matches_selector(meta.get("labels") or {}, selector)
+
+        try:
+            if since:
+                for revision, event in list(self._history[res]):
+                    if revision > since and wanted(event):
+                        yield event
+            else:
+                for obj in self._select(request):
+                    yield {"type": "ADDED", "object": obj}
+            deadline = asyncio.get_running_loop().time() + timeout
+            while (left := deadline - asyncio.get_running_loop().time()) > 0:
+                try:
+                    event = await asyncio.wait_for(queue.get(), timeout=left)
+                except TimeoutError:
+                    break
+                if event is _HANG_UP:
+                    break
+                if wanted(event):
+                    yield event
+        finally:
+            self._watchers[res].discard(queue)
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def _not_found(self, request: kmock.Request) -> kmock.KubernetesError:
+        return _error(404, "NotFound", f'{self._res(request)[2]} "{request.name}" not found')
+
+    def _emit(self, res: ResKey, kind: str, obj: dict[str, Any]) -> None:
+        event = {"type": kind, "object": copy.deepcopy(obj)}
+        self._history[res].append((self._revision, event))
+        for queue in self._watchers[res]:
+            queue.put_nowait(event)
+
+    def _admit(self, res: ResKey, obj: dict[str, Any]) -> dict[str, Any]:
+        if res[2] == "learnerplatforms" and self.crd is not None:
+            status = obj.pop("status", None)
+            obj, errors = admit(self.crd, obj)
+            if errors:
+                name = (obj.get("metadata") or {}).get("name")
+                raise _error(422, "Invalid", f'LearnerPlatform.learner.dev "{name}" is invalid: ' + "; ".join(errors))
+            if status is not None:
+                obj["status"] = status
+        return obj
+
+    def _store_object(
+        self, key: ObjKey, new: dict[str, Any], old: dict[str, Any] | None, *, status_write: bool = False,
+    ) -> dict[str, Any]:
+        """Commit ``new`` in place of ``old``: bump versions, emit the event; no-ops change nothing."""
+        res = key[0]
+        meta = new.setdefault("metadata", {})
+        if old is None:
+            self._revision += 1
+            meta.update(uid=str(uuid.uuid4()), generation=1, resourceVersion=str(self._revision),
+                        creationTimestamp=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+            meta.setdefault("namespace", key[1]) if key[1] else None
+            meta["name"] = key[2]
+            _server_defaults(res[2], new)
+            new = self._admit(res, new)  # after the metadata is complete: admission copies the object
+            self._store[key] = new
+            self._emit(res, "ADDED", new)
+            return copy.deepcopy(new)
+        for field in ("uid", "creationTimestamp", "generation", "resourceVersion", "namespace", "name"):
+            if field in old["metadata"]:
+                meta[field] = old["metadata"][field]
+        _server_defaults(res[2], new)
+        if not status_write:
+            new = self._admit(res, new)
+            meta = new["metadata"]
+        if new == old:
+            return copy.deepcopy(old)
+        content = {k: v for k, v in new.items() if k not in ("metadata", "status")}
+        if content != {k: v for k, v in old.items() if k not in ("metadata", "status")}:
+            meta["generation"] = int(old["metadata"].get("generation", 1)) + 1
+        self._revision += 1
+        meta["resourceVersion"] = str(self._revision)
+        if meta.get("deletionTimestamp") and not meta.get("finalizers"):
+            return self._remove(key, new)
+        self._store[key] = new
+        self._emit(res, "MODIFIED", new)
+        return copy.deepcopy(new)
+
+    async def _serve_create(self, request: kmock.Request) -> Any:
+        body = copy.deepcopy(request.data or {})
+        meta = body.get("metadata") or {}
+        key = (self._res(request), request.namespace or meta.get("namespace"), str(meta.get("name")))
+        if key in self._store:
+            raise _error(409, "AlreadyExists", f'{key[0][2]} "{key[2]}" already exists')
+        body.pop("status", None) if key[0][2] in _WITH_STATUS else None
+        return self._store_object(key, body, None)
+
+    async def _serve_update(self, request: kmock.Request) -> Any:
+        key = (self._res(request), request.namespace, str(request.name))
+        old = self._store.get(key)
+        content_type = request.headers.get("Content-Type", "").split(";")[0]
+        patch = yaml.safe_load(request.body or b"{}") if "yaml" in content_type else json.loads(request.body or b"{}")
+        if content_type == "application/apply-patch+yaml":
+            manager = request.params.get("fieldManager")
+            if not manager:
+                raise _error(422, "Invalid", "fieldManager is required for apply requests")
+            previous = self._managed.get(key, {}).get(manager) if old is not None else None
+            base = _remove_unapplied(old or {}, previous, patch) if previous else (old or {})
+            new = _apply_merge(base, patch)
+            self._managed.setdefault(key, {})[manager] = copy.deepcopy(patch)
+        elif old is None:
+            raise self._not_found(request)
+        elif content_type == "application/json-patch+json":
+            new = json_patch(old, patch)
+        else:  # merge patch; strategic merge patch approximated by it
+            new = merge_patch(old, patch)
+        status_write = request.subresource == "status"
+        if key[0][2] in _WITH_STATUS:  # the status subresource: each endpoint changes only its own part
+            status_from, rest_from = (new, old or {}) if status_write else (old or {}, new)
+            new = {k: v for k, v in rest_from.items() if k != "status"}
+            if "status" in status_from:
+                new["status"] = status_from["status"]
+        return self._store_object(key, new, old, status_write=status_write)
+
+    async def _serve_delete(self, request: kmock.Request) -> Any:
+        key = (self._res(request), request.namespace, str(request.name))
+        obj = self._store.get(key)
+        if obj is None:
+            raise self._not_found(request)
+        meta = obj["metadata"]
+        if meta.get("finalizers"):
+            if not meta.get("deletionTimestamp"):
+                new = copy.deepcopy(obj)
+                new["metadata"]["deletionTimestamp"] = datetime.datetime.now(datetime.UTC).strftime(
+                    "%Y-%m-%dT%H:%M:%SZ")
+                return self._store_object(key, new, obj)
+            return copy.deepcopy(obj)
+        self._revision += 1
+        return self._remove(key, obj)
+
+    def _remove(self, key: ObjKey, obj: dict[str, Any]) -> dict[str, Any]:
+        del self._store[key]
+        self._managed.pop(key, None)
+        obj = copy.deepcopy(obj)
+        obj["metadata"]["resourceVersion"] = str(self._revision)
+        self._emit(key[0], "DELETED", obj)
+        self._collect_garbage(str(obj["metadata"].get("uid")))
+        return obj
+
+    def _collect_garbage(self, owner_uid: str) -> None:
+        """The garbage collector, in the background propagation mode: dependents follow their owner."""
+        for key, obj in list(self._store.items()):
+            owners = (obj.get("metadata") or {}).get("ownerReferences") or []
+            if key in self._store and any(ref.get("uid") == owner_uid for ref in owners):
+                self._revision += 1
+                self._remove(key, obj)
+
+    def hang_up(self) -> None:
+        """End every open watch stream, as an API server does when it shuts down."""
+        for queues in self._watchers.values():
+            for queue in queues:
+                queue.put_nowait(_HANG_UP)
+
+    # -- for tests -------------------------------------------------------------------------------
+
+    def get(self, api_version: str, plural: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        group, _, version = api_version.rpartition("/")
+        obj = self._store.get(((group, version, plural), namespace, name))
+        return copy.deepcopy(obj) if obj is not None else None
+
+    def all(self, api_version: str, plural: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        group, _, version = api_version.rpartition("/")
+        return [copy.deepcopy(o) for (r, ns, _), o in self._store.items()
+                if r == (group, version, plural) and (namespace is None or ns == namespace)]
+
+    def put(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Create or replace an object as a user would (kubectl apply), with events and versions."""
+        group, _, version = obj["apiVersion"].rpartition("/")
+        plural = _PLURALS[obj["kind"]]
+        meta = obj["metadata"]
+        key = ((group, version, plural), meta.get("namespace"), meta["name"])
+        return self._store_object(key, copy.deepcopy(obj), self._store.get(key))
+
+    def edit(self, api_version: str, plural: str, namespace: str, name: str, patch: dict[str, Any],
+             *, status: bool = False) -> dict[str, Any]:
+        """What `kubectl patch --type merge` (or a controller writing status) does."""
+        group, _, version = api_version.rpartition("/")
+        key = ((group, version, plural), namespace, name)
+        old = self._store[key]
+        new = merge_patch(old, patch)
+        if not status and "status" in old:
+            new["status"] = old["status"]
+        return self._store_object(key, new, old, status_write=status)
+
+    def remove(self, api_version: str, plural: str, namespace: str, name: str) -> None:
+        group, _, version = api_version.rpartition("/")
+        key = ((group, version, plural), namespace, name)
+        self._revision += 1
+        self._remove(key, self._store[key])
+
+    def scale(self, namespace: str, name: str, replicas: int) -> dict[str, Any]:
+        """What the HorizontalPodAutoscaler does: set the Deployment's replicas (its own field)."""
+        return self.edit("apps/v1", "deployments", namespace, name, {"spec": {"replicas": replicas}})
+
+    def set_deployment_status(self, namespace: str, name: str, *, ready: int | None = None) -> dict[str, Any]:
+        """Play the Deployment controller and kubelet: all replicas of the current template ready."""
+        deployment = self._store[(("apps", "v1", "deployments"), namespace, name)]
+        replicas = int(deployment["spec"].get("replicas", 1))
+        ready = replicas if ready is None else ready
+        return self.edit("apps/v1", "deployments", namespace, name, {"status": {
+            "observedGeneration": deployment["metadata"]["generation"],
+            "replicas": replicas, "updatedReplicas": replicas, "readyReplicas": ready, "availableReplicas": ready,
+            "conditions": [{"type": "Available", "status": "True" if ready >= replicas else "False",
+                            "reason": "MinimumReplicasAvailable"}],
+        }}, status=True)
+
+    @property
+    def log(self) -> list[kmock.Request]:
+        """Every request served so far, in order (kmock records them all)."""
+        return self._requests
+
+    def mutating_requests(self, since: int = 0) -> list[kmock.Request]:
+        return [r for r in self._requests[since:] if r.method.value in ("POST", "PUT", "PATCH", "DELETE")]
+
+
+_PLURALS = {
+    "Namespace": "namespaces", "Secret": "secrets", "ConfigMap": "configmaps", "ServiceAccount": "serviceaccounts",
+    "Service": "services", "Deployment": "deployments", "HorizontalPodAutoscaler": "horizontalpodautoscalers",
+    "PodDisruptionBudget": "poddisruptionbudgets", "NetworkPolicy": "networkpolicies",
+    "ServiceMonitor": "servicemonitors", "LearnerPlatform": "learnerplatforms", "Event": "events",
+}
+
+
+def standard_cluster(crd: dict[str, Any]) -> Cluster:
+    """The emulator with every kind the operator and kopf touch declared (kopf needs full discovery)."""
+    cluster = Cluster(crd=crd)
+    for (group, version, plural), namespaced in _NAMESPACED.items():
+        cluster.declare(group, version, plural, plural.capitalize()[:-1], namespaced=namespaced)
+    for kind, plural in _PLURALS.items():
+        if plural == "namespaces":
+            continue
+        api_version = {"Deployment": "apps/v1", "HorizontalPodAutoscaler": "autoscaling/v2",
+                       "PodDisruptionBudget": "policy/v1", "NetworkPolicy": "networking.k8s.io/v1",
+                       "ServiceMonitor": "monitoring.coreos.com/v1", "LearnerPlatform": "learner.dev/v1alpha1",
+                       }.get(kind, "v1")
+        group, _, version = api_version.rpartition("/")
+        cluster.declare(group, version, plural, kind)
+    return cluster

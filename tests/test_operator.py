@@ -1,0 +1,361 @@
+"""The real operator against the emulated API server: what platform teams and SREs would see."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+from typing import Any
+
+import kmock
+import pytest
+
+from tests.conftest import EXAMPLES, load
+from tests.kube_emulator import Cluster, standard_cluster
+from tests.operator_harness import NS, Operator, eventually, running_operator, settled
+
+pytestmark = pytest.mark.operator
+
+API = "ai-platform-learner-api"
+EVALUATOR = "ai-platform-evaluator"
+
+
+def secret(name: str = "ai-platform-secrets", **data: str) -> dict[str, Any]:
+    values = data or {"DATABASE_URL": "postgresql://app:pw@db:5432/learn", "REDIS_URL": "redis://cache:6379/0"}
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": NS},
+            "type": "Opaque", "data": {k: base64.b64encode(v.encode()).decode() for k, v in values.items()}}
+
+
+def conditions(cluster: Cluster, name: str = "ai-platform") -> dict[str, dict[str, Any]]:
+    obj = cluster.get("learner.dev/v1alpha1", "learnerplatforms", NS, name) or {}
+    return {c["type"]: c for c in (obj.get("status") or {}).get("conditions") or []}
+
+
+def condition(cluster: Cluster, kind: str, name: str = "ai-platform") -> tuple[str, str] | None:
+    c = conditions(cluster, name).get(kind)
+    return (c["status"], c["reason"]) if c else None
+
+
+def children(cluster: Cluster) -> set[tuple[str, str]]:
+    kinds = [("v1", "serviceaccounts"), ("v1", "configmaps"), ("v1", "services"), ("apps/v1", "deployments"),
+             ("autoscaling/v2", "horizontalpodautoscalers"), ("policy/v1", "poddisruptionbudgets"),
+             ("networking.k8s.io/v1", "networkpolicies"), ("monitoring.coreos.com/v1", "servicemonitors")]
+    return {(obj["kind"], obj["metadata"]["name"]) for av, plural in kinds for obj in cluster.all(av, plural, NS)}
+
+
+@pytest.fixture
+async def cluster(crd: dict[str, Any]) -> AsyncIterator[Cluster]:
+    emulator = standard_cluster(crd)
+    async with emulator, kmock.Server(emulator):
+        emulator.put({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
+        yield emulator
+        emulator.hang_up()
+
+
+@pytest.fixture
+async def operator(cluster: Cluster) -> AsyncIterator[Operator]:
+    async with running_operator(cluster) as op:
+        yield op
+
+
+async def test_create_makes_every_child_and_reports_conditions(cluster: Cluster, operator: Operator) -> None:
+    cluster.put(secret())
+    cluster.put(load(EXAMPLES / "01-minimal.yaml"))
+    await eventually(lambda: len(children(cluster)) == 11, what="11 children")
+    assert children(cluster) == {
+        ("ServiceAccount", API), ("ServiceAccount", EVALUATOR), ("ConfigMap", "ai-platform-config"),
+        ("NetworkPolicy", API), ("NetworkPolicy", EVALUATOR), ("Service", API), ("Service", EVALUATOR),
+        ("Deployment", API), ("Deployment", EVALUATOR), ("HorizontalPodAutoscaler", API),
+        ("PodDisruptionBudget", API),
+    }
+    await eventually(lambda: condition(cluster, "SecretReady") == ("True", "SecretFound"))
+    # No pods yet: the platform is not ready, and says why.
+    assert condition(cluster, "Ready") == ("False", "MinimumReplicasUnavailable")
+    cluster.scale(NS, API, 2)  # the HPA's minimum
+    cluster.set_deployment_status(NS, API)
+    cluster.set_deployment_status(NS, EVALUATOR)
+    await eventually(lambda: condition(cluster, "Ready") == ("True", "AllComponentsReady"))
+    status = cluster.get("learner.dev/v1alpha1", "learnerplatforms", NS, "ai-platform")["status"]
+    assert status["observedGeneration"] == 1
+    assert status["learnerApi"]["ready"] == "2/2"
+    assert set(conditions(cluster)) == {"Ready", "SecretReady", "LearnerApiAvailable", "EvaluatorAvailable",
+                                        "Progressing", "Degraded"}
+
+
+async def ready_platform(cluster: Cluster, operator: Operator, doc: dict[str, Any] | None = None) -> None:
+    """Create the Secret and a platform, play the HPA and the Deployment controller, wait for Ready."""
+    cluster.put(secret())
+    cluster.put(doc or load(EXAMPLES / "01-minimal.yaml"))
+    await eventually(lambda: cluster.get("apps/v1", "deployments", NS, API), what="learner-api Deployment")
+    await eventually(lambda: cluster.get("apps/v1", "deployments", NS, EVALUATOR), what="evaluator Deployment")
+    cluster.scale(NS, API, 2)
+    cluster.set_deployment_status(NS, API)
+    cluster.set_deployment_status(NS, EVALUATOR)
+    await eventually(lambda: condition(cluster, "Ready") == ("True", "AllComponentsReady"), what="Ready")
+    await settled(cluster, operator)
+
+
+def platform_doc(**spec: Any) -> dict[str, Any]:
+    doc = load(EXAMPLES / "01-minimal.yaml")
+    doc["spec"].update(spec)
+    return doc
+
+
+def api_container(cluster: Cluster) -> dict[str, Any]:
+    deployment = cluster.get("apps/v1", "deployments", NS, API) or {}
+    container: dict[str, Any] = deployment["spec"]["template"]["spec"]["containers"][0]
+    return container
+
+
+async def test_spec_change_rolls_children_and_observed_generation(cluster: Cluster, operator: Operator) -> None:
+    await ready_platform(cluster, operator)
+    cluster.edit("learner.dev/v1alpha1", "learnerplatforms", NS, "ai-platform",
+                 {"spec": {"image": {"tag": "feedface"}, "environment": "staging",
+                           "learnerApi": {"autoscaling": {"maxReplicas": 6}}}})
+    await eventually(lambda: api_container(cluster)["image"] == "ghcr.io/ai-platform/learner-api:feedface")
+    hpa = await eventually(lambda: (cluster.get("autoscaling/v2", "horizontalpodautoscalers", NS, API) or {})
+                           .get("spec", {}).get("maxReplicas") == 6)
+    assert hpa
+    config = cluster.get("v1", "configmaps", NS, "ai-platform-config") or {}
+    assert config["data"]["NODE_ENV"] == "staging"
+    # The new template is not rolled out yet: the platform says so, for the new generation.
+    await eventually(lambda: condition(cluster, "Ready") == ("False", "RolloutInProgress"))
+    status = cluster.get("learner.dev/v1alpha1", "learnerplatforms", NS, "ai-platform")["status"]
+    assert status["observedGeneration"] == 2
+    assert all(c["observedGeneration"] == 2 for c in status["conditions"])
+    cluster.set_deployment_status(NS, API)
+    cluster.set_deployment_status(NS, EVALUATOR)
+    await eventually(lambda: condition(cluster, "Ready") == ("True", "AllComponentsReady"))
+
+
+async def test_a_deleted_child_is_recreated(cluster: Cluster, operator: Operator) -> None:
+    await ready_platform(cluster, operator)
+    for api_version, plural, name in [("v1", "services", API), ("apps/v1", "deployments", EVALUATOR),
+                                      ("networking.k8s.io/v1", "networkpolicies", API)]:
+        cluster.remove(api_version, plural, NS, name)
+        await eventually(lambda av=api_version, p=plural, n=name: cluster.get(av, p, NS, n),
+                         what=f"{plural}/{name} recreated")
+
+
+@pytest.mark.parametrize("edit", [
+    pytest.param({"spec": {"template": {"spec": {"containers": [{"name": "learner-api", "image": "evil:latest"}]}}}},
+                 id="image"),
+    pytest.param({"spec": {"template": {"metadata": {"annotations": {"learner.dev/secret-hash": "x"}}}}},
+                 id="annotation"),
+    pytest.param({"spec": {"selector": None, "strategy": {"type": "Recreate", "rollingUpdate": None}}},
+                 id="strategy"),
+])
+async def test_an_edited_child_is_restored(cluster: Cluster, operator: Operator, edit: dict[str, Any]) -> None:
+    await ready_platform(cluster, operator)
+    before = cluster.get("apps/v1", "deployments", NS, API) or {}
+    cluster.edit("apps/v1", "deployments", NS, API, edit)
+    await eventually(lambda: (cluster.get("apps/v1", "deployments", NS, API) or {})["spec"]["template"]
+                     == before["spec"]["template"] and
+                     (cluster.get("apps/v1", "deployments", NS, API) or {})["spec"].get("strategy")
+                     == before["spec"].get("strategy"), what="Deployment restored")
+
+
+async def test_replicas_are_restored_without_the_hpa_and_left_to_it_with(
+    cluster: Cluster, operator: Operator,
+) -> None:
+    await ready_platform(cluster, operator)
+    cluster.scale(NS, API, 7)  # what the HPA does under load
+    await settled(cluster, operator)
+    assert (cluster.get("apps/v1", "deployments", NS, API) or {})["spec"]["replicas"] == 7
+
+    cluster.edit("learner.dev/v1alpha1", "learnerplatforms", NS, "ai-platform",
+                 {"spec": {"learnerApi": {"replicas": 3, "autoscaling": {"enabled": False}}}})
+    await eventually(lambda: (cluster.get("apps/v1", "deployments", NS, API) or {})["spec"]["replicas"] == 3)
+    await eventually(lambda: cluster.get("autoscaling/v2", "horizontalpodautoscalers", NS, API) is None,
+                     what="HPA pruned")
+    cluster.scale(NS, API, 9)  # someone scales by hand
+    await eventually(lambda: (cluster.get("apps/v1", "deployments", NS, API) or {})["spec"]["replicas"] == 3,
+                     what="replicas restored")
+
+
+async def test_missing_secret_is_a_condition_then_converges(cluster: Cluster, operator: Operator) -> None:
+    cluster.put(load(EXAMPLES / "01-minimal.yaml"))
+    await eventually(lambda: condition(cluster, "SecretReady") == ("False", "SecretNotFound"))
+    assert condition(cluster, "Ready") == ("False", "SecretNotFound")
+    assert condition(cluster, "Degraded") == ("True", "SecretNotFound")
+    message = conditions(cluster)["SecretReady"]["message"]
+    assert "kubectl -n learning create secret generic ai-platform-secrets --from-env-file" in message
+    assert children(cluster) == set()  # nothing that could not start is created
+    events = [e for e in cluster.all("v1", "events", NS) if e.get("reason") == "SecretNotFound"]
+    assert events
+    assert events[0]["type"] == "Warning"
+
+    cluster.put(secret())
+    await eventually(lambda: condition(cluster, "SecretReady") == ("True", "SecretFound"))
+    await eventually(lambda: len(children(cluster)) == 11)
+
+
+async def test_missing_keys_are_named_and_values_never_shown(cluster: Cluster, operator: Operator) -> None:
+    cluster.put(secret(DATABASE_URL="postgresql://app:topsecret@db/learn"))
+    cluster.put(load(EXAMPLES / "01-minimal.yaml"))
+    await eventually(lambda: condition(cluster, "SecretReady") == ("False", "SecretKeysMissing"))
+    message = conditions(cluster)["SecretReady"]["message"]
+    assert "REDIS_URL" in message
+    assert "DATABASE_URL" not in message
+    everything = repr(cluster.all("learner.dev/v1alpha1", "learnerplatforms")) + repr(cluster.all("v1", "events"))
+    assert "topsecret" not in everything
+
+
+async def test_rotating_the_secret_rolls_the_pods(cluster: Cluster, operator: Operator) -> None:
+    await ready_platform(cluster, operator)
+
+    def secret_hash(name: str) -> str:
+        deployment = cluster.get("apps/v1", "deployments", NS, name) or {}
+        return str(deployment["spec"]["template"]["metadata"]["annotations"]["learner.dev/secret-hash"])
+
+    before = secret_hash(API), secret_hash(EVALUATOR)
+    cluster.put(secret(DATABASE_URL="postgresql://app:rotated@db:5432/learn", REDIS_URL="redis://cache:6379/0"))
+    await eventually(lambda: secret_hash(API) != before[0] and secret_hash(EVALUATOR) != before[1],
+                     what="both pod templates changed")
+    # A Secret nobody references changes nothing.
+    await settled(cluster, operator)
+    count = len(cluster.mutating_requests())
+    cluster.put(secret(name="someone-elses"))
+    await settled(cluster, operator)
+    assert len(cluster.mutating_requests()) == count
+
+
+async def test_paused_makes_no_writes(cluster: Cluster, operator: Operator) -> None:
+    await ready_platform(cluster, operator)
+    cluster.edit("learner.dev/v1alpha1", "learnerplatforms", NS, "ai-platform", {"spec": {"paused": True}})
+    await eventually(lambda: condition(cluster, "Ready") == ("False", "Paused"))
+    await settled(cluster, operator)
+    start = len(cluster.log)
+    cluster.edit("learner.dev/v1alpha1", "learnerplatforms", NS, "ai-platform",
+                 {"spec": {"paused": True, "image": {"tag": "not-while-paused"}}})
+    cluster.remove("v1", "services", NS, API)
+    await settled(cluster, operator)
+    # Only the platform's own status moves (observedGeneration); no child is written.
+    writes = cluster.mutating_requests(start)
+    assert [(r.resource.plural, r.subresource) for r in writes] == [("learnerplatforms", "status")]
+    assert condition(cluster, "Ready") == ("False", "Paused")
+    assert "not-while-paused" not in api_container(cluster)["image"]
+    assert cluster.get("v1", "services", NS, API) is None
+
+    cluster.edit("learner.dev/v1alpha1", "learnerplatforms", NS, "ai-platform", {"spec": {"paused": False}})
+    await eventually(lambda: cluster.get("v1", "services", NS, API), what="Service back after resuming")
+    await eventually(lambda: api_container(cluster)["image"].endswith(":not-while-paused"))
+
+
+async def test_switching_off_the_evaluator_deletes_it(cluster: Cluster, operator: Operator) -> None:
+    await ready_platform(cluster, operator)
+    cluster.edit("learner.dev/v1alpha1", "learnerplatforms", NS, "ai-platform",
+                 {"spec": {"evaluator": {"enabled": False}}})
+    await eventually(lambda: cluster.get("apps/v1", "deployments", NS, EVALUATOR) is None, what="evaluator gone")
+    for api_version, plural in [("v1", "services"), ("v1", "serviceaccounts"),
+                                ("networking.k8s.io/v1", "networkpolicies")]:
+        assert cluster.get(api_version, plural, NS, EVALUATOR) is None
+    assert cluster.get("apps/v1", "deployments", NS, API) is not None
+    await eventually(lambda: condition(cluster, "EvaluatorAvailable") == ("True", "Disabled"))
+    assert condition(cluster, "Ready") == ("True", "AllComponentsReady")
+
+
+async def test_an_unservable_spec_is_reported_and_others_are_still_served(
+    cluster: Cluster, operator: Operator,
+) -> None:
+    cluster.put(secret())
+    broken = load(EXAMPLES / "invalid" / "requests-above-limits.yaml")  # admitted: CEL cannot see it
+    cluster.put(broken)
+    # And one that an older CRD let through: stored without admission.
+    cluster.crd, crd = None, cluster.crd
+    slipped = platform_doc(learnerApi={"autoscaling": {"minReplicas": 9, "maxReplicas": 3}})
+    slipped["metadata"]["name"] = "slipped"
+    cluster.put(slipped)
+    cluster.crd = crd
+    healthy = load(EXAMPLES / "01-minimal.yaml")
+    healthy["metadata"]["name"] = "healthy"
+    cluster.put(healthy)
+
+    await eventually(lambda: condition(cluster, "Ready") == ("False", "InvalidSpec"))
+    assert "resources.requests.cpu (2) is above resources.limits.cpu (500m)" in conditions(cluster)["Ready"]["message"]
+    await eventually(lambda: condition(cluster, "Ready", "slipped") == ("False", "InvalidSpec"))
+    assert "minReplicas (9) must be less than or equal" in conditions(cluster, "slipped")["Ready"]["message"]
+    await eventually(lambda: cluster.get("apps/v1", "deployments", NS, "healthy-learner-api"), what="healthy served")
+    assert cluster.get("apps/v1", "deployments", NS, API) is None
+    assert not operator.task.done()
+
+    cluster.edit("learner.dev/v1alpha1", "learnerplatforms", NS, "ai-platform",
+                 {"spec": {"learnerApi": {"resources": {"requests": {"cpu": "100m"}}}}})
+    await eventually(lambda: cluster.get("apps/v1", "deployments", NS, API), what="fixed spec served")
+
+
+async def test_deleting_the_platform_deletes_its_children(cluster: Cluster, operator: Operator) -> None:
+    await ready_platform(cluster, operator)
+    uid = cluster.get("learner.dev/v1alpha1", "learnerplatforms", NS, "ai-platform")["metadata"]["uid"]
+    owners = {obj["metadata"]["ownerReferences"][0]["uid"] for obj in
+              cluster.all("apps/v1", "deployments", NS) + cluster.all("v1", "services", NS)}
+    assert owners == {uid}
+    cluster.remove("learner.dev/v1alpha1", "learnerplatforms", NS, "ai-platform")
+    await settled(cluster, operator)
+    assert children(cluster) == set()
+    assert (cluster.get("learner.dev/v1alpha1", "learnerplatforms", NS, "ai-platform")) is None
+
+
+async def test_apply_failures_are_reported_and_retried(cluster: Cluster, operator: Operator) -> None:
+    failing = True
+
+    def flaky(request: kmock.Request) -> Any:
+        if failing:
+            return kmock.KubernetesError(status=500, reason="InternalError", message="etcdserver: request timed out")
+        raise NotImplementedError  # fall through to the emulator's normal behaviour
+
+    cluster.put(secret())
+    cluster["patch", kmock.resource("autoscaling", "v2", "horizontalpodautoscalers")] << flaky
+    cluster.put(load(EXAMPLES / "01-minimal.yaml"))
+    await eventually(lambda: condition(cluster, "Degraded") == ("True", "ApplyFailed"))
+    assert "HorizontalPodAutoscaler ai-platform-learner-api: etcdserver: request timed out" in \
+        conditions(cluster)["Degraded"]["message"]
+    assert cluster.get("apps/v1", "deployments", NS, API) is not None  # the rest was applied
+    assert not operator.task.done()
+    failing = False
+    await eventually(lambda: cluster.get("autoscaling/v2", "horizontalpodautoscalers", NS, API), within=20,
+                     what="HPA applied on a retry")
+    await eventually(lambda: condition(cluster, "Degraded") == ("False", "AsExpected"))
+
+
+async def test_write_budget_create_noop_and_drift_repair(cluster: Cluster, operator: Operator) -> None:
+    """Create <= children + 1 status write; a no-op resync writes nothing; one drifted child costs one write."""
+    cluster.put(secret())
+    start = len(cluster.log)
+    cluster.put(load(EXAMPLES / "01-minimal.yaml"))
+    await eventually(lambda: condition(cluster, "SecretReady") == ("True", "SecretFound"))
+    await settled(cluster, operator)
+    writes = cluster.mutating_requests(start)
+    applies = [r for r in writes if r.headers.get("Content-Type", "").startswith("application/apply-patch")]
+    assert len(applies) == len(children(cluster)) == 11
+    assert [(r.resource.plural, r.subresource) for r in writes if r not in applies] == [
+        ("learnerplatforms", "status")]
+
+    start = len(cluster.log)
+    for key in operator.runtime.platforms.known():
+        operator.runtime.engine.trigger(key)
+    await settled(cluster, operator)
+    assert cluster.mutating_requests(start) == []
+    reads = [r for r in cluster.log[start:] if r.method.value == "GET" and r.params.get("watch") != "true"]
+    assert [(r.resource.plural, r.name) for r in reads] == [("secrets", "ai-platform-secrets")]
+
+    start = len(cluster.log)
+    cluster.edit("v1", "services", NS, API, {"spec": {"ports": [{"name": "http", "port": 8080}]}})
+    await eventually(lambda: (cluster.get("v1", "services", NS, API) or {})["spec"]["ports"][0]["port"] == 80)
+    await settled(cluster, operator)
+    assert [(r.resource.plural, r.name) for r in cluster.mutating_requests(start)] == [("services", API)]
+
+
+async def test_the_operator_applies_exactly_what_render_prints(cluster: Cluster, operator: Operator) -> None:
+    from learner_operator.cli import render
+
+    cluster.put(secret())
+    start = len(cluster.log)
+    cluster.put(load(EXAMPLES / "03-production.yaml"))
+    await eventually(lambda: len(children(cluster)) == 12)
+    await settled(cluster, operator)
+    applied = {(r.data["kind"], r.data["metadata"]["name"]): r.data for r in cluster.mutating_requests(start)
+               if r.headers.get("Content-Type", "").startswith("application/apply-patch")}
+    cr = cluster.get("learner.dev/v1alpha1", "learnerplatforms", NS, "ai-platform")
+    data = {"DATABASE_URL": b"postgresql://app:pw@db:5432/learn", "REDIS_URL": b"redis://cache:6379/0"}
+    rendered = {(m["kind"], m["metadata"]["name"]): m for m in render([cr], data)}
+    assert applied == rendered
