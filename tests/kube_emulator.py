@@ -189,10 +189,11 @@ class Cluster(kmock.KubernetesEmulator):
         # and user reactions (fault injection) answer before them without changing anything.
         return await apps.RawHandler._handle(self, request)
 
-    def declare(self, group: str, version: str, plural: str, kind: str, *, namespaced: bool = True) -> None:
+    def declare(self, group: str, version: str, plural: str, kind: str, *, namespaced: bool = True,
+                shortnames: tuple[str, ...] = ()) -> None:
         path = f"{group}/{version}/{plural}" if group else f"{version}/{plural}"
         self.resources[path] = kmock.ResourceInfo(
-            kind=kind, namespaced=namespaced,
+            kind=kind, namespaced=namespaced, shortnames=set(shortnames), singular=kind.lower(),
             verbs={"list", "watch", "get", "create", "patch", "update", "delete"},
             subresources={"status"} if plural in _WITH_STATUS else set(),
         )
@@ -474,5 +475,6 @@ def standard_cluster(crd: dict[str, Any]) -> Cluster:
                        "ServiceMonitor": "monitoring.coreos.com/v1", "LearnerPlatform": "learner.dev/v1alpha1",
                        }.get(kind, "v1")
         group, _, version = api_version.rpartition("/")
-        cluster.declare(group, version, plural, kind)
+        names = crd["spec"]["names"] if kind == crd["spec"]["names"]["kind"] else {}
+        cluster.declare(group, version, plural, kind, shortnames=tuple(names.get("shortNames", ())))
     return cluster

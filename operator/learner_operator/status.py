@@ -114,7 +114,8 @@ def verdicts(obs: Observation, api_deployment: str, evaluator_deployment: str) -
         degraded = Verdict("False", "AsExpected", "")
     out["Degraded"] = degraded
     out["Progressing"] = (
-        Verdict("True", "RolloutInProgress", "new pods are being rolled out") if rolling and not stalled
+        Verdict("False", secret.reason, "nothing is rolled out until the Secret is usable") if secret.status != "True"
+        else Verdict("True", "RolloutInProgress", "new pods are being rolled out") if rolling and not stalled
         else Verdict("False", "RolloutComplete", "all pods run the desired template") if not stalled
         else Verdict("False", "ProgressDeadlineExceeded", "; ".join(stalled))
     )
