@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -17,41 +17,89 @@ from tests.kube_emulator import Cluster
 NS = "learning"
 
 
-@dataclasses.dataclass
 class Operator:
-    memo: kopf.Memo
-    task: asyncio.Task[None]
+    """The operator running in a thread of its own, with its own event loop, as in production.
+
+    kopf treats every task created in its loop after startup as its own and waits for them when it
+    stops; sharing the test's loop would make it wait for (and then cancel) pytest's fixture tasks.
+    """
+
+    def __init__(self, cluster: Cluster, resync_seconds: float) -> None:
+        self.memo = kopf.Memo()
+        self._cluster_url = str(cluster.url).rstrip("/")
+        self._resync = resync_seconds
+        self._ready = threading.Event()
+        self._stop = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name="operator", daemon=True)
+
+    def _main(self) -> None:
+        url = self._cluster_url
+        registry = kopf.OperatorRegistry()
+
+        def login(**_: Any) -> kopf.ConnectionInfo:
+            return kopf.ConnectionInfo(server=url, insecure=True)
+
+        register(registry, OperatorConfig(api_host=url, metrics_port=None, resync_seconds=self._resync, workers=4,
+                                          retry_after_error=0.5),
+                 login=login)
+
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            await kopf.operator(registry=registry, settings=kopf.OperatorSettings(), clusterwide=True,
+                                standalone=True, memo=self.memo, stop_flag=self._stop, ready_flag=self._ready)
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # reported by the test through .error / .alive
+            self.error = exc
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
     @property
     def runtime(self) -> Runtime:
         runtime: Runtime = self.memo["runtime"]
         return runtime
 
+    async def _call(self, fn: Callable[[], Any]) -> Any:
+        assert self._loop is not None
+
+        async def call() -> Any:
+            result = fn()
+            return await result if asyncio.iscoroutine(result) else result
+
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(call(), self._loop))
+
+    async def idle(self) -> None:
+        """Until the operator's work queue is empty and no reconcile runs."""
+        await self._call(self.runtime.engine.wait_idle)
+
+    async def resync_now(self) -> None:
+        """What the periodic resync does: every known platform gets a reconcile."""
+        await self._call(lambda: [self.runtime.engine.trigger(key) for key in self.runtime.platforms.known()])
+
+    async def start(self) -> None:
+        self._thread.start()
+        await asyncio.to_thread(self._ready.wait, 10)
+        if not self._ready.is_set():
+            raise RuntimeError(f"the operator did not start: {self.error!r}")
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.to_thread(self._thread.join, 20)
+
 
 @contextlib.asynccontextmanager
 async def running_operator(cluster: Cluster, *, resync_seconds: float = 300.0) -> AsyncIterator[Operator]:
-    url = str(cluster.url).rstrip("/")
-    registry = kopf.OperatorRegistry()
-
-    def login(**_: Any) -> kopf.ConnectionInfo:
-        return kopf.ConnectionInfo(server=url, insecure=True)
-
-    register(registry, OperatorConfig(api_host=url, metrics_port=None, resync_seconds=resync_seconds,
-                                      workers=4), login=login)
-    settings = kopf.OperatorSettings()
-    memo = kopf.Memo()
-    stop, ready = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(kopf.operator(
-        registry=registry, settings=settings, clusterwide=True, standalone=True, memo=memo,
-        stop_flag=stop, ready_flag=ready,
-    ))
-    await asyncio.wait_for(ready.wait(), timeout=10)
+    operator = Operator(cluster, resync_seconds)
+    await operator.start()
     try:
-        yield Operator(memo, task)
+        yield operator
     finally:
-        stop.set()
-        with contextlib.suppress(asyncio.CancelledError):  # kopf ends its root task by cancelling it
-            await asyncio.wait_for(task, timeout=20)
+        await operator.stop()
 
 
 async def eventually(check: Callable[[], Any], *, within: float = 10.0, what: str = "") -> Any:
@@ -72,7 +120,7 @@ async def settled(cluster: Cluster, operator: Operator, *, quiet: float = 0.5, w
     count, since = len(cluster.log), time.monotonic()
     while time.monotonic() < deadline:
         await asyncio.sleep(0.05)
-        await operator.runtime.engine.wait_idle()
+        await operator.idle()
         if len(cluster.log) != count:
             count, since = len(cluster.log), time.monotonic()
         elif time.monotonic() - since >= quiet:

@@ -276,7 +276,7 @@ async def test_an_unservable_spec_is_reported_and_others_are_still_served(
     assert "minReplicas (9) must be less than or equal" in conditions(cluster, "slipped")["Ready"]["message"]
     await eventually(lambda: cluster.get("apps/v1", "deployments", NS, "healthy-learner-api"), what="healthy served")
     assert cluster.get("apps/v1", "deployments", NS, API) is None
-    assert not operator.task.done()
+    assert operator.alive
 
     cluster.edit("learner.dev/v1alpha1", "learnerplatforms", NS, "ai-platform",
                  {"spec": {"learnerApi": {"resources": {"requests": {"cpu": "100m"}}}}})
@@ -310,7 +310,7 @@ async def test_apply_failures_are_reported_and_retried(cluster: Cluster, operato
     assert "HorizontalPodAutoscaler ai-platform-learner-api: etcdserver: request timed out" in \
         conditions(cluster)["Degraded"]["message"]
     assert cluster.get("apps/v1", "deployments", NS, API) is not None  # the rest was applied
-    assert not operator.task.done()
+    assert operator.alive
     failing = False
     await eventually(lambda: cluster.get("autoscaling/v2", "horizontalpodautoscalers", NS, API), within=20,
                      what="HPA applied on a retry")
@@ -331,8 +331,7 @@ async def test_write_budget_create_noop_and_drift_repair(cluster: Cluster, opera
         ("learnerplatforms", "status")]
 
     start = len(cluster.log)
-    for key in operator.runtime.platforms.known():
-        operator.runtime.engine.trigger(key)
+    await operator.resync_now()
     await settled(cluster, operator)
     assert cluster.mutating_requests(start) == []
     reads = [r for r in cluster.log[start:] if r.method.value == "GET" and r.params.get("watch") != "true"]

@@ -73,7 +73,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     return run(
         namespaces=args.namespace, all_namespaces=args.all_namespaces, peering=args.peering,
-        standalone=args.standalone, liveness=args.liveness, metrics_port=args.metrics_port,
+        liveness=args.liveness, metrics_port=args.metrics_port,
         resync_seconds=args.resync_seconds, verbose=args.verbose,
     )
 
@@ -87,8 +87,8 @@ def parser() -> argparse.ArgumentParser:
     scope = run.add_mutually_exclusive_group()
     scope.add_argument("-n", "--namespace", action="append", default=[], help="watch this namespace (repeatable)")
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (the default)")
-    run.add_argument("--peering", default="learner-platform", help="kopf peering name (for HA replicas)")
-    run.add_argument("--standalone", action="store_true", help="no peering: this is the only replica")
+    run.add_argument("--peering", help="kopf peering object: lets a higher-priority (e.g. a developer's) operator "
+                     "pause this one; needs kopf's peering CRDs. Without it the operator runs standalone.")
     run.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="kopf liveness endpoint")
     run.add_argument("--metrics-port", type=int, default=9090, help="port of the operator's /metrics")
     run.add_argument("--resync-seconds", type=float, default=300.0, help="full resync period")

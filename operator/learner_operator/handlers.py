@@ -39,6 +39,8 @@ class OperatorConfig:
     api_host: str | None = None
     #: Where /metrics is served; None: not served (tests that run several operators in one process).
     metrics_port: int | None = 9090
+    #: First retry delay after an API error; doubles per consecutive failure, up to 5 minutes.
+    retry_after_error: float = 10.0
 
 
 @dataclasses.dataclass
@@ -88,7 +90,8 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, login: Cal
         metrics = Metrics()
         counter = RequestCounter(lambda verb: metrics.api_requests.labels(verb).inc())
         api: KubeApi = await connect(config.api_host, counter)
-        deps = Deps(api=api, live=LiveState(), platforms=Platforms(), metrics=metrics)
+        deps = Deps(api=api, live=LiveState(), platforms=Platforms(), metrics=metrics,
+                    retry_after_error=config.retry_after_error)
 
         async def work(key: Key) -> float | None:
             snapshot = deps.platforms.get(key)

@@ -26,8 +26,6 @@ from learner_operator.platforms import Platforms, Snapshot
 from learner_operator.status import Observation, Verdict, merge_conditions, observe_deployment, verdicts
 from learner_operator.status import workload_status as summarise
 
-#: Seconds before retrying a platform whose reconcile hit an API error.
-RETRY_AFTER_ERROR = 10.0
 
 @dataclasses.dataclass
 class Deps:
@@ -35,6 +33,8 @@ class Deps:
     live: LiveState
     platforms: Platforms
     metrics: Metrics
+    #: Seconds before retrying a platform whose reconcile hit an API error (doubled per failure).
+    retry_after_error: float = 10.0
     now: Callable[[], str] = lambda: datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -129,7 +129,7 @@ async def reconcile(deps: Deps, cr: Snapshot, logger: logging.Logger) -> float |
         evaluator=evaluator if spec.evaluator.enabled else None,
     )
     await _report(deps, cr, observation, logger)
-    return RETRY_AFTER_ERROR if errors else None
+    return deps.retry_after_error if errors else None
 
 
 async def _report(deps: Deps, cr: Snapshot, obs: Observation, logger: logging.Logger) -> None:

@@ -12,7 +12,7 @@ from learner_operator.handlers import OperatorConfig, register
 
 
 def run(
-    *, namespaces: Sequence[str], all_namespaces: bool, peering: str, standalone: bool, liveness: str,
+    *, namespaces: Sequence[str], all_namespaces: bool, peering: str | None, liveness: str,
     metrics_port: int, resync_seconds: float, verbose: bool,
 ) -> int:
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON)
@@ -24,7 +24,7 @@ def run(
         registry=registry,
         clusterwide=all_namespaces or not namespaces,
         namespaces=list(namespaces),
-        standalone=standalone,
+        standalone=peering is None,
         peering_name=peering,
         liveness_endpoint=liveness,
     ))

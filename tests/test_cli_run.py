@@ -1,0 +1,104 @@
+"""`learner-operator run` as a process, as the operator's container runs it: kubeconfig, liveness, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import kmock
+import pytest
+import yaml
+
+from tests.conftest import EXAMPLES, load
+from tests.kube_emulator import Cluster, standard_cluster
+from tests.operator_harness import NS, eventually
+from tests.test_operator import children, secret
+
+pytestmark = pytest.mark.operator
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+async def cluster(crd: dict[str, Any]) -> AsyncIterator[Cluster]:
+    emulator = standard_cluster(crd)
+    async with emulator, kmock.Server(emulator):
+        emulator.put({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
+        yield emulator
+        emulator.hang_up()
+
+
+def kubeconfig(path: Path, server: str) -> Path:
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "emulator",
+        "clusters": [{"name": "emulator", "cluster": {"server": server}}],
+        "users": [{"name": "operator", "user": {"token": "not-a-real-token"}}],
+        "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "operator"}}],
+    }))
+    return path
+
+
+async def get(url: str) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        return response.status, await response.text()
+
+
+async def test_run_serves_liveness_and_metrics_and_stops_on_sigterm(cluster: Cluster, tmp_path: Path) -> None:
+    liveness, metrics = free_port(), free_port()
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig(tmp_path / "config", str(cluster.url).rstrip("/")))}
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    command = shutil.which("learner-operator", path=str(Path(os.sys.executable).parent))  # type: ignore[attr-defined]
+    assert command, "the learner-operator console script is installed with the project"
+    process = await asyncio.create_subprocess_exec(
+        command, "run", "--all-namespaces", "--liveness", f"http://127.0.0.1:{liveness}/healthz",
+        "--metrics-port", str(metrics), env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        cluster.put(secret())
+        cluster.put(load(EXAMPLES / "01-minimal.yaml"))
+        await eventually(lambda: len(children(cluster)) == 11, within=30, what="children from the process")
+
+        async def probe(url: str) -> tuple[int, str] | None:
+            try:
+                return await get(url)
+            except aiohttp.ClientError:
+                return None
+
+        status, _ = await eventually_async(lambda: probe(f"http://127.0.0.1:{liveness}/healthz"))
+        assert status == 200
+        async def reconciled() -> tuple[int, str] | None:
+            answer = await probe(f"http://127.0.0.1:{metrics}/metrics")
+            return answer if answer and 'learner_operator_reconciles_total{result="ok"}' in answer[1] else None
+
+        status, text = await eventually_async(reconciled)
+        assert status == 200
+        assert "learner_operator_platforms 1.0" in text
+        assert 'learner_operator_platform_condition{name="ai-platform",namespace="learning",status="True",' \
+               'type="SecretReady"} 1.0' in text
+        assert 'learner_operator_api_requests_total{verb="PATCH"}' in text
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = await asyncio.wait_for(process.communicate(), timeout=30)
+    assert process.returncode == 0, output.decode()[-3000:]
+    assert b"postgresql://" not in output  # the Secret's values never reach the logs
+
+
+async def eventually_async(probe: Any, within: float = 15.0) -> Any:
+    deadline = asyncio.get_running_loop().time() + within
+    while (result := await probe()) is None:
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("not reachable in time")
+        await asyncio.sleep(0.1)
+    return result
