@@ -144,9 +144,16 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, login: Cal
             runtime.engine.trigger(key)
         runtime.deps.metrics.platforms.set(len(runtime.platforms))
 
-    def index_child(body: Any, **_: Any) -> dict[str, Any] | None:
+    async def index_child(body: Any, memo: Any, **_: Any) -> dict[str, Any] | None:
+        """Async on purpose: kopf runs sync handlers in a thread pool, a hop per watch event."""
         uid = controller_uid(body, KIND)
-        return {uid: compact(body)} if uid else None
+        if not uid:
+            return None
+        live = compact(body)
+        runtime: Runtime | None = memo.get("runtime")
+        if runtime is not None:
+            runtime.deps.live.seen(uid, live)
+        return {uid: live}
 
     async def child_event(event: Any, body: Any, namespace: str | None, memo: Any, **_: Any) -> None:
         if event.get("type") is None:

@@ -74,6 +74,8 @@ class LiveState:
         self._indices: list[Mapping[str, Iterable[Live]]] = []
         # (owner uid, kind, name) -> our last write result, or None for "we deleted it" (at that version).
         self._overlay: dict[tuple[str, str, str], tuple[str, Live | None]] = {}
+        # The resourceVersion of each of our writes whose watch event has not come back yet.
+        self._own_writes: dict[tuple[str, str, str], str] = {}
 
     def attach(self, indices: Iterable[Mapping[str, Iterable[Live]]]) -> None:
         """Give the kopf indices (live, read-only mappings) once they exist."""
@@ -107,15 +109,23 @@ class LiveState:
     def remember(self, owner_uid: str, body: Mapping[str, Any]) -> None:
         live = compact(body)
         self._overlay[(owner_uid, live.kind, live.name)] = (live.resource_version, live)
+        self._own_writes[(owner_uid, live.kind, live.name)] = live.resource_version
 
     def forget(self, owner_uid: str, kind: str, name: str, resource_version: str) -> None:
         self._overlay[(owner_uid, kind, name)] = (resource_version, None)
 
+    def seen(self, owner_uid: str, live: Live) -> None:
+        """The watch stream caught up with (or passed) our own write: the index alone is enough now."""
+        key = (owner_uid, live.kind, live.name)
+        entry = self._overlay.get(key)
+        if entry is not None and entry[1] is not None and not _newer(entry[0], live.resource_version):
+            del self._overlay[key]
+
     def is_own_write(self, owner_uid: str, kind: str, name: str, resource_version: str) -> bool:
         """Is this watch event the echo of our own apply? (Then it needs no reconcile.)"""
-        entry = self._overlay.get((owner_uid, kind, name))
-        return entry is not None and entry[1] is not None and entry[0] == resource_version
+        return self._own_writes.pop((owner_uid, kind, name), None) == resource_version
 
     def drop_owner(self, owner_uid: str) -> None:
-        for key in [key for key in self._overlay if key[0] == owner_uid]:
-            del self._overlay[key]
+        for store in (self._overlay, self._own_writes):
+            for key in [key for key in store if key[0] == owner_uid]:
+                del store[key]

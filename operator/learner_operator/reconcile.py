@@ -75,6 +75,7 @@ async def _sync_children(
     platform = builders.Platform(cr.name, cr.namespace, cr.uid, spec, secret_hash)
     desired = [drift.with_digest(manifest) for manifest in builders.children(platform)]
     errors: list[str] = []
+    applied_keys: list[str] = []
     for manifest in desired:
         key = (manifest["kind"], manifest["metadata"]["name"])
         if not drift.needs_apply(manifest, live.get(key)):
@@ -84,9 +85,11 @@ async def _sync_children(
         except ApiError as exc:
             errors.append(f"{key[0]} {key[1]}: {exc.message or exc.reason}")
             continue
-        logger.info("Applied %s %s", *key)
+        applied_keys.append(f"{key[0]}/{key[1]}")
         deps.live.remember(cr.uid, applied)
         live[key] = applied
+    if applied_keys:
+        logger.info("Applied %s", ", ".join(applied_keys))
     wanted = {(m["kind"], m["metadata"]["name"]) for m in desired}
     for (kind, name), body in list(live.items()):
         if (kind, name) in wanted:

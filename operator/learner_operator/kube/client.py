@@ -127,6 +127,9 @@ async def connect(host: str | None = None, counter: RequestCounter | None = None
     from kubernetes.aio import config as k8s_config
 
     configuration = k8s.Configuration()
+    # trust_env makes aiohttp read ~/.netrc in a thread for every request; proxies for the API
+    # server belong in the kubeconfig, not in the environment.
+    configuration.client_session_kwargs = {"trust_env": False}
     if host is not None:
         configuration.host = host
     else:

@@ -1,0 +1,289 @@
+"""Operator benchmark: time to children, writes per reconcile, memory per platform.
+
+One run, one API server (the tests' emulator, in a process of its own), two contenders:
+
+* baseline: a plain script that applies the same manifests (``builders.children``) with the same
+  client (``learner_operator.kube.KubeApi``), as fast as it can;
+* the operator: ``learner-operator run`` as a process, reacting to LearnerPlatforms created via HTTP.
+
+"All children applied" is seen the same way for both: a watch on PodDisruptionBudgets, the last
+kind applied for each platform. Printed: median seconds for 1 platform (over several rounds) and
+total seconds for 100 at once, the ratio operator/baseline, the operator's writes per created
+platform and during a no-op resync (from its own /metrics), and its RSS idle and with 1,000
+platforms. Goals (issue 2): <= 1.2x + 0.2 s; <= 30 KiB per platform above idle.
+
+    .venv/bin/python -m bench.operator_bench [--rounds 5] [--many 100] [--memory 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from learner_operator import builders, drift
+from learner_operator.kube import KubeApi, ref_of
+from learner_operator.kube.client import connect
+from learner_operator.models import parse_spec
+
+ROOT = Path(__file__).resolve().parent.parent
+NS = "bench"
+WORKERS = 8
+
+
+def progress(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def platform_doc(name: str) -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load((ROOT / "examples" / "01-minimal.yaml").read_text())
+    doc["metadata"] = {"name": name, "namespace": NS}
+    return doc
+
+
+@contextlib.asynccontextmanager
+async def process(*args: str, env: dict[str, str] | None = None) -> AsyncIterator[asyncio.subprocess.Process]:
+    proc = await asyncio.create_subprocess_exec(*args, env=env, stdout=asyncio.subprocess.DEVNULL,
+                                                stderr=asyncio.subprocess.DEVNULL)
+    try:
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), timeout=30)
+
+
+class Watcher:
+    """Counts PodDisruptionBudgets as they appear (one per platform, applied last)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.seen: set[str] = set()
+        self.changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{self.url}/apis/policy/v1/namespaces/{NS}/poddisruptionbudgets") as r:
+                listing = await r.json()
+            self.seen |= {item["metadata"]["name"] for item in listing["items"]}
+            params = {"watch": "true", "resourceVersion": listing["metadata"]["resourceVersion"]}
+            async with session.get(f"{self.url}/apis/policy/v1/namespaces/{NS}/poddisruptionbudgets",
+                                   params=params, timeout=aiohttp.ClientTimeout(total=None)) as r:
+                async for line in r.content:
+                    if line.strip():
+                        event = json.loads(line)
+                        if event["type"] == "ADDED":
+                            self.seen.add(event["object"]["metadata"]["name"])
+                            self.changed.set()
+
+    async def __aenter__(self) -> Watcher:
+        self._task = asyncio.create_task(self._run())
+        await asyncio.sleep(0.2)
+        return self
+
+    async def __aexit__(self, *_: Any) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    async def wait_for(self, names: set[str], timeout: float = 600) -> None:
+        deadline = time.monotonic() + timeout
+        while not names <= self.seen:
+            self.changed.clear()
+            await asyncio.wait_for(self.changed.wait(), timeout=max(0.01, deadline - time.monotonic()))
+
+
+async def apply_like_a_script(api: KubeApi, names: list[str]) -> None:
+    """The baseline: the same manifests, the same client, no operator."""
+    async def one(name: str) -> None:
+        spec = parse_spec(platform_doc(name)["spec"])
+        platform = builders.Platform(name, NS, f"uid-{name}", spec, "0" * 16)
+        for manifest in builders.children(platform):
+            manifest = drift.with_digest(manifest)
+            await api.apply(ref_of(manifest), manifest)
+
+    queue = list(names)
+
+    async def worker() -> None:
+        while queue:
+            await one(queue.pop())
+
+    await asyncio.gather(*(worker() for _ in range(min(WORKERS, len(names)))))
+
+
+async def create_platforms(session: aiohttp.ClientSession, url: str, names: list[str]) -> None:
+    sem = asyncio.Semaphore(16)
+
+    async def one(name: str) -> None:
+        async with sem, session.post(f"{url}/apis/learner.dev/v1alpha1/namespaces/{NS}/learnerplatforms",
+                                     json=platform_doc(name)) as response:
+            assert response.status < 300, await response.text()
+
+    await asyncio.gather(*(one(name) for name in names))
+
+
+async def metrics(session: aiohttp.ClientSession, port: int) -> dict[str, float]:
+    async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+        text = await response.text()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if m := re.match(r'^learner_operator_api_requests_total\{verb="(\w+)"\} ([0-9.e+]+)$', line):
+            out[m.group(1)] = float(m.group(2))
+    return out
+
+
+def writes(counts: dict[str, float]) -> float:
+    return sum(v for k, v in counts.items() if k in ("POST", "PUT", "PATCH", "DELETE"))
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+async def settle_rss(pid: int, seconds: float = 3.0) -> int:
+    await asyncio.sleep(seconds)
+    return rss_kib(pid)
+
+
+async def main(rounds: int, many: int, memory: int) -> None:
+    port = free_port()
+    python = sys.executable
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    async with process(python, "-m", "bench.emulator", "--port", str(port), env=env) as emulator:
+        url = f"http://127.0.0.1:{port}"
+        async with aiohttp.ClientSession() as session:
+            for _ in range(100):
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with session.get(f"{url}/version"):
+                        break
+                await asyncio.sleep(0.1)
+            api = await connect(url)
+            secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "ai-platform-secrets", "namespace": NS},
+                      "data": {"DATABASE_URL": "cG9zdGdyZXM6Ly94", "REDIS_URL": "cmVkaXM6Ly95"}}
+            async with session.post(f"{url}/api/v1/namespaces/{NS}/secrets", json=secret):
+                pass
+
+            progress("baseline: applying with a plain script")
+            # Baseline first: one platform at a time, then many at once.
+            base_one: list[float] = []
+            async with Watcher(url) as watch:
+                for i in range(rounds):
+                    start = time.monotonic()
+                    await apply_like_a_script(api, [f"base-{i}"])
+                    await watch.wait_for({f"base-{i}-learner-api"})
+                    base_one.append(time.monotonic() - start)
+                names = [f"basemany-{i}" for i in range(many)]
+                start = time.monotonic()
+                await apply_like_a_script(api, names)
+                await watch.wait_for({f"{n}-learner-api" for n in names})
+                base_many = time.monotonic() - start
+            await api.close()
+
+            kubeconfig = Path(tempfile.mkdtemp()) / "config"
+            kubeconfig.write_text(yaml.safe_dump({
+                "apiVersion": "v1", "kind": "Config", "current-context": "e",
+                "clusters": [{"name": "e", "cluster": {"server": url}}],
+                "users": [{"name": "u", "user": {"token": "bench"}}],
+                "contexts": [{"name": "e", "context": {"cluster": "e", "user": "u"}}]}))
+            progress("starting the operator")
+            metrics_port = free_port()
+            op_env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+            command = str(Path(python).parent / "learner-operator")
+            async with process(command, "run", "-A", "--metrics-port", str(metrics_port), "--liveness",
+                               f"http://127.0.0.1:{free_port()}/healthz", "--resync-seconds", "5",
+                               env=op_env) as op:
+                for _ in range(200):
+                    with contextlib.suppress(aiohttp.ClientError):
+                        await metrics(session, metrics_port)
+                        break
+                    await asyncio.sleep(0.1)
+                await asyncio.sleep(2)  # let it finish its initial listing of the baseline's objects
+                idle_rss = await settle_rss(op.pid)
+                before = writes(await metrics(session, metrics_port))
+
+                progress("operator: creating platforms")
+                op_one: list[float] = []
+                async with Watcher(url) as watch:
+                    for i in range(rounds):
+                        start = time.monotonic()
+                        await create_platforms(session, url, [f"op-{i}"])
+                        await watch.wait_for({f"op-{i}-learner-api"})
+                        op_one.append(time.monotonic() - start)
+                    await asyncio.sleep(1)
+                    per_create = (writes(await metrics(session, metrics_port)) - before) / rounds
+                    names = [f"opmany-{i}" for i in range(many)]
+                    cpu = cpu_seconds(op.pid), cpu_seconds(emulator.pid)
+                    start = time.monotonic()
+                    await create_platforms(session, url, names)
+                    await watch.wait_for({f"{n}-learner-api" for n in names})
+                    op_many = time.monotonic() - start
+                    cpu_op, cpu_emu = cpu_seconds(op.pid) - cpu[0], cpu_seconds(emulator.pid) - cpu[1]
+
+                    progress("operator: waiting for a resync")
+                    await asyncio.sleep(2)
+                    quiet = writes(await metrics(session, metrics_port))
+                    await asyncio.sleep(6)  # one full resync (every 5 s) over everything
+                    resync_writes = writes(await metrics(session, metrics_port)) - quiet
+
+                    extra = max(0, memory - rounds - many)
+                    progress(f"operator: {extra} more platforms for the memory measurement")
+                    names = [f"mem-{i}" for i in range(extra)]
+                    await create_platforms(session, url, names)
+                    await watch.wait_for({f"{n}-learner-api" for n in names})
+                    full_rss = await settle_rss(op.pid, 6)
+                    total = rounds + many + extra
+
+    one_b, one_o = statistics.median(base_one), statistics.median(op_one)
+    print(f"children per platform: {len(builders.children(builders.Platform('x', NS, 'u', parse_spec(platform_doc('x')['spec']))))}")
+    print(f"1 platform  (median of {rounds}): baseline {one_b:.3f} s, operator {one_o:.3f} s, "
+          f"ratio {one_o / one_b:.2f}x, goal <= 1.2x + 0.2 s: {'met' if one_o <= 1.2 * one_b + 0.2 else 'MISSED'}")
+    print(f"{many} platforms at once: baseline {base_many:.3f} s, operator {op_many:.3f} s, "
+          f"ratio {op_many / base_many:.2f}x, goal <= 1.2x + 0.2 s: "
+          f"{'met' if op_many <= 1.2 * base_many + 0.2 else 'MISSED'}")
+    print(f"  CPU seconds during the {many}: operator {cpu_op:.2f}, API server {cpu_emu:.2f} (2 cores in all)")
+    print(f"operator writes per created platform: {per_create:.1f} (children + 1 status write = 12)")
+    print(f"operator writes during a no-op resync of {rounds + many} platforms: {resync_writes:.0f}")
+    per_cr = (full_rss - idle_rss) / total
+    print(f"operator RSS: idle {idle_rss / 1024:.1f} MiB, with {total} platforms {full_rss / 1024:.1f} MiB: "
+          f"{per_cr:.1f} KiB per platform, goal <= 30 KiB: {'met' if per_cr <= 30 else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--many", type=int, default=100)
+    parser.add_argument("--memory", type=int, default=1000)
+    args = parser.parse_args()
+    asyncio.run(main(args.rounds, args.many, args.memory))
