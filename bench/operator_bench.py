@@ -110,8 +110,8 @@ class Watcher:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
 
-    async def wait_for(self, names: set[str], timeout: float = 600) -> None:
-        deadline = time.monotonic() + timeout
+    async def wait_for(self, names: set[str], within: float = 600) -> None:
+        deadline = time.monotonic() + within
         while not names <= self.seen:
             self.changed.clear()
             await asyncio.wait_for(self.changed.wait(), timeout=max(0.01, deadline - time.monotonic()))
@@ -190,7 +190,8 @@ async def main(rounds: int, many: int, memory: int) -> None:
                         break
                 await asyncio.sleep(0.1)
             api = await connect(url)
-            secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "ai-platform-secrets", "namespace": NS},
+            secret = {"apiVersion": "v1", "kind": "Secret",
+                      "metadata": {"name": "ai-platform-secrets", "namespace": NS},
                       "data": {"DATABASE_URL": "cG9zdGdyZXM6Ly94", "REDIS_URL": "cmVkaXM6Ly95"}}
             async with session.post(f"{url}/api/v1/namespaces/{NS}/secrets", json=secret):
                 pass
@@ -266,7 +267,8 @@ async def main(rounds: int, many: int, memory: int) -> None:
                     total = rounds + many + extra
 
     one_b, one_o = statistics.median(base_one), statistics.median(op_one)
-    print(f"children per platform: {len(builders.children(builders.Platform('x', NS, 'u', parse_spec(platform_doc('x')['spec']))))}")
+    sample = builders.Platform("x", NS, "u", parse_spec(platform_doc("x")["spec"]))
+    print(f"children per platform: {len(builders.children(sample))}")
     print(f"1 platform  (median of {rounds}): baseline {one_b:.3f} s, operator {one_o:.3f} s, "
           f"ratio {one_o / one_b:.2f}x, goal <= 1.2x + 0.2 s: {'met' if one_o <= 1.2 * one_b + 0.2 else 'MISSED'}")
     print(f"{many} platforms at once: baseline {base_many:.3f} s, operator {op_many:.3f} s, "
