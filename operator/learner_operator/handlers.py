@@ -23,7 +23,7 @@ from learner_operator.kube import KubeApi, RequestCounter
 from learner_operator.kube.client import connect
 from learner_operator.livestate import LiveState, compact, controller_uid
 from learner_operator.metrics import Metrics
-from learner_operator.models import CONDITION_TYPES, GROUP, KIND, PLURAL, VERSION
+from learner_operator.models import GROUP, KIND, PLURAL, VERSION
 from learner_operator.platforms import Key, Platforms
 from learner_operator.reconcile import Deps, reconcile
 
@@ -55,6 +55,17 @@ class Runtime:
     @property
     def platforms(self) -> Platforms:
         return self.deps.platforms
+
+
+class PlatformLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """Prefixes every line with the platform, as kopf does for its own per-object lines."""
+
+    def __init__(self, base: logging.Logger, key: Key) -> None:
+        super().__init__(base, {"namespace": key[0], "name": key[1]})
+        self._prefix = f"[{key[0]}/{key[1]}] "
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        return self._prefix + str(msg), kwargs
 
 
 def configure(settings: kopf.OperatorSettings) -> None:
@@ -92,15 +103,15 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, login: Cal
         api: KubeApi = await connect(config.api_host, counter)
         deps = Deps(api=api, live=LiveState(), platforms=Platforms(), metrics=metrics,
                     retry_after_error=config.retry_after_error)
+        metrics.watch_conditions(deps.platforms.conditions)
 
         async def work(key: Key) -> float | None:
             snapshot = deps.platforms.get(key)
             if snapshot is None:
                 return None
-            adapter = logging.LoggerAdapter(logger, {"platform": f"{key[0]}/{key[1]}"})
             with metrics.duration.time():
                 try:
-                    retry = await reconcile(deps, snapshot, adapter)  # type: ignore[arg-type]
+                    retry = await reconcile(deps, snapshot, PlatformLogger(logger, key))
                 except Exception:
                     metrics.reconciles.labels("error").inc()
                     raise
@@ -139,7 +150,6 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, login: Cal
             runtime.platforms.forget(key)
             runtime.engine.forget(key)
             runtime.deps.live.drop_owner(str(meta.get("uid")))
-            runtime.deps.metrics.forget(key[0], key[1], CONDITION_TYPES)
         elif runtime.platforms.observe(body):
             runtime.engine.trigger(key)
         runtime.deps.metrics.platforms.set(len(runtime.platforms))

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 
 class Metrics:
@@ -21,11 +24,6 @@ class Metrics:
         self.platforms = Gauge(
             "learner_operator_platforms", "LearnerPlatforms this operator manages.", registry=self.registry,
         )
-        self.condition = Gauge(
-            "learner_operator_platform_condition",
-            "1 where a platform's condition has this status (one series per platform, type and status).",
-            ["namespace", "name", "type", "status"], registry=self.registry,
-        )
         self.api_requests = Counter(
             "learner_operator_api_requests_total", "Requests the reconciler sent to the Kubernetes API.",
             ["verb"], registry=self.registry,
@@ -34,15 +32,28 @@ class Metrics:
             "learner_operator_work_queue_depth", "Platforms waiting for a reconcile.", registry=self.registry,
         )
 
-    def set_conditions(self, namespace: str, name: str, conditions: list[dict[str, str]]) -> None:
-        for condition in conditions:
-            for status in ("True", "False", "Unknown"):
-                self.condition.labels(namespace, name, condition["type"], status).set(
-                    1.0 if condition["status"] == status else 0.0
-                )
+    def watch_conditions(self, source: Callable[[], Iterable[tuple[str, str, list[dict[str, Any]]]]]) -> None:
+        """Export every platform's conditions at scrape time from ``source`` (namespace, name, conditions).
 
-    def forget(self, namespace: str, name: str, types: tuple[str, ...]) -> None:
-        for kind in types:
-            for status in ("True", "False", "Unknown"):
-                with contextlib.suppress(KeyError):
-                    self.condition.remove(namespace, name, kind, status)
+        Read from the operator's own view of the platforms when Prometheus scrapes, so a thousand
+        platforms cost no gauges in memory, and a deleted platform's series vanish with it.
+        """
+        self.registry.register(_ConditionCollector(source))
+
+
+class _ConditionCollector(Collector):
+    def __init__(self, source: Callable[[], Iterable[tuple[str, str, list[dict[str, Any]]]]]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "learner_operator_platform_condition",
+            "1 where a platform's condition has this status (three series per platform and condition type).",
+            labels=["namespace", "name", "type", "status"],
+        )
+        for namespace, name, conditions in self._source():
+            for condition in conditions:
+                for status in ("True", "False", "Unknown"):
+                    family.add_metric([namespace, name, str(condition.get("type")), status],
+                                      1.0 if condition.get("status") == status else 0.0)
+        yield family

@@ -95,5 +95,8 @@ class Platforms:
     def forget(self, key: Key) -> Snapshot | None:
         return self._by_key.pop(key, None)
 
+    def conditions(self) -> list[tuple[str, str, list[dict[str, Any]]]]:
+        return [(ns, name, list(snap.status.get("conditions") or [])) for (ns, name), snap in self._by_key.items()]
+
     def referencing_secret(self, namespace: str, name: str) -> list[Key]:
         return [key for key, snap in self._by_key.items() if key[0] == namespace and snap.secret_name == name]

@@ -26,6 +26,8 @@ from learner_operator.platforms import Platforms, Snapshot
 from learner_operator.status import Observation, Verdict, merge_conditions, observe_deployment, verdicts
 from learner_operator.status import workload_status as summarise
 
+Logger = logging.Logger | logging.LoggerAdapter[Any]
+
 
 @dataclasses.dataclass
 class Deps:
@@ -69,7 +71,7 @@ async def check_secret(api: KubeApi, namespace: str, name: str, uid: str) -> tup
 
 async def _sync_children(
     deps: Deps, cr: Snapshot, spec: LearnerPlatformSpec, secret_hash: str, live: dict[tuple[str, str], Any],
-    logger: logging.Logger,
+    logger: Logger,
 ) -> list[str]:
     """Apply the children that differ and delete the ones no longer wanted; returns error messages."""
     platform = builders.Platform(cr.name, cr.namespace, cr.uid, spec, secret_hash)
@@ -106,7 +108,7 @@ async def _sync_children(
     return errors
 
 
-async def reconcile(deps: Deps, cr: Snapshot, logger: logging.Logger) -> float | None:
+async def reconcile(deps: Deps, cr: Snapshot, logger: Logger) -> float | None:
     """Returns the seconds after which to try again, or None when nothing needs a retry."""
     try:
         spec = parse_spec(cr.spec)
@@ -135,7 +137,7 @@ async def reconcile(deps: Deps, cr: Snapshot, logger: logging.Logger) -> float |
     return deps.retry_after_error if errors else None
 
 
-async def _report(deps: Deps, cr: Snapshot, obs: Observation, logger: logging.Logger) -> None:
+async def _report(deps: Deps, cr: Snapshot, obs: Observation, logger: Logger) -> None:
     """Write the status only when it differs from what the CR already says."""
     platform_names = (f"{cr.name}-learner-api", f"{cr.name}-evaluator")
     old_conditions = list(cr.status.get("conditions") or [])
@@ -144,7 +146,6 @@ async def _report(deps: Deps, cr: Snapshot, obs: Observation, logger: logging.Lo
     if not obs.invalid_spec and not obs.paused:
         status["learnerApi"] = summarise(obs.api)
         status["evaluator"] = summarise(obs.evaluator)
-    deps.metrics.set_conditions(cr.namespace, cr.name, conditions)
     if all(cr.status.get(key) == value for key, value in status.items()):
         return
     await _warn_on_transition(deps, cr, old_conditions, conditions, logger)
@@ -162,7 +163,7 @@ _QUIET_REASONS = {"RolloutInProgress", "Paused", "DeploymentMissing", "MinimumRe
 
 
 async def _warn_on_transition(
-    deps: Deps, cr: Snapshot, old: list[dict[str, Any]], new: list[dict[str, Any]], logger: logging.Logger,
+    deps: Deps, cr: Snapshot, old: list[dict[str, Any]], new: list[dict[str, Any]], logger: Logger,
 ) -> None:
     """A Kubernetes Event when Ready turns False for a reason a person must fix (not during rollouts)."""
     before = {c.get("type"): c for c in old}.get("Ready") or {}
