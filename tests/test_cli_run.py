@@ -7,18 +7,16 @@ import os
 import shutil
 import signal
 import socket
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import kmock
 import pytest
 import yaml
 
 from tests.conftest import EXAMPLES, load
-from tests.kube_emulator import Cluster, standard_cluster
-from tests.operator_harness import NS, eventually
+from tests.kube_emulator import Cluster
+from tests.operator_harness import eventually
 from tests.test_operator import children, secret
 
 pytestmark = pytest.mark.operator
@@ -29,15 +27,6 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-@pytest.fixture
-async def cluster(crd: dict[str, Any]) -> AsyncIterator[Cluster]:
-    emulator = standard_cluster(crd)
-    async with emulator, kmock.Server(emulator):
-        emulator.put({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
-        yield emulator
-        emulator.hang_up()
 
 
 def kubeconfig(path: Path, server: str) -> Path:

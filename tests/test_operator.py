@@ -10,7 +10,7 @@ import kmock
 import pytest
 
 from tests.conftest import EXAMPLES, load
-from tests.kube_emulator import Cluster, standard_cluster
+from tests.kube_emulator import Cluster
 from tests.operator_harness import NS, Operator, eventually, running_operator, settled
 
 pytestmark = pytest.mark.operator
@@ -40,15 +40,6 @@ def children(cluster: Cluster) -> set[tuple[str, str]]:
              ("autoscaling/v2", "horizontalpodautoscalers"), ("policy/v1", "poddisruptionbudgets"),
              ("networking.k8s.io/v1", "networkpolicies"), ("monitoring.coreos.com/v1", "servicemonitors")]
     return {(obj["kind"], obj["metadata"]["name"]) for av, plural in kinds for obj in cluster.all(av, plural, NS)}
-
-
-@pytest.fixture
-async def cluster(crd: dict[str, Any]) -> AsyncIterator[Cluster]:
-    emulator = standard_cluster(crd)
-    async with emulator, kmock.Server(emulator):
-        emulator.put({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
-        yield emulator
-        emulator.hang_up()
 
 
 @pytest.fixture
