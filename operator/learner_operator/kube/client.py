@@ -59,11 +59,13 @@ class KubeApi:
     ) -> dict[str, Any] | None:
         self.counter.count(method)
         headers = {"Accept": "application/json", "Content-Type": content_type}
-        serialized = await self._api.param_serialize(
+        # The body is plain JSON already: handing it to call_api directly skips the generated client's
+        # recursive sanitize_for_serialization walk of every manifest.
+        method_, url, header_params, _, _ = await self._api.param_serialize(
             method=method, resource_path=path, query_params=query or [], header_params=headers,
-            body=body, auth_settings=["BearerToken"],
+            auth_settings=["BearerToken"],
         )
-        response = await self._api.call_api(*serialized)
+        response = await self._api.call_api(method_, url, header_params, body)
         data = await response.read()
         if response.status == 404 and method in ("GET", "DELETE"):
             return None
