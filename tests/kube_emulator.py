@@ -11,7 +11,8 @@ Emulated:
 - Server-side apply (``application/apply-patch+yaml``): creates missing objects; remembers what each
   field manager applied, so a field dropped from a later apply is removed (lists are atomic, see
   below); a no-op apply changes nothing and sends no watch event, as on a real server.
-- JSON merge patch (RFC 7386; strategic merge patch is treated as merge patch), and JSON patch.
+- JSON merge patch (RFC 7386; strategic merge patch is treated as merge patch), with a
+  ``metadata.resourceVersion`` in it as an optimistic-concurrency precondition (409), and JSON patch.
 - The ``status`` subresource: writes to ``/status`` change only status; writes to the main resource
   never change status.
 - Label selectors (``=``, ``==``, ``!=``, ``in``, ``notin``, exists, ``!``) on list and watch.
@@ -371,6 +372,10 @@ class Cluster(kmock.KubernetesEmulator):
         elif content_type == "application/json-patch+json":
             new = json_patch(old, patch)
         else:  # merge patch; strategic merge patch approximated by it
+            expected = (patch.get("metadata") or {}).get("resourceVersion") if isinstance(patch, dict) else None
+            if expected is not None and expected != old["metadata"]["resourceVersion"]:
+                raise _error(409, "Conflict", f'Operation cannot be fulfilled on {key[0][2]} "{key[2]}": '
+                             "the object has been modified; please apply your changes to the latest version")
             new = merge_patch(old, patch)
         status_write = request.subresource == "status"
         if key[0][2] in _WITH_STATUS:  # the status subresource: each endpoint changes only its own part
@@ -486,6 +491,7 @@ _PLURALS = {
     "Service": "services", "Deployment": "deployments", "HorizontalPodAutoscaler": "horizontalpodautoscalers",
     "PodDisruptionBudget": "poddisruptionbudgets", "NetworkPolicy": "networkpolicies",
     "ServiceMonitor": "servicemonitors", "LearnerPlatform": "learnerplatforms", "Event": "events",
+    "Lease": "leases",
 }
 
 
@@ -500,7 +506,7 @@ def standard_cluster(crd: dict[str, Any]) -> Cluster:
         api_version = {"Deployment": "apps/v1", "HorizontalPodAutoscaler": "autoscaling/v2",
                        "PodDisruptionBudget": "policy/v1", "NetworkPolicy": "networking.k8s.io/v1",
                        "ServiceMonitor": "monitoring.coreos.com/v1", "LearnerPlatform": "learner.dev/v1alpha1",
-                       }.get(kind, "v1")
+                       "Lease": "coordination.k8s.io/v1"}.get(kind, "v1")
         group, _, version = api_version.rpartition("/")
         names = crd["spec"]["names"] if kind == crd["spec"]["names"]["kind"] else {}
         cluster.declare(group, version, plural, kind, shortnames=tuple(names.get("shortNames", ())))

@@ -11,7 +11,7 @@ from typing import Any
 
 import kopf
 
-from learner_operator.handlers import OperatorConfig, Runtime, register
+from learner_operator.handlers import LeaseConfig, OperatorConfig, Runtime, register
 from tests.kube_emulator import Cluster
 
 NS = "learning"
@@ -24,8 +24,9 @@ class Operator:
     stops; sharing the test's loop would make it wait for (and then cancel) pytest's fixture tasks.
     """
 
-    def __init__(self, cluster: Cluster, resync_seconds: float) -> None:
+    def __init__(self, cluster: Cluster, resync_seconds: float = 300.0, lease: LeaseConfig | None = None) -> None:
         self.memo = kopf.Memo()
+        self._lease = lease
         self._cluster_url = str(cluster.url).rstrip("/")
         self._resync = resync_seconds
         self._ready = threading.Event()
@@ -42,7 +43,7 @@ class Operator:
             return kopf.ConnectionInfo(server=url, insecure=True)
 
         register(registry, OperatorConfig(api_host=url, metrics_port=None, resync_seconds=self._resync, workers=4,
-                                          retry_after_error=0.5),
+                                          retry_after_error=0.5, leader_election=self._lease),
                  login=login)
 
         async def main() -> None:
@@ -87,6 +88,11 @@ class Operator:
         if not self._ready.is_set():
             raise RuntimeError(f"the operator did not start: {self.error!r}")
 
+    @property
+    def writes(self) -> int:
+        """Mutating requests this operator's reconciler has sent."""
+        return self.runtime.deps.api.counter.mutating
+
     async def stop(self) -> None:
         self._stop.set()
         await asyncio.to_thread(self._thread.join, 20)
@@ -114,15 +120,20 @@ async def eventually(check: Callable[[], Any], *, within: float = 10.0, what: st
         await asyncio.sleep(0.05)
 
 
+def _activity(cluster: Cluster) -> int:
+    """Requests so far, less leader-election renewals (they never stop while replicas run)."""
+    return sum(1 for r in cluster.log if r.resource is None or r.resource.plural != "leases")
+
+
 async def settled(cluster: Cluster, operator: Operator, *, quiet: float = 0.5, within: float = 15.0) -> None:
     """Until the operator has been idle and the cluster unwritten-to for ``quiet`` seconds."""
     deadline = time.monotonic() + within
-    count, since = len(cluster.log), time.monotonic()
+    count, since = _activity(cluster), time.monotonic()
     while time.monotonic() < deadline:
         await asyncio.sleep(0.05)
         await operator.idle()
-        if len(cluster.log) != count:
-            count, since = len(cluster.log), time.monotonic()
+        if (now := _activity(cluster)) != count:
+            count, since = now, time.monotonic()
         elif time.monotonic() - since >= quiet:
             return
     raise AssertionError("the operator did not settle")

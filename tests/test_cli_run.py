@@ -77,6 +77,8 @@ async def test_run_serves_liveness_and_metrics_and_stops_on_sigterm(cluster: Clu
         assert 'learner_operator_platform_condition{name="ai-platform",namespace="learning",status="True",' \
                'type="SecretReady"} 1.0' in text
         assert 'learner_operator_api_requests_total{verb="PATCH"}' in text
+        lease = cluster.get("coordination.k8s.io/v1", "leases", "default", "learner-platform-operator") or {}
+        assert lease["spec"]["holderIdentity"]  # leader election is on by default
     finally:
         process.send_signal(signal.SIGTERM)
         output, _ = await asyncio.wait_for(process.communicate(), timeout=30)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -74,6 +75,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return run(
         namespaces=args.namespace, all_namespaces=args.all_namespaces, peering=args.peering,
         liveness=args.liveness, metrics_port=args.metrics_port,
+        lease_namespace=args.lease_namespace if args.leader_election else None,
         resync_seconds=args.resync_seconds, verbose=args.verbose,
     )
 
@@ -89,6 +91,10 @@ def parser() -> argparse.ArgumentParser:
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (the default)")
     run.add_argument("--peering", help="kopf peering object: lets a higher-priority (e.g. a developer's) operator "
                      "pause this one; needs kopf's peering CRDs. Without it the operator runs standalone.")
+    run.add_argument("--leader-election", action=argparse.BooleanOptionalAction, default=True,
+                     help="reconcile only while holding a Lease, so several replicas can run (default: on)")
+    run.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE", "default"),
+                     help="namespace of the leader Lease (default: $POD_NAMESPACE, else default)")
     run.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="kopf liveness endpoint")
     run.add_argument("--metrics-port", type=int, default=9090, help="port of the operator's /metrics")
     run.add_argument("--resync-seconds", type=float, default=300.0, help="full resync period")

@@ -33,6 +33,15 @@ class Engine(Generic[K]):
         self._tasks: list[asyncio.Task[None]] = []
         self._idle = asyncio.Event()
         self._idle.set()
+        self._running = asyncio.Event()
+        self._running.set()
+
+    def pause(self) -> None:
+        """Stop taking keys (the reconcile in flight finishes); triggers keep queueing."""
+        self._running.clear()
+
+    def resume(self) -> None:
+        self._running.set()
 
     def trigger(self, key: K) -> None:
         if key in self._active:
@@ -66,7 +75,12 @@ class Engine(Generic[K]):
 
     async def _worker(self) -> None:
         while True:
+            await self._running.wait()
             key = await self._queue.get()
+            if not self._running.is_set():  # paused while we waited: put it back for the next leader
+                self._queue.put_nowait(key)
+                await self._running.wait()
+                continue
             self._waiting.discard(key)
             self._active.add(key)
             retry: float | None

@@ -11,6 +11,8 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import secrets
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +23,7 @@ from learner_operator.builders import FIELD_MANAGER
 from learner_operator.engine import Engine
 from learner_operator.kube import KubeApi, RequestCounter
 from learner_operator.kube.client import connect
+from learner_operator.kube.lease import LeaderElection
 from learner_operator.livestate import LiveState, compact, controller_uid
 from learner_operator.metrics import Metrics
 from learner_operator.models import GROUP, KIND, PLURAL, VERSION
@@ -41,6 +44,17 @@ class OperatorConfig:
     metrics_port: int | None = 9090
     #: First retry delay after an API error; doubles per consecutive failure, up to 5 minutes.
     retry_after_error: float = 10.0
+    #: Only the holder of this Lease reconciles (replicas for availability); None: always reconcile.
+    leader_election: LeaseConfig | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class LeaseConfig:
+    namespace: str
+    name: str = "learner-platform-operator"
+    identity: str = dataclasses.field(default_factory=lambda: f"{socket.gethostname()}-{secrets.token_hex(3)}")
+    lease_seconds: int = 15
+    renew_seconds: float = 5.0
 
 
 @dataclasses.dataclass
@@ -120,6 +134,9 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, login: Cal
             return retry
 
         runtime = Runtime(deps=deps, engine=Engine(work, workers=config.workers))
+        if config.leader_election is not None:
+            runtime.engine.pause()
+            await _elect(runtime, config.leader_election)
         runtime.engine.start()
         runtime.tasks.append(asyncio.create_task(_resync(runtime, config.resync_seconds), name="resync"))
         if config.metrics_port is not None:
@@ -193,6 +210,30 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, login: Cal
         runtime: Runtime = memo["runtime"]
         for key in runtime.platforms.referencing_secret(str(namespace), name):
             runtime.engine.trigger(key)
+
+
+async def _elect(runtime: Runtime, lease: LeaseConfig) -> None:
+    """Every replica watches; the engine runs only while this replica holds the Lease."""
+    # Its own client: lease renewals are not reconciler requests and stay out of its metrics.
+    api = await connect(runtime.deps.api.host)
+
+    def changed(leading: bool) -> None:
+        if leading:
+            runtime.engine.resume()
+            for key in runtime.platforms.known():  # whatever happened while we were not leading
+                runtime.engine.trigger(key)
+        else:
+            runtime.engine.pause()
+
+    election = LeaderElection(api, lease.namespace, lease.name, lease.identity, lease.lease_seconds,
+                              lease.renew_seconds, on_change=changed)
+    runtime.tasks.append(asyncio.create_task(election.run(), name="leader-election"))
+
+    async def release() -> None:
+        await election.release()
+        await api.close()
+
+    runtime.closers.append(release)
 
 
 async def _resync(runtime: Runtime, period: float) -> None:

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import os
 from collections.abc import Sequence
 
 import kopf
 
-from learner_operator.handlers import OperatorConfig, register
+from learner_operator.handlers import LeaseConfig, OperatorConfig, register
 
 
 def run(
     *, namespaces: Sequence[str], all_namespaces: bool, peering: str | None, liveness: str,
+    lease_namespace: str | None,
     metrics_port: int, resync_seconds: float, verbose: bool,
 ) -> int:
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON)
@@ -22,8 +25,13 @@ def run(
         # best, and a measurable share of the CPU. The reconciler logs what changed, at INFO.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     registry = kopf.OperatorRegistry()
-    register(registry, OperatorConfig(resync_seconds=resync_seconds, metrics_port=metrics_port),
-             login=kopf.login_via_client)
+    election = None
+    if lease_namespace is not None:
+        election = LeaseConfig(namespace=lease_namespace)
+        if pod := os.environ.get("POD_NAME"):  # unique per replica, and readable in `kubectl get lease`
+            election = dataclasses.replace(election, identity=pod)
+    config = OperatorConfig(resync_seconds=resync_seconds, metrics_port=metrics_port, leader_election=election)
+    register(registry, config, login=kopf.login_via_client)
     asyncio.run(kopf.operator(
         registry=registry,
         clusterwide=all_namespaces or not namespaces,

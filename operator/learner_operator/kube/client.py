@@ -46,9 +46,12 @@ class RequestCounter:
 
 
 class KubeApi:
-    def __init__(self, api_client: k8s.ApiClient, counter: RequestCounter | None = None) -> None:
+    def __init__(self, api_client: k8s.ApiClient, counter: RequestCounter | None = None,
+                 host: str | None = None) -> None:
         self._api = api_client
         self.counter = counter or RequestCounter()
+        #: The host given to :func:`connect` (None: from the in-cluster config or kubeconfig).
+        self.host = host
 
     async def close(self) -> None:
         await self._api.close()
@@ -83,6 +86,18 @@ class KubeApi:
             "PATCH", ref.path(), body=manifest, content_type="application/apply-patch+yaml",
             query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
         )
+        assert result is not None
+        return result
+
+    async def create(self, ref: ResourceRef, body: dict[str, Any]) -> dict[str, Any]:
+        result = await self._call("POST", ref.collection_path(), body=body, query=[("fieldManager", FIELD_MANAGER)])
+        assert result is not None
+        return result
+
+    async def merge_patch(self, ref: ResourceRef, patch: dict[str, Any]) -> dict[str, Any]:
+        """JSON merge patch; a ``metadata.resourceVersion`` in it makes it conditional (409 if stale)."""
+        result = await self._call("PATCH", ref.path(), body=patch, content_type="application/merge-patch+json",
+                                  query=[("fieldManager", FIELD_MANAGER)])
         assert result is not None
         return result
 
@@ -139,4 +154,4 @@ async def connect(host: str | None = None, counter: RequestCounter | None = None
             k8s_config.load_incluster_config(client_configuration=configuration)
         except k8s_config.ConfigException:
             await k8s_config.load_kube_config(client_configuration=configuration)
-    return KubeApi(k8s.ApiClient(configuration), counter)
+    return KubeApi(k8s.ApiClient(configuration), counter, host)

@@ -1,0 +1,92 @@
+"""Several operator replicas: all watch, only the Lease holder writes, another takes over."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+import pytest
+
+from learner_operator.handlers import LeaseConfig
+from learner_operator.kube.client import ApiError, connect
+from learner_operator.kube.lease import LeaderElection
+from tests.conftest import EXAMPLES, load
+from tests.kube_emulator import Cluster
+from tests.operator_harness import NS, Operator, eventually, settled
+from tests.test_operator import API, api_container, children, secret
+
+pytestmark = pytest.mark.operator
+
+
+def lease(who: str) -> LeaseConfig:
+    return LeaseConfig(namespace=NS, identity=who, lease_seconds=2, renew_seconds=0.2)
+
+
+def holder(cluster: Cluster) -> Any:
+    found = cluster.get("coordination.k8s.io/v1", "leases", NS, "learner-platform-operator") or {}
+    return (found.get("spec") or {}).get("holderIdentity")
+
+
+async def test_only_the_leader_writes_and_a_follower_takes_over(cluster: Cluster) -> None:
+    first, second = Operator(cluster, lease=lease("replica-a")), Operator(cluster, lease=lease("replica-b"))
+    await first.start()
+    await eventually(lambda: holder(cluster) == "replica-a", what="replica-a leads")
+    await second.start()
+    try:
+        cluster.put(secret())
+        cluster.put(load(EXAMPLES / "01-minimal.yaml"))
+        await eventually(lambda: len(children(cluster)) == 11)
+        await settled(cluster, first)
+        assert first.writes == 12  # 11 children and one status write
+        assert second.writes == 0  # it watched everything, and wrote nothing
+
+        await first.stop()  # a clean stop releases the Lease: no waiting for it to expire
+        await eventually(lambda: holder(cluster) == "replica-b", within=5, what="replica-b takes over")
+        cluster.edit("learner.dev/v1alpha1", "learnerplatforms", NS, "ai-platform",
+                     {"spec": {"image": {"tag": "after-failover"}}})
+        await eventually(lambda: api_container(cluster)["image"].endswith(":after-failover"))
+        assert second.writes > 0
+        cluster.remove("v1", "services", NS, API)
+        await eventually(lambda: cluster.get("v1", "services", NS, API), what="drift repaired by the new leader")
+    finally:
+        await second.stop()
+        if first.alive:
+            await first.stop()
+
+
+async def test_an_expired_lease_is_taken_and_a_live_one_is_not(cluster: Cluster) -> None:
+    api = await connect(str(cluster.url).rstrip("/"))
+    try:
+        now = datetime.datetime.now(datetime.UTC)
+        for renewed, expected in ((now - datetime.timedelta(seconds=60), True), (now, False)):
+            cluster.put({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                         "metadata": {"name": "l", "namespace": NS},
+                         "spec": {"holderIdentity": "crashed-replica", "leaseDurationSeconds": 15,
+                                  "renewTime": renewed.strftime("%Y-%m-%dT%H:%M:%S.%fZ")}})
+            election = LeaderElection(api, NS, "l", "me")
+            assert await election.try_acquire_or_renew() is expected
+            lease_spec = (cluster.get("coordination.k8s.io/v1", "leases", NS, "l") or {})["spec"]
+            assert lease_spec["holderIdentity"] == ("me" if expected else "crashed-replica")
+            cluster.remove("coordination.k8s.io/v1", "leases", NS, "l")
+    finally:
+        await api.close()
+
+
+async def test_a_stale_read_cannot_steal_the_lease(cluster: Cluster) -> None:
+    """Two candidates read the same expired Lease; the second update carries a stale resourceVersion."""
+    api = await connect(str(cluster.url).rstrip("/"))
+    try:
+        old = (datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=60)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        cluster.put({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                     "metadata": {"name": "l", "namespace": NS},
+                     "spec": {"holderIdentity": "gone", "leaseDurationSeconds": 15, "renewTime": old}})
+        stale = cluster.get("coordination.k8s.io/v1", "leases", NS, "l") or {}
+        assert await LeaderElection(api, NS, "l", "fast").try_acquire_or_renew()
+        with pytest.raises(ApiError) as refused:
+            await api.merge_patch(LeaderElection(api, NS, "l", "slow").ref, {
+                "metadata": {"resourceVersion": stale["metadata"]["resourceVersion"]},
+                "spec": {"holderIdentity": "slow"}})
+        assert refused.value.status == 409
+        assert (cluster.get("coordination.k8s.io/v1", "leases", NS, "l") or {})["spec"]["holderIdentity"] == "fast"
+    finally:
+        await api.close()
