@@ -82,10 +82,6 @@ class LiveState:
         if not self._indices:
             self._indices = list(indices)
 
-    @property
-    def attached(self) -> bool:
-        return bool(self._indices)
-
     def children_of(self, owner_uid: str) -> dict[ChildKey, dict[str, Any]]:
         indexed: dict[ChildKey, Live] = {}
         for index in self._indices:
