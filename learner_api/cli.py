@@ -1,0 +1,69 @@
+"""`learner-api`: serve the API. (The evaluator, migrations, seeding and tokens come with their issues.)"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from types import FrameType
+
+import uvicorn
+from fastapi import FastAPI
+
+from learner_api import __version__
+from learner_api.app import create_app
+from learner_api.settings import ConfigError, load_settings
+
+logger = logging.getLogger("learner_api")
+
+
+class DrainingServer(uvicorn.Server):
+    """On SIGTERM: answer /readyz with 503 at once, keep serving for ``drain`` seconds so that the
+    endpoints controller takes the pod out of the Service, then finish in-flight requests and exit."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI, drain: float) -> None:
+        super().__init__(config)
+        self.app = app
+        self.drain = drain
+        self._terminating = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._terminating or sig != signal.SIGTERM or self.drain <= 0:
+            super().handle_exit(sig, frame)
+            return
+        self._terminating = True
+        self.app.state.draining = True
+        logger.info("SIGTERM: not ready any more; draining for %.0fs", self.drain)
+        asyncio.get_event_loop().call_later(self.drain, super().handle_exit, sig, frame)
+
+
+def serve(host: str, drain: float) -> int:
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"learner-api: refusing to start: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    app = create_app(settings)
+    config = uvicorn.Config(app, host=host, port=settings.port, lifespan="on", access_log=False,
+                            timeout_graceful_shutdown=20, log_config=None)
+    DrainingServer(config, app, drain).run()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="learner-api", description=__doc__)
+    parser.add_argument("--version", action="version", version=__version__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("serve", help="serve the HTTP API on $PORT")
+    run.add_argument("--host", default="0.0.0.0")  # noqa: S104  # inside a pod, behind a Service
+    run.add_argument("--drain-seconds", type=float, default=5.0, help="serve this long after SIGTERM, not ready")
+    args = parser.parse_args(argv)
+    return serve(args.host, args.drain_seconds)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""Configuration from the environment, read when the app starts (never at import time).
+
+The pod gets NODE_ENV, TENANT_MODE, PORT... from the operator's ConfigMap and DATABASE_URL, REDIS_URL,
+JWT_*, PAYMENT_WEBHOOK_SECRET from the Secret. Outside development, placeholder secrets and plaintext
+connections to the (external, managed) databases are refused with a message naming the variable;
+values never appear in messages or logs.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+from urllib.parse import parse_qs, urlsplit
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_PLACEHOLDERS = {"", "changeme", "change-me", "secret", "password", "example", "todo", "xxx", "placeholder"}
+
+
+class ConfigError(ValueError):
+    """The service cannot start with this configuration; the message says which variable and why."""
+
+
+def _is_placeholder(value: str) -> bool:
+    return value.strip().lower() in _PLACEHOLDERS or value.strip().lower().startswith(("changeme", "your-"))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    database_url: SecretStr = Field(description="postgresql://... of the managed PostgreSQL")
+    redis_url: SecretStr = Field(description="redis:// or rediss://... of the managed Redis")
+    node_env: Literal["production", "staging", "development"] = "production"
+    tenant_mode: Literal["enabled", "disabled"] = "enabled"
+    port: int = 8000
+    metrics_port: int = 9102
+    log_format: Literal["json", "text"] = "json"
+    jwt_secret: SecretStr | None = None
+    jwt_public_key: SecretStr | None = None
+    payment_webhook_secret: SecretStr | None = None
+    #: asyncpg's prepared-statement cache; 0 for PgBouncer in transaction mode (Neon's pooled endpoints).
+    database_statement_cache_size: int = Field(default=0, ge=0)
+    database_pool_max: int = Field(default=10, ge=1, le=100)
+    #: Seconds /readyz waits for each dependency.
+    readiness_timeout: float = Field(default=1.0, gt=0, le=10)
+    #: Allow plaintext database connections outside development (a private network, say).
+    allow_insecure_connections: bool = False
+
+    @property
+    def development(self) -> bool:
+        return self.node_env == "development"
+
+    @model_validator(mode="after")
+    def _safe_outside_development(self) -> Settings:
+        if self.development:
+            return self
+        for name in ("database_url", "redis_url", "jwt_secret", "payment_webhook_secret"):
+            value = getattr(self, name)
+            if value is not None and _is_placeholder(value.get_secret_value()):
+                raise ConfigError(f"{name.upper()} is a placeholder; set the real value (NODE_ENV={self.node_env})")
+        if not self.allow_insecure_connections:
+            database = urlsplit(self.database_url.get_secret_value())
+            modes = parse_qs(database.query).get("sslmode", [""])
+            if modes[-1] not in ("require", "verify-ca", "verify-full"):
+                raise ConfigError("DATABASE_URL must use TLS outside development: add ?sslmode=require "
+                                  "(or set ALLOW_INSECURE_CONNECTIONS=true for a private network)")
+            if urlsplit(self.redis_url.get_secret_value()).scheme != "rediss":
+                raise ConfigError("REDIS_URL must use TLS outside development: use rediss:// "
+                                  "(or set ALLOW_INSECURE_CONNECTIONS=true for a private network)")
+        return self
+
+
+def load_settings() -> Settings:
+    """Read the environment now; a missing or unsafe value is a ConfigError naming the variable."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings()  # the environment supplies the required fields
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = ".".join(str(part) for part in error["loc"]).upper()
+            message = "required but not set" if error["type"] == "missing" else \
+                str(error["msg"]).removeprefix("Value error, ")
+            problems.append(f"{name}: {message}" if name else message)  # whole-settings rules name their variable
+        raise ConfigError("; ".join(problems)) from None

@@ -1,0 +1,103 @@
+"""Startup refuses unsafe configuration; SIGTERM drains before the process exits."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from learner_api.settings import ConfigError, load_settings
+from tests.api.conftest import REDIS_URL
+
+SAFE = {"DATABASE_URL": "postgresql://app:pw@db.example:5432/learn?sslmode=require",
+        "REDIS_URL": "rediss://:pw@cache.example:6380/0", "NODE_ENV": "production"}
+
+
+@pytest.mark.parametrize(("env", "complaint"), [
+    ({"DATABASE_URL": None}, "DATABASE_URL: required but not set"),
+    ({"DATABASE_URL": "changeme"}, "DATABASE_URL is a placeholder"),
+    ({"PAYMENT_WEBHOOK_SECRET": "secret"}, "PAYMENT_WEBHOOK_SECRET is a placeholder"),
+    ({"DATABASE_URL": "postgresql://app:pw@db.example:5432/learn"}, "DATABASE_URL must use TLS"),
+    ({"REDIS_URL": "redis://:pw@cache.example:6379/0"}, "REDIS_URL must use TLS"),
+    ({"NODE_ENV": "prod"}, "NODE_ENV"),
+])
+def test_unsafe_configuration_is_refused_by_name(monkeypatch: pytest.MonkeyPatch, env: dict[str, str | None],
+                                                 complaint: str) -> None:
+    for key, value in {**SAFE, **env}.items():
+        if value is None:
+            monkeypatch.delenv(key, raising=False)
+        else:
+            monkeypatch.setenv(key, value)
+    with pytest.raises(ConfigError) as refused:
+        load_settings()
+    assert complaint in str(refused.value)
+    assert "pw@" not in str(refused.value)
+
+
+def test_safe_configuration_and_development_leniency(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in SAFE.items():
+        monkeypatch.setenv(key, value)
+    assert load_settings().node_env == "production"
+    monkeypatch.setenv("NODE_ENV", "development")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://postgres@127.0.0.1/dev")
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:6379/0")
+    assert load_settings().development
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _command() -> str:
+    return str(Path(sys.executable).parent / "learner-api")
+
+
+async def test_refuses_to_start_with_a_clear_message() -> None:
+    env = {**os.environ, **SAFE, "DATABASE_URL": "changeme"}
+    process = await asyncio.create_subprocess_exec(_command(), "serve", env=env, stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(process.communicate(), timeout=30)
+    assert process.returncode == 2
+    assert b"refusing to start: DATABASE_URL is a placeholder" in err
+    assert b"Traceback" not in err
+
+
+async def test_sigterm_stops_readiness_then_drains_and_exits(database_url: str) -> None:
+    port = _free_port()
+    env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": REDIS_URL, "NODE_ENV": "development",
+           "PORT": str(port)}
+    process = await asyncio.create_subprocess_exec(_command(), "serve", "--host", "127.0.0.1", "--drain-seconds",
+                                                   "1.5", env=env, stderr=asyncio.subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=2) as client:
+            for _ in range(100):
+                try:
+                    if (await client.get("/readyz")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("learner-api did not become ready")
+            process.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.3)
+            draining = await client.get("/readyz")
+            assert draining.status_code == 503
+            assert "draining" in draining.json()["detail"]
+            assert (await client.get("/livez")).status_code == 200  # still serving while the Service forgets it
+        _, err = await asyncio.wait_for(process.communicate(), timeout=20)
+        # uvicorn finishes its shutdown, then re-raises SIGTERM so that the exit says why it stopped.
+        assert process.returncode in (0, -signal.SIGTERM), err.decode()[-2000:]
+        assert b"Application shutdown complete" in err
+    finally:
+        if process.returncode is None:
+            process.kill()
