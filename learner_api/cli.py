@@ -1,4 +1,4 @@
-"""`learner-api`: serve the API. (The evaluator, migrations, seeding and tokens come with their issues.)"""
+"""`learner-api`: serve the API, migrate the database. (The evaluator, seeding and tokens come with their issues.)"""
 
 from __future__ import annotations
 
@@ -54,6 +54,19 @@ def serve(host: str, drain: float) -> int:
     return 0
 
 
+def migrate_command() -> int:
+    from learner_api.migrate import MigrationError, migrate
+
+    try:
+        settings = load_settings()
+        applied = asyncio.run(migrate(settings.database_url.get_secret_value()))
+    except (ConfigError, MigrationError) as exc:
+        print(f"learner-api migrate: {exc}", file=sys.stderr)
+        return 2
+    print(f"applied: {', '.join(applied)}" if applied else "the database is up to date")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="learner-api", description=__doc__)
     parser.add_argument("--version", action="version", version=__version__)
@@ -61,7 +74,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = sub.add_parser("serve", help="serve the HTTP API on $PORT")
     run.add_argument("--host", default="0.0.0.0")  # noqa: S104  # inside a pod, behind a Service
     run.add_argument("--drain-seconds", type=float, default=5.0, help="serve this long after SIGTERM, not ready")
+    sub.add_parser("migrate", help="apply the SQL migrations that are missing (safe to run from every replica)")
     args = parser.parse_args(argv)
+    if args.command == "migrate":
+        return migrate_command()
     return serve(args.host, args.drain_seconds)
 
 

@@ -1,0 +1,74 @@
+"""Ordered, transactional SQL migrations, safe when several replicas start at once.
+
+A small runner instead of Alembic: the service has no ORM and its schema is plain SQL files
+(``learner_api/migrations/NNNN_name.sql``). Each file runs in its own transaction together with its
+bookkeeping row, under a PostgreSQL advisory lock, so concurrent runners apply each file exactly once
+and a failing file leaves nothing behind. An applied file that was edited afterwards is refused
+(checksums), because the database would silently differ from the repository.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from importlib import resources
+
+import asyncpg
+
+#: pg_advisory_lock key: any constant, the same for every replica.
+LOCK_KEY = 0x6C6561726E6572  # "learner"
+
+
+class MigrationError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def bundled() -> list[Migration]:
+    files = resources.files("learner_api") / "migrations"
+    found = sorted((f for f in files.iterdir() if f.name.endswith(".sql")), key=lambda f: f.name)
+    return [Migration(f.name.removesuffix(".sql"), f.read_text()) for f in found]
+
+
+async def migrate(dsn: str, migrations: list[Migration] | None = None) -> list[str]:
+    """Apply what is missing; returns the versions applied by this call (empty when up to date)."""
+    migrations = bundled() if migrations is None else migrations
+    connection = await asyncpg.connect(dsn, statement_cache_size=0)
+    try:
+        await connection.execute("SELECT pg_advisory_lock($1)", LOCK_KEY)
+        try:
+            await connection.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version text PRIMARY KEY, checksum text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            applied = {r["version"]: r["checksum"] for r in await connection.fetch(
+                "SELECT version, checksum FROM schema_migrations")}
+            done: list[str] = []
+            for migration in migrations:
+                if migration.version in applied:
+                    if applied[migration.version] != migration.checksum:
+                        raise MigrationError(f"migration {migration.version} was changed after it was applied; "
+                                             "add a new migration instead of editing an applied one")
+                    continue
+                async with connection.transaction():
+                    try:
+                        await connection.execute(migration.sql)
+                    except asyncpg.PostgresError as exc:
+                        raise MigrationError(f"migration {migration.version} failed: {exc}") from exc
+                    await connection.execute("INSERT INTO schema_migrations (version, checksum) VALUES ($1, $2)",
+                                             migration.version, migration.checksum)
+                done.append(migration.version)
+            return done
+        finally:
+            await connection.execute("SELECT pg_advisory_unlock($1)", LOCK_KEY)
+    finally:
+        await connection.close()
