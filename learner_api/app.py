@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from learner_api import __version__, metrics, problems
-from learner_api.routes import health
+from learner_api.routes import health, me
 from learner_api.settings import Settings
 
 logger = logging.getLogger("learner_api")
@@ -58,4 +58,5 @@ def create_app(settings: Settings) -> FastAPI:
     problems.install(app)
     metrics.install(app, metrics.HttpMetrics(CollectorRegistry()))
     app.include_router(health.router)
+    app.include_router(me.router)
     return app

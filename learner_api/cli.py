@@ -1,4 +1,4 @@
-"""`learner-api`: serve the API, migrate the database. (The evaluator, seeding and tokens come with their issues.)"""
+"""`learner-api`: serve the API, migrate the database, mint development tokens."""
 
 from __future__ import annotations
 
@@ -67,6 +67,17 @@ def migrate_command() -> int:
     return 0
 
 
+def token_command(learner: str, tenant: str, ttl: int) -> int:
+    from learner_api.auth import mint
+
+    try:
+        print(mint(load_settings(), learner, tenant, ttl))
+    except (ConfigError, PermissionError) as exc:
+        print(f"learner-api token: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="learner-api", description=__doc__)
     parser.add_argument("--version", action="version", version=__version__)
@@ -75,7 +86,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--host", default="0.0.0.0")  # noqa: S104  # inside a pod, behind a Service
     run.add_argument("--drain-seconds", type=float, default=5.0, help="serve this long after SIGTERM, not ready")
     sub.add_parser("migrate", help="apply the SQL migrations that are missing (safe to run from every replica)")
+    token = sub.add_parser("token", help="mint a bearer token for local use (NODE_ENV=development only)")
+    token.add_argument("learner", help="the token's subject (learner id)")
+    token.add_argument("--tenant", default="default")
+    token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
     args = parser.parse_args(argv)
+    if args.command == "token":
+        return token_command(args.learner, args.tenant, args.ttl)
     if args.command == "migrate":
         return migrate_command()
     return serve(args.host, args.drain_seconds)
