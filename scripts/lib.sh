@@ -81,3 +81,17 @@ ensure_services() {
     "${run[@]}" "$bin/pg_ctl" -D .tools/pgdata -o "-h 127.0.0.1 -p 5432 -k /tmp" -l .tools/pgdata/log -w start >/dev/null
   fi
 }
+
+# promtool (Debian package prometheus) for checking the alert rules.
+ensure_promtool() {
+  if command -v promtool >/dev/null; then return; fi
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    step "installing promtool (Debian package prometheus)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends prometheus >/dev/null; }
+    return
+  fi
+  echo "error: promtool not found: apt-get install prometheus" >&2
+  exit 1
+}

@@ -1,0 +1,71 @@
+"""The chart's alert rules: valid for promtool, about metrics the project really exports, with runbooks."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prometheus_client import CollectorRegistry
+
+from learner_api.metrics import HttpMetrics
+from learner_operator.metrics import Metrics
+from tests.conftest import ROOT
+from tests.test_chart import CHART, of_kind, render
+
+PROMQL_FUNCTIONS = {"absent", "sum", "rate", "max", "by", "histogram_quantile", "le"}
+#: Series Prometheus itself makes (not exported by us).
+PROMETHEUS_OWN = {"up"}
+
+
+def rules() -> list[dict[str, Any]]:
+    docs = render(CHART / "values-prod.yaml")
+    [rule] = of_kind(docs, "PrometheusRule")
+    return list(rule["spec"]["groups"])
+
+
+def exported() -> set[str]:
+    """Every series name the operator and learner-api expose (histograms as _bucket/_sum/_count)."""
+    metrics, api = Metrics(), HttpMetrics(CollectorRegistry())
+    metrics.watch_conditions(lambda: [("ns", "name", [{"type": "Ready", "status": "True"}])])
+    api.requests.labels("GET", "/livez", "2xx").inc()
+    api.latency.labels("GET", "/livez").observe(0.01)
+    metrics.reconciles.labels("ok").inc()
+    names = set()
+    for registry in (metrics.registry, api.registry):
+        for family in registry.collect():
+            names |= {sample.name for sample in family.samples}
+    return names
+
+
+def test_promtool_accepts_the_rules(tmp_path: Path) -> None:
+    promtool = shutil.which("promtool")
+    assert promtool, "scripts/test installs promtool (Debian package prometheus)"
+    file = tmp_path / "rules.yaml"
+    file.write_text(yaml.safe_dump({"groups": rules()}))
+    result = subprocess.run([promtool, "check", "rules", str(file)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_rule_queries_metrics_the_project_exports() -> None:
+    known = exported()
+    assert "learner_operator_platform_condition" in known
+    for group in rules():
+        for rule in group["rules"]:
+            names = set(re.findall(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\s*(?:\{|\[)", rule["expr"]))
+            names -= PROMQL_FUNCTIONS
+            assert names, rule["alert"]
+            assert names <= known | PROMETHEUS_OWN, (rule["alert"], names - known)
+
+
+def test_every_alert_has_a_runbook_section() -> None:
+    runbooks = (ROOT / "docs" / "runbooks.md").read_text()
+    anchors = {line.removeprefix("## ").strip().lower() for line in runbooks.splitlines() if line.startswith("## ")}
+    for group in rules():
+        for rule in group["rules"]:
+            assert rule["annotations"]["runbook_url"].endswith(f"#{rule['alert'].lower()}")
+            assert rule["alert"].lower() in anchors
+            assert rule["labels"]["severity"] in ("warning", "critical")
