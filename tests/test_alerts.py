@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -34,6 +35,7 @@ def exported() -> set[str]:
     api.requests.labels("GET", "/livez", "2xx").inc()
     api.latency.labels("GET", "/livez").observe(0.01)
     metrics.reconciles.labels("ok").inc()
+    metrics.api_requests.labels("PATCH").inc()
     names = set()
     for registry in (metrics.registry, api.registry):
         for family in registry.collect():
@@ -69,3 +71,18 @@ def test_every_alert_has_a_runbook_section() -> None:
             assert rule["annotations"]["runbook_url"].endswith(f"#{rule['alert'].lower()}")
             assert rule["alert"].lower() in anchors
             assert rule["labels"]["severity"] in ("warning", "critical")
+
+
+def test_the_dashboard_parses_and_queries_only_exported_metrics() -> None:
+    docs = render(CHART / "values-prod.yaml")
+    [config] = [doc for doc in of_kind(docs, "ConfigMap") if doc["metadata"]["name"].endswith("-dashboard")]
+    assert config["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads(config["data"]["learner-platform.json"])
+    known = exported()
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    assert len(exprs) >= 8
+    for expr in exprs:
+        names = set(re.findall(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\s*(?:\{|\[|\))", expr)) - PROMQL_FUNCTIONS
+        names = {name for name in names if "_" in name}  # metric names; label names never end a selector here
+        assert names, expr
+        assert names <= known, (expr, names - known)
