@@ -131,6 +131,11 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, login: Cal
                     raise
             metrics.reconciles.labels("retry" if retry is not None else "ok").inc()
             metrics.queue_depth.set(runtime.engine.depth)
+            # Our own status write may have carried a newer spec than the one reconciled (edited while we
+            # worked); its watch event then looks old and triggers nothing, so look here and go again.
+            latest = deps.platforms.get(key)
+            if latest is not None and (latest.uid, latest.generation) != (snapshot.uid, snapshot.generation):
+                runtime.engine.trigger(key)
             return retry
 
         runtime = Runtime(deps=deps, engine=Engine(work, workers=config.workers))
