@@ -13,8 +13,11 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from learner_api import __version__, metrics, problems
-from learner_api.routes import health, me
-from learner_api.settings import Settings
+from learner_api.content_cache import ContentCache, lookups_counter
+from learner_api.dependencies import POSTGRES_DOWN, Database, RedisGuard
+from learner_api.progress_intake import ProgressIntake
+from learner_api.routes import content, enrollments, health, me, payments, progress, store
+from learner_api.settings import ConfigError, Settings
 
 logger = logging.getLogger("learner_api")
 
@@ -38,25 +41,58 @@ async def _connect_postgres(settings: Settings, attempts: int = 5) -> asyncpg.Po
     raise AssertionError("unreachable")
 
 
+async def check_role(pool: asyncpg.Pool, settings: Settings) -> None:
+    """Row-level security does not apply to superusers or BYPASSRLS roles: refuse to serve as one
+    outside development. (Skipped, not failed, while PostgreSQL is down: /readyz reports that.)"""
+    try:
+        async with pool.acquire(timeout=settings.readiness_timeout * 2) as connection:
+            role = await connection.fetchrow(
+                "SELECT rolname, rolsuper OR rolbypassrls AS bypass FROM pg_roles WHERE rolname = current_user")
+    except POSTGRES_DOWN:
+        logger.warning("PostgreSQL not reachable at start; tenant isolation checks run when it is")
+        return
+    if role is not None and role["bypass"]:
+        message = (f"DATABASE_URL connects as '{role['rolname']}', a superuser or BYPASSRLS role: tenant "
+                   "isolation (row-level security) would not apply. Connect as a member of learner_app.")
+        if not settings.development:
+            raise ConfigError(message)
+        logger.warning("%s (allowed with NODE_ENV=development)", message)
+
+
 def create_app(settings: Settings) -> FastAPI:
+    registry = CollectorRegistry()
+    cache_lookups = lookups_counter(registry)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.pool = await _connect_postgres(settings)
-        app.state.redis = aioredis.from_url(settings.redis_url.get_secret_value(),
-                                            socket_timeout=settings.readiness_timeout * 2,
-                                            socket_connect_timeout=settings.readiness_timeout * 2)
+        pool = await _connect_postgres(settings)
+        client = aioredis.from_url(settings.redis_url.get_secret_value(),
+                                   socket_timeout=settings.readiness_timeout * 2,
+                                   socket_connect_timeout=settings.readiness_timeout * 2)
         try:
+            await check_role(pool, settings)
+            app.state.pool, app.state.redis = pool, client
+            app.state.database = Database(pool, timeout=settings.readiness_timeout * 2)
+            app.state.redis_guard = RedisGuard(client)
+            app.state.content_cache = ContentCache(
+                app.state.database, app.state.redis_guard, cache_lookups, ttl=settings.content_cache_seconds,
+                version_ttl=settings.content_version_seconds)
+            app.state.progress_intake = ProgressIntake(client, settings.progress_stream,
+                                                       ttl=settings.progress_dedupe_seconds)
             yield
         finally:
             app.state.draining = True
-            await app.state.redis.aclose()
-            await app.state.pool.close()
+            await client.aclose()
+            await pool.close()
 
-    app = FastAPI(title="learner-api", version=__version__, lifespan=lifespan)
+    app = FastAPI(title="learner-api", version=__version__, lifespan=lifespan,
+                  description="Course content, progress, enrollments and the store for learners. Every "
+                              "error is RFC 9457 application/problem+json.")
     app.state.settings = settings
     app.state.draining = False
+    app.state.business = metrics.BusinessMetrics(registry)
     problems.install(app)
-    metrics.install(app, metrics.HttpMetrics(CollectorRegistry()))
-    app.include_router(health.router)
-    app.include_router(me.router)
+    metrics.install(app, metrics.HttpMetrics(registry))
+    for module in (health, me, content, progress, enrollments, store, payments):
+        app.include_router(module.router)
     return app

@@ -1,4 +1,4 @@
-"""`learner-api`: serve the API, migrate the database, mint development tokens."""
+"""`learner-api`: serve the API, run the evaluator, migrate the database, seed demo content, mint dev tokens."""
 
 from __future__ import annotations
 
@@ -67,6 +67,22 @@ def migrate_command() -> int:
     return 0
 
 
+def seed_command(tenants: list[str]) -> int:
+    from learner_api.seed import seed
+
+    try:
+        settings = load_settings()
+        for tenant in tenants:
+            version = asyncio.run(seed(settings.database_url.get_secret_value(),
+                                       settings.redis_url.get_secret_value(), tenant,
+                                       statement_cache_size=settings.database_statement_cache_size))
+            print(f"tenant {tenant}: demo content loaded (content version {version})")
+    except ConfigError as exc:
+        print(f"learner-api seed: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def token_command(learner: str, tenant: str, ttl: int) -> int:
     from learner_api.auth import mint
 
@@ -86,6 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--host", default="0.0.0.0")  # noqa: S104  # inside a pod, behind a Service
     run.add_argument("--drain-seconds", type=float, default=5.0, help="serve this long after SIGTERM, not ready")
     sub.add_parser("migrate", help="apply the SQL migrations that are missing (safe to run from every replica)")
+    seeder = sub.add_parser("seed", help="load demo content (courses, lessons, products); safe to repeat")
+    seeder.add_argument("--tenant", action="append", help="tenant to load it into (repeatable; default: default)")
     token = sub.add_parser("token", help="mint a bearer token for local use (NODE_ENV=development only)")
     token.add_argument("learner", help="the token's subject (learner id)")
     token.add_argument("--tenant", default="default")
@@ -93,6 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "token":
         return token_command(args.learner, args.tenant, args.ttl)
+    if args.command == "seed":
+        return seed_command(args.tenant or ["default"])
     if args.command == "migrate":
         return migrate_command()
     return serve(args.host, args.drain_seconds)

@@ -45,6 +45,14 @@ class Settings(BaseSettings):
     readiness_timeout: float = Field(default=1.0, gt=0, le=10)
     #: Allow plaintext database connections outside development (a private network, say).
     allow_insecure_connections: bool = False
+    #: The Redis Stream progress goes through (its dead letters go to "<name>:dead").
+    progress_stream: str = Field(default="lp:progress", pattern=r"^[A-Za-z0-9:_.-]{1,100}$")
+    #: How long a progress event id is remembered in Redis (409 on reuse with another body within it).
+    progress_dedupe_seconds: int = Field(default=7 * 24 * 3600, ge=60)
+    #: How long a content document stays in Redis (a new content version replaces it anyway).
+    content_cache_seconds: int = Field(default=3600, ge=1)
+    #: How often a replica asks Redis for the tenant's content version (how stale content can be).
+    content_version_seconds: float = Field(default=1.0, ge=0)
 
     @property
     def development(self) -> bool:

@@ -1,49 +1,106 @@
-"""Real PostgreSQL and Redis (scripts/test makes sure they answer): a throwaway database per session."""
+"""Real PostgreSQL and Redis (scripts/test makes sure they answer).
+
+One throwaway database per session, migrated by the superuser; the app connects as a login role that is
+only a member of learner_app (not an owner, not a superuser), so row-level security really applies.
+Tests stay independent by working in a tenant of their own and a Redis stream of their own.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
+import time
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import asyncpg
 import httpx
+import jwt
 import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from learner_api.app import create_app
+from learner_api.migrate import migrate
+from learner_api.seed import seed
 from learner_api.settings import Settings
 
 ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+APP_ROLE = "learner_api_test"
+JWT_SECRET = "test-signing-key-with-enough-entropy-0123456789"
+WEBHOOK_SECRET = "test-webhook-secret-0123456789abcdef"
 #: A port nothing listens on, for "the dependency is down".
 DEAD_PORT = 1
 
 
-@pytest.fixture(scope="session")
-def database_url() -> Iterator[str]:
-    import asyncio
+def with_database(url: str, name: str, user: str | None = None) -> str:
+    base = url.rsplit("/", 1)[0] + f"/{name}"
+    return base.replace("postgres@", f"{user}@", 1) if user else base
 
-    name = f"learner_test_{secrets.token_hex(4)}"
 
-    async def admin(sql: str) -> None:
-        connection = await asyncpg.connect(ADMIN_URL)
-        try:
-            await connection.execute(sql)
-        finally:
-            await connection.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+async def admin_execute(sql: str, *args: object, url: str = ADMIN_URL) -> None:
+    connection = await asyncpg.connect(url)
     try:
-        yield ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+        await connection.execute(sql, *args)
     finally:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        await connection.close()
+
+
+@pytest.fixture(scope="session")
+def admin_database_url() -> Iterator[str]:
+    """A fresh, migrated database; this URL connects as the superuser (bypasses row-level security)."""
+    name = f"learner_test_{secrets.token_hex(4)}"
+    asyncio.run(admin_execute(f'CREATE DATABASE "{name}"'))
+    url = with_database(ADMIN_URL, name)
+    try:
+        asyncio.run(migrate(url))
+        asyncio.run(admin_execute(
+            f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{APP_ROLE}') THEN "
+            f"CREATE ROLE {APP_ROLE} LOGIN; END IF; END $$; GRANT learner_app TO {APP_ROLE}", url=url))
+        yield url
+    finally:
+        asyncio.run(admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def database_url(admin_database_url: str) -> str:
+    """The same database as the app sees it: a role that is subject to row-level security."""
+    return with_database(admin_database_url, admin_database_url.rsplit("/", 1)[1], user=APP_ROLE)
+
+
+@pytest.fixture
+async def stream() -> AsyncIterator[str]:
+    """A progress stream of this test's own, deleted afterwards."""
+    import redis.asyncio as aioredis
+
+    name = f"test:{secrets.token_hex(4)}:progress"
+    yield name
+    client = aioredis.from_url(REDIS_URL)
+    try:
+        await client.delete(name, f"{name}:dead")
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def tenant(database_url: str) -> str:
+    """A tenant of this test's own with the demo content."""
+    name = f"t-{secrets.token_hex(4)}"
+    await seed(database_url, REDIS_URL, name)
+    return name
 
 
 def settings_for(database_url: str, redis_url: str = REDIS_URL, **extra: object) -> Settings:
-    return Settings(database_url=database_url, redis_url=redis_url, node_env="development",  # type: ignore[arg-type]
-                    readiness_timeout=0.5, **extra)
+    values: dict[str, Any] = {"node_env": "development", "readiness_timeout": 0.5, "jwt_secret": JWT_SECRET,
+                              "payment_webhook_secret": WEBHOOK_SECRET, **extra}
+    return Settings(database_url=database_url, redis_url=redis_url, **values)  # type: ignore[arg-type]
+
+
+def bearer(learner: str, tenant: str = "default", key: str = JWT_SECRET) -> dict[str, str]:
+    token = jwt.encode({"sub": learner, "tenant": tenant, "exp": int(time.time()) + 600}, key)
+    return {"Authorization": f"Bearer {token}"}
 
 
 async def client_for(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
@@ -54,6 +111,14 @@ async def client_for(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture
-async def client(database_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    async for c in client_for(create_app(settings_for(database_url))):
+async def client(database_url: str, stream: str) -> AsyncIterator[httpx.AsyncClient]:
+    async for c in client_for(create_app(settings_for(database_url, progress_stream=stream))):
         yield c
+
+
+def counter(text: str, name: str) -> float:
+    """The value of an unlabelled counter in a /metrics exposition."""
+    for line in text.splitlines():
+        if line.startswith(f"{name} "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not exported")

@@ -46,8 +46,10 @@ async def test_unknown_route_is_problem_json(client: httpx.AsyncClient) -> None:
 
 async def test_metrics_label_routes_by_template_not_by_path(client: httpx.AsyncClient) -> None:
     await client.get("/livez")
-    await client.get("/v1/lessons/123456")
+    await client.get("/v1/lessons/lesson-123456")
+    await client.get("/v1/nothing/123456")
     text = (await client.get("/metrics")).text
     assert 'http_requests_total{method="GET",route="/livez",status="2xx"} 1.0' in text
     assert 'route="unmatched",status="4xx"' in text
+    assert 'route="/v1/lessons/{lesson_id}",status="4xx"' in text  # 401: no token
     assert "123456" not in text

@@ -1,0 +1,1 @@
+"""Data access: SQL lives here, one module per resource, keyword-only arguments, no HTTP types."""

@@ -1,0 +1,84 @@
+"""The external services as the routes see them: pools from the lifespan, and a clear 503 when one is down.
+
+A managed PostgreSQL or Redis that is down must not hang requests or crash the process: calls fail fast
+(short timeouts; a Redis that just failed is skipped for a moment) and surface as problem+json 503 with
+Retry-After, naming the dependency but never its address.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+import asyncpg
+import redis.asyncio as aioredis
+from fastapi import Depends, Request
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from learner_api.problems import Problem
+
+#: What "PostgreSQL is unavailable" looks like from asyncpg (refused, reset, timed out, shutting down).
+POSTGRES_DOWN = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
+                 asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError)
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
+
+
+def unavailable(name: str, retry_after: int = 5) -> Problem:
+    return Problem(503, f"{name} is unavailable; try again shortly", headers={"Retry-After": str(retry_after)},
+                   unavailable=[name])
+
+
+class Database:
+    """The pool plus one rule: every transaction runs as one tenant (row-level security's key)."""
+
+    def __init__(self, pool: asyncpg.Pool, timeout: float) -> None:
+        self.pool = pool
+        self.timeout = timeout
+
+    @asynccontextmanager
+    async def tenant(self, tenant: str) -> AsyncIterator[asyncpg.Connection]:
+        """A transaction in which PostgreSQL's policies only show and accept ``tenant``'s rows.
+
+        ``set_config(..., true)`` is transaction-local, so a pooled connection (or PgBouncer in
+        transaction mode) never carries one tenant's setting into another's request.
+        """
+        try:
+            async with self.pool.acquire(timeout=self.timeout) as connection, connection.transaction():
+                await connection.execute("SELECT set_config('app.tenant_id', $1, true)", tenant)
+                yield connection
+        except POSTGRES_DOWN:
+            raise unavailable("postgresql") from None
+
+
+class RedisGuard:
+    """Redis with a short memory of failure: after an error, skip it for ``cooldown`` seconds instead of
+    making every request wait for a timeout against a server that is down."""
+
+    def __init__(self, client: aioredis.Redis, cooldown: float = 2.0) -> None:
+        self.client = client
+        self.cooldown = cooldown
+        self._down_until = 0.0
+
+    @property
+    def available(self) -> bool:
+        return time.monotonic() >= self._down_until
+
+    def failed(self) -> None:
+        self._down_until = time.monotonic() + self.cooldown
+
+
+def get_database(request: Request) -> Database:
+    database: Database = request.app.state.database
+    return database
+
+
+def get_redis(request: Request) -> RedisGuard:
+    guard: RedisGuard = request.app.state.redis_guard
+    return guard
+
+
+DatabaseDep = Annotated[Database, Depends(get_database)]
+RedisDep = Annotated[RedisGuard, Depends(get_redis)]

@@ -1,0 +1,101 @@
+"""Course content, read-only: courses (cursor pages), a course's outline, a lesson.
+
+Served from the content cache with a strong ETag (If-None-Match gives 304) and Cache-Control. Whether a
+paid lesson may be read is decided here, on every request, from the learner's entitlements, never from
+anything cached or sent by the client.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Annotated
+
+import asyncpg
+from fastapi import APIRouter, Path, Query, Request, Response
+
+from learner_api.auth import IdentityDep
+from learner_api.content_cache import ContentCache, Document
+from learner_api.data import content
+from learner_api.dependencies import DatabaseDep
+from learner_api.problems import Problem
+
+router = APIRouter(prefix="/v1", tags=["content"])
+
+Id = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", description="a course or lesson id")]
+PUBLIC = "private, max-age=60"  # behind a bearer token: only the learner's own cache may keep it
+PAID = "private, no-cache"  # revalidate every time: the entitlement check must run
+
+
+def _cache(request: Request) -> ContentCache:
+    cache: ContentCache = request.app.state.content_cache
+    return cache
+
+
+def _send(request: Request, document: Document, cache_control: str) -> Response:
+    headers = {"ETag": document.etag, "Cache-Control": cache_control, "Vary": "Authorization"}
+    matches = request.headers.get("if-none-match")
+    if matches is not None and (matches.strip() == "*" or document.etag in
+                                (tag.strip().removeprefix("W/") for tag in matches.split(","))):
+        return Response(status_code=304, headers=headers)
+    return Response(document.body, media_type="application/json", headers=headers)
+
+
+def _decode_cursor(cursor: str | None) -> str | None:
+    if cursor is None:
+        return None
+    try:
+        return base64.urlsafe_b64decode(cursor.encode() + b"==").decode()
+    except (binascii.Error, UnicodeDecodeError):
+        raise Problem(400, "the cursor is not one this API gave out; start again without it") from None
+
+
+def encode_cursor(last_id: str) -> str:
+    return base64.urlsafe_b64encode(last_id.encode()).decode().rstrip("=")
+
+
+@router.get("/courses", summary="List courses, one page at a time (follow next_cursor)")
+async def list_courses(request: Request, identity: IdentityDep,
+                       limit: Annotated[int, Query(ge=1, le=100)] = 20,
+                       cursor: Annotated[str | None, Query(max_length=200)] = None) -> Response:
+    after = _decode_cursor(cursor)
+
+    async def load(connection: asyncpg.Connection) -> dict[str, object]:
+        items = await content.list_courses(connection, after=after, limit=limit + 1)
+        more = len(items) > limit
+        items = items[:limit]
+        return {"items": items, "next_cursor": encode_cursor(items[-1]["id"]) if more else None}
+
+    document = await _cache(request).document(identity.tenant, f"courses:{after or ''}:{limit}", load)
+    assert document is not None
+    return _send(request, document, PUBLIC)
+
+
+@router.get("/courses/{course_id}", summary="A course and its lesson outline")
+async def get_course(request: Request, identity: IdentityDep, course_id: Id) -> Response:
+    document = await _cache(request).document(
+        identity.tenant, f"course:{course_id}",
+        lambda connection: content.get_course(connection, course_id=course_id))
+    if document is None:
+        raise Problem(404, f"there is no course '{course_id}'")
+    return _send(request, document, PUBLIC)
+
+
+@router.get("/lessons/{lesson_id}", summary="A lesson (a paid one only with an entitlement to its course)",
+            responses={403: {"description": "a paid lesson and no entitlement to its course"}})
+async def get_lesson(request: Request, identity: IdentityDep, database: DatabaseDep, lesson_id: Id) -> Response:
+    document = await _cache(request).document(
+        identity.tenant, f"lesson:{lesson_id}",
+        lambda connection: content.get_lesson(connection, lesson_id=lesson_id),
+        paid_course=lambda lesson: str(lesson["course_id"]) if lesson["paid"] else None)
+    if document is None:
+        raise Problem(404, f"there is no lesson '{lesson_id}'")
+    if document.paid_course is None:
+        return _send(request, document, PUBLIC)
+    async with database.tenant(identity.tenant) as connection:
+        entitled = await content.is_entitled(connection, learner=identity.learner, course_id=document.paid_course)
+    if not entitled:
+        raise Problem(403, f"lesson '{lesson_id}' is part of the paid course '{document.paid_course}'; "
+                           f"buy it first (GET /v1/products?course_id={document.paid_course})",
+                      course_id=document.paid_course)
+    return _send(request, document, PAID)
