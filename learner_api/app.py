@@ -22,7 +22,7 @@ from learner_api.settings import ConfigError, Settings
 logger = logging.getLogger("learner_api")
 
 
-async def _connect_postgres(settings: Settings, attempts: int = 5) -> asyncpg.Pool:
+async def connect_postgres(settings: Settings, attempts: int = 5) -> asyncpg.Pool:
     """The managed database may be waking up (Neon scales to zero): retry with backoff, then give up loudly."""
     delay = 0.5
     for attempt in range(1, attempts + 1):
@@ -65,7 +65,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        pool = await _connect_postgres(settings)
+        pool = await connect_postgres(settings)
         client = aioredis.from_url(settings.redis_url.get_secret_value(),
                                    socket_timeout=settings.readiness_timeout * 2,
                                    socket_connect_timeout=settings.readiness_timeout * 2)

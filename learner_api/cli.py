@@ -54,6 +54,32 @@ def serve(host: str, drain: float) -> int:
     return 0
 
 
+def evaluator_command() -> int:
+    from learner_api.evaluator import service
+    from learner_api.evaluator.rules import RuleFileError
+
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"learner-api evaluator: refusing to start: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await service.run(settings, stop)
+
+    try:
+        asyncio.run(main())
+    except RuleFileError as exc:
+        print(f"learner-api evaluator: refusing to start: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def migrate_command() -> int:
     from learner_api.migrate import MigrationError, migrate
 
@@ -101,6 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = sub.add_parser("serve", help="serve the HTTP API on $PORT")
     run.add_argument("--host", default="0.0.0.0")  # noqa: S104  # inside a pod, behind a Service
     run.add_argument("--drain-seconds", type=float, default=5.0, help="serve this long after SIGTERM, not ready")
+    sub.add_parser("evaluator", help="run the progress worker and alert rules (metrics on $METRICS_PORT)")
     sub.add_parser("migrate", help="apply the SQL migrations that are missing (safe to run from every replica)")
     seeder = sub.add_parser("seed", help="load demo content (courses, lessons, products); safe to repeat")
     seeder.add_argument("--tenant", action="append", help="tenant to load it into (repeatable; default: default)")
@@ -113,6 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return token_command(args.learner, args.tenant, args.ttl)
     if args.command == "seed":
         return seed_command(args.tenant or ["default"])
+    if args.command == "evaluator":
+        return evaluator_command()
     if args.command == "migrate":
         return migrate_command()
     return serve(args.host, args.drain_seconds)

@@ -10,6 +10,7 @@ conflicting body is then ignored instead of answered with 409.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -44,6 +45,12 @@ class Outcome:
     accepted: int
     duplicates: int
     conflicts: list[int]  # indexes (into the batch) of ids already taken with another body
+
+
+def stream_entry(*, tenant: str, learner: str, event_id: str, verb: str, lesson_id: str, occurred_at: str) -> bytes:
+    """The stream entry for one event: what the evaluator parses, and (hashed) what identifies it."""
+    return json.dumps({"tenant": tenant, "learner": learner, "id": event_id, "verb": verb, "lesson_id": lesson_id,
+                       "occurred_at": occurred_at}, separators=(",", ":")).encode()
 
 
 def body_hash(entry: bytes) -> bytes:

@@ -47,6 +47,20 @@ class Settings(BaseSettings):
     allow_insecure_connections: bool = False
     #: The Redis Stream progress goes through (its dead letters go to "<name>:dead").
     progress_stream: str = Field(default="lp:progress", pattern=r"^[A-Za-z0-9:_.-]{1,100}$")
+    #: Evaluator: entries per batch, how long an entry may sit with a dead consumer before another
+    #: claims it, and how many deliveries before an entry goes to the dead-letter stream.
+    evaluator_batch_size: int = Field(default=500, ge=1, le=10000)
+    evaluator_claim_idle_seconds: float = Field(default=60.0, gt=0)
+    evaluator_max_deliveries: int = Field(default=5, ge=1)
+    #: Evaluator: alert rules (YAML; the operator mounts them from a ConfigMap); unset: built-in defaults.
+    alert_rules_file: str | None = None
+    #: Alertmanager base URL (from the Secret: it may carry credentials); unset: alerts are only metrics.
+    alertmanager_url: SecretStr | None = None
+    #: Pushgateway base URL, for where scraping cannot reach; unset: scrape only.
+    pushgateway_url: str | None = None
+    push_interval_seconds: float = Field(default=15.0, gt=0)
+    #: The pod's name (downward API): the consumer name and the Pushgateway instance.
+    pod_name: str | None = None
     #: How long a progress event id is remembered in Redis (409 on reuse with another body within it).
     progress_dedupe_seconds: int = Field(default=7 * 24 * 3600, ge=60)
     #: How long a content document stays in Redis (a new content version replaces it anyway).

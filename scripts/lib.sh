@@ -96,3 +96,12 @@ ensure_services() {
 ensure_promtool() {
   command -v promtool >/dev/null || apt_install "checking the alert rules (promtool)" prometheus
 }
+
+# The evaluator's tests push to a real Pushgateway and alert a real Alertmanager (Debian's packages;
+# the tests start them on loopback ports, the packages' own services are not needed).
+ensure_prometheus_services() {
+  [ -x /usr/bin/prometheus-pushgateway ] || command -v prometheus-pushgateway >/dev/null ||
+    apt_install "the evaluator tests (Pushgateway)" prometheus-pushgateway
+  [ -x /usr/bin/prometheus-alertmanager ] || command -v prometheus-alertmanager >/dev/null ||
+    apt_install "the evaluator tests (Alertmanager)" prometheus-alertmanager
+}

@@ -8,7 +8,6 @@ PostgreSQL being down does not matter here.
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 from uuid import UUID
@@ -20,7 +19,7 @@ from starlette.responses import JSONResponse
 from learner_api.auth import IdentityDep
 from learner_api.dependencies import REDIS_DOWN, RedisDep, unavailable
 from learner_api.problems import Problem
-from learner_api.progress_intake import ProgressIntake, body_hash
+from learner_api.progress_intake import ProgressIntake, body_hash, stream_entry
 
 router = APIRouter(prefix="/v1", tags=["progress"])
 
@@ -87,9 +86,8 @@ async def post_progress(request: Request, identity: IdentityDep, redis: RedisDep
     events = _parse(await _read_limited(request))
     unique: dict[str, tuple[str, bytes, bytes]] = {}
     for index, event in enumerate(events):
-        entry = json.dumps({"tenant": identity.tenant, "learner": identity.learner, "id": str(event.id),
-                            "verb": event.verb, "lesson_id": event.lesson_id,
-                            "occurred_at": event.occurred_at.isoformat()}, separators=(",", ":")).encode()
+        entry = stream_entry(tenant=identity.tenant, learner=identity.learner, event_id=str(event.id),
+                             verb=event.verb, lesson_id=event.lesson_id, occurred_at=event.occurred_at.isoformat())
         digest = body_hash(entry)
         seen = unique.get(str(event.id))
         if seen is not None and seen[1] != digest:

@@ -1,0 +1,144 @@
+"""`learner-api evaluator`: the worker, the alert rules and the metrics endpoint in one process.
+
+Port METRICS_PORT serves /livez and /metrics. SIGTERM stops taking new entries, lets the batch in hand
+commit and be acknowledged (or, if it cannot, stay pending for the next consumer: nothing is lost either
+way), deletes this pod's Pushgateway group and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+import redis.asyncio as aioredis
+import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import ResponseError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from learner_api.app import connect_postgres
+from learner_api.data.progress import tenant_stats
+from learner_api.dependencies import POSTGRES_DOWN, REDIS_DOWN, Database
+from learner_api.evaluator import rules as rule_files
+from learner_api.evaluator.alerting import AlertEngine, Alertmanager, Signals
+from learner_api.evaluator.metrics import EvaluatorMetrics
+from learner_api.evaluator.pushgateway import Pusher
+from learner_api.evaluator.worker import Worker
+from learner_api.settings import Settings
+
+logger = logging.getLogger("learner_api.evaluator")
+
+
+class _QuietServer(uvicorn.Server):
+    """uvicorn for the metrics port only: the evaluator owns SIGTERM, not uvicorn."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def health_app(metrics: EvaluatorMetrics, worker_task: asyncio.Task[None]) -> Starlette:
+    async def livez(request: Request) -> Response:
+        if worker_task.done():
+            return JSONResponse({"status": "worker stopped"}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    async def metrics_endpoint(request: Request) -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return Starlette(routes=[Route("/livez", livez), Route("/metrics", metrics_endpoint)])
+
+
+async def measure(worker: Worker, database: Database) -> Signals:
+    """Everything the alert rules can look at; a signal that cannot be measured now is left out."""
+    signals: Signals = {}
+    try:
+        signals.update(await worker.observe())
+    except REDIS_DOWN:
+        logger.warning("Redis unavailable: stream signals not measured")
+    except ResponseError as exc:  # the stream or group was deleted under us; the worker makes them again
+        logger.warning("stream signals not measured: %s", exc)
+    try:
+        async with database.pool.acquire(timeout=database.timeout) as connection:
+            rows = await tenant_stats(connection)
+    except POSTGRES_DOWN:
+        logger.warning("PostgreSQL unavailable: tenant signals not measured")
+        return signals
+    except asyncpg.PostgresError as exc:  # not migrated yet, say: the worker may still do its job
+        logger.warning("tenant signals not measured: %s", exc)
+        return signals
+    for name in ("seconds_since_progress", "failed_purchases_1h", "unfulfilled_purchases"):
+        signals[name] = {row["tenant_id"]: float(row[name]) for row in rows if row[name] is not None}
+    return signals
+
+
+async def run(settings: Settings, stop: asyncio.Event, *, claim_interval: float | None = None,
+              trim_interval: float = 30.0) -> None:
+    rules = rule_files.load(Path(settings.alert_rules_file) if settings.alert_rules_file else None)
+    consumer = settings.pod_name or socket.gethostname()
+    metrics = EvaluatorMetrics()
+    pool = await connect_postgres(settings)
+    client = aioredis.from_url(settings.redis_url.get_secret_value(), socket_timeout=10, socket_connect_timeout=5)
+    database = Database(pool, timeout=5.0)
+    worker = Worker(client, database, metrics, stream=settings.progress_stream, consumer=consumer,
+                    batch_size=settings.evaluator_batch_size, claim_idle=settings.evaluator_claim_idle_seconds,
+                    claim_interval=claim_interval or max(1.0, settings.evaluator_claim_idle_seconds / 4),
+                    max_deliveries=settings.evaluator_max_deliveries, trim_interval=trim_interval,
+                    block_ms=200 if claim_interval else 1000)
+    engine = AlertEngine(rules, metrics)
+    alertmanager = Alertmanager(settings.alertmanager_url.get_secret_value(), metrics) \
+        if settings.alertmanager_url else None
+    pusher = Pusher(settings.pushgateway_url, consumer, metrics.registry) if settings.pushgateway_url else None
+    generator = f"learner-evaluator://{consumer}"
+
+    async def watch() -> None:
+        while not stop.is_set():
+            notify = engine.evaluate(await measure(worker, database), datetime.now(UTC))
+            if alertmanager is not None:
+                await alertmanager.send(notify, valid_for=4 * rules.interval, generator=generator)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), rules.interval)
+
+    async def push(pusher: Pusher) -> None:
+        while not stop.is_set():
+            await pusher.push()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), settings.push_interval_seconds)
+
+    await worker.setup()
+    worker_task = asyncio.create_task(worker.run(stop), name="worker")
+    server = _QuietServer(uvicorn.Config(health_app(metrics, worker_task), host="0.0.0.0",  # noqa: S104
+                                         port=settings.metrics_port, log_config=None, access_log=False,
+                                         lifespan="off"))
+    tasks = [worker_task, asyncio.create_task(watch(), name="alerts")]
+    if pusher is not None:
+        tasks.append(asyncio.create_task(push(pusher), name="push"))
+    metrics_server = asyncio.create_task(server.serve(), name="metrics")
+    logger.info("evaluator %s consuming %s; %d alert rules from %s", consumer, settings.progress_stream,
+                len(rules.rules), rules.source)
+    try:
+        done, _ = await asyncio.wait([stop_task := asyncio.create_task(stop.wait()), *tasks],
+                                     return_when=asyncio.FIRST_COMPLETED)
+        stop.set()
+        for task in done:
+            if task is not stop_task and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+        await asyncio.gather(*tasks)
+    finally:
+        stop.set()
+        server.should_exit = True
+        await asyncio.gather(metrics_server, return_exceptions=True)
+        if pusher is not None:
+            await pusher.delete()
+        await client.aclose()
+        await pool.close()
+        logger.info("evaluator %s stopped", consumer)

@@ -1,0 +1,126 @@
+"""The evaluator as it runs in its pod: alert rules to a real Alertmanager, metrics to a real
+Pushgateway (group deleted on shutdown), and SIGKILL in the middle of 10,000 events losing nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import redis.asyncio as aioredis
+
+from learner_api.evaluator import service
+from learner_api.streams import FIELD
+from tests.api.conftest import REDIS_URL, settings_for
+from tests.evaluator.conftest import entry, free_port, rows, wait_http
+
+
+def get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310
+        return str(response.read().decode())
+
+
+async def eventually(check, within: float = 10.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + within
+    while True:
+        result = await asyncio.to_thread(check)
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.1)
+
+
+async def test_alert_goes_pending_firing_resolved_in_alertmanager_and_pushgateway_group_is_removed(
+        database_url: str, stream: str, tenant: str, alertmanager: str, pushgateway: str, tmp_path: Path,
+        redis_client: aioredis.Redis) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("interval: 0.2\nrules:\n  - alert: DeadLettersTest\n    signal: dead_letters\n    above: 0\n"
+                     "    for: 1s\n    labels: {severity: warning}\n"
+                     "    annotations: {summary: '{{ $value }} dead letters'}\n")
+    settings = settings_for(database_url, progress_stream=stream, alert_rules_file=str(rules),
+                            alertmanager_url=alertmanager, pushgateway_url=pushgateway, push_interval_seconds=0.2,
+                            metrics_port=free_port(), pod_name=f"evaluator-{tenant}")
+    stop = asyncio.Event()
+    running = asyncio.create_task(service.run(settings, stop, claim_interval=0.2))
+    group = f'instance="evaluator-{tenant}",job="learner-evaluator"'
+    try:
+        await asyncio.to_thread(wait_http, f"http://127.0.0.1:{settings.metrics_port}/livez")
+        await redis_client.xadd(stream, entry(tenant))
+        await redis_client.xadd(stream, {FIELD: b"not json"})  # straight to the dead letters
+
+        def am_alerts() -> list[dict[str, object]]:
+            return [a for a in json.loads(get(f"{alertmanager}/api/v2/alerts"))
+                    if a["labels"]["alertname"] == "DeadLettersTest"]  # type: ignore[index]
+
+        def metric(line: str) -> bool:
+            return line in get(f"http://127.0.0.1:{settings.metrics_port}/metrics")
+
+        await eventually(lambda: metric("evaluator_dead_letter_entries 1.0"))
+        assert await asyncio.to_thread(am_alerts) == []  # pending for 1s first
+        assert await asyncio.to_thread(metric, 'evaluator_alerts_firing{alertname="DeadLettersTest"} 0.0')
+        [alert] = await eventually(am_alerts)
+        assert alert["annotations"] == {"summary": "1 dead letters"}
+        assert alert["status"]["state"] == "active"  # type: ignore[index]
+        assert await asyncio.to_thread(metric, 'evaluator_alerts_firing{alertname="DeadLettersTest"} 1.0')
+
+        pushed = await eventually(lambda: group in get(f"{pushgateway}/metrics") and get(f"{pushgateway}/metrics"))
+        assert f"lesson_views_total{{{group}}} 1" in pushed
+
+        await redis_client.delete(f"{stream}:dead")  # an SRE handled the dead letters
+        await eventually(lambda: am_alerts() == [])  # resolved: Alertmanager no longer lists it as active
+        assert await asyncio.to_thread(metric, 'evaluator_alerts_firing{alertname="DeadLettersTest"} 0.0')
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 20)
+    assert group not in get(f"{pushgateway}/metrics")
+
+
+N = 12_000
+
+
+async def test_sigkill_mid_batch_then_restart_stores_every_event_exactly_once(
+        database_url: str, admin_database_url: str, stream: str, tenant: str, redis_client: aioredis.Redis,
+        tmp_path: Path) -> None:
+    async with redis_client.pipeline(transaction=False) as pipe:
+        for i in range(N):
+            pipe.xadd(stream, entry(tenant, verb="lesson_completed" if i % 4 == 0 else "lesson_viewed",
+                                    learner=f"learner-{i % 300}", lesson=f"lesson-{i % 40}"))
+        await pipe.execute()
+    port = free_port()
+    env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": REDIS_URL, "NODE_ENV": "development",
+           "PROGRESS_STREAM": stream, "EVALUATOR_BATCH_SIZE": "200", "METRICS_PORT": str(port),
+           "EVALUATOR_CLAIM_IDLE_SECONDS": "1", "POD_NAME": "evaluator-0"}
+    command = [sys.executable, "-m", "learner_api.cli", "evaluator"]
+
+    log = (tmp_path / "evaluator.log").open("wb")
+    first = await asyncio.create_subprocess_exec(*command, env=env, stdout=log, stderr=log)
+    try:
+        await eventually(lambda: asyncio.run(rows(admin_database_url, tenant)) > 0, within=30)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        await first.wait()
+    before_restart = await rows(admin_database_url, tenant)
+    assert 0 < before_restart < N, "the kill should land in the middle of the work"
+
+    second = await asyncio.create_subprocess_exec(*command, env=env, stdout=log, stderr=log)
+    try:
+        await eventually(lambda: asyncio.run(rows(admin_database_url, tenant)) == N, within=60)
+        metrics = await asyncio.to_thread(get, f"http://127.0.0.1:{port}/metrics")
+        counted = sum(float(line.split()[1]) for line in metrics.splitlines()
+                      if line.startswith(("lesson_views_total ", "lesson_completed_total ")))
+        # the second process counted exactly the rows it added: redelivered ones count nothing
+        assert counted == N - before_restart
+        second.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(second.wait(), 20) == 0
+    finally:
+        if second.returncode is None:
+            second.kill()
+        log.close()
+    assert await rows(admin_database_url, tenant) == N
+    assert (await redis_client.xpending(stream, "evaluator"))["pending"] == 0
