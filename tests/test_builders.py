@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -188,3 +189,32 @@ def test_render_refuses_an_invalid_spec_with_the_reason() -> None:
     assert result.returncode == 2
     assert "resources.requests.cpu (2) is above resources.limits.cpu (500m)" in result.stderr
     assert result.stdout == ""
+
+
+def test_the_evaluator_reads_the_alert_rules_the_operator_writes() -> None:
+    """The operator and the evaluator ship in different images; their rule formats must agree."""
+    from learner_api.evaluator import rules as evaluator_rules
+    from learner_operator.builders import config
+    from learner_operator.models.v1alpha1 import AlertSignal
+
+    def platform_of(path: Path) -> builders.Platform:
+        return platform(load(path)["spec"])
+
+    assert set(typing.get_args(AlertSignal)) == set(evaluator_rules.SIGNALS)
+    assert config.default_alert_rules() == (Path(evaluator_rules.__file__).parent / "default_rules.yaml").read_text()
+    for example in EXAMPLE_FILES:
+        manifests = builders.children(platform_of(example))
+        [rules_map] = [m for m in manifests if m["metadata"]["name"].endswith("-alert-rules")]
+        loaded = evaluator_rules.loads(rules_map["data"]["alert-rules.yaml"], example.name)
+        wanted = [rule.alert for rule in platform_of(example).spec.evaluator.alert_rules] or \
+            evaluator_rules.load(None).names
+        assert loaded.names == wanted
+        pod = next(m for m in manifests if m["kind"] == "Deployment" and "evaluator" in m["metadata"]["name"])
+        container = pod["spec"]["template"]["spec"]["containers"][0]
+        assert {"name": "ALERT_RULES_FILE", "value": "/etc/learner-platform/alert-rules/alert-rules.yaml"} in \
+            container["env"]
+        assert {"name": "alert-rules", "mountPath": "/etc/learner-platform/alert-rules", "readOnly": True} in \
+            container["volumeMounts"]
+    rendered = config.alert_rules_yaml(platform_of(EXAMPLES / "03-production.yaml"))
+    production = [r for r in evaluator_rules.loads(rendered, "x").rules if r.alert == "TenantQuiet"]
+    assert (production[0].for_, production[0].above) == (1800.0, 7200.0)

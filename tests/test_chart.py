@@ -187,7 +187,7 @@ async def test_rbac_is_exactly_what_the_operator_does(cluster: Any) -> None:
         cluster.put(doc)
         await eventually(lambda: condition(cluster, "SecretReady") == ("False", "SecretNotFound"))
         cluster.put(secret("not-yet"))
-        await eventually(lambda: len(children(cluster)) == 12)
+        await eventually(lambda: len(children(cluster)) == 13)
         cluster.edit("learner.dev/v1alpha1", "learnerplatforms", NS, "ai-platform", {"spec": {
             "evaluator": {"enabled": False}, "observability": {"serviceMonitor": False},
             "learnerApi": {"autoscaling": {"enabled": False}, "replicas": 3,

@@ -57,7 +57,7 @@ async def test_run_serves_liveness_and_metrics_and_stops_on_sigterm(cluster: Clu
     try:
         cluster.put(secret())
         cluster.put(load(EXAMPLES / "01-minimal.yaml"))
-        await eventually(lambda: len(children(cluster)) == 11, within=30, what="children from the process")
+        await eventually(lambda: len(children(cluster)) == 12, within=30, what="children from the process")
 
         async def probe(url: str) -> tuple[int, str] | None:
             try:

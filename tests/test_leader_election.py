@@ -35,9 +35,9 @@ async def test_only_the_leader_writes_and_a_follower_takes_over(cluster: Cluster
     try:
         cluster.put(secret())
         cluster.put(load(EXAMPLES / "01-minimal.yaml"))
-        await eventually(lambda: len(children(cluster)) == 11)
+        await eventually(lambda: len(children(cluster)) == 12)
         await settled(cluster, first)
-        assert first.writes == 12  # 11 children and one status write
+        assert first.writes == 13  # 12 children and one status write
         assert second.writes == 0  # it watched everything, and wrote nothing
 
         await first.stop()  # a clean stop releases the Lease: no waiting for it to expire

@@ -51,9 +51,10 @@ async def operator(cluster: Cluster) -> AsyncIterator[Operator]:
 async def test_create_makes_every_child_and_reports_conditions(cluster: Cluster, operator: Operator) -> None:
     cluster.put(secret())
     cluster.put(load(EXAMPLES / "01-minimal.yaml"))
-    await eventually(lambda: len(children(cluster)) == 11, what="11 children")
+    await eventually(lambda: len(children(cluster)) == 12, what="12 children")
     assert children(cluster) == {
         ("ServiceAccount", API), ("ServiceAccount", EVALUATOR), ("ConfigMap", "ai-platform-config"),
+        ("ConfigMap", "ai-platform-alert-rules"),
         ("NetworkPolicy", API), ("NetworkPolicy", EVALUATOR), ("Service", API), ("Service", EVALUATOR),
         ("Deployment", API), ("Deployment", EVALUATOR), ("HorizontalPodAutoscaler", API),
         ("PodDisruptionBudget", API),
@@ -177,7 +178,7 @@ async def test_missing_secret_is_a_condition_then_converges(cluster: Cluster, op
 
     cluster.put(secret())
     await eventually(lambda: condition(cluster, "SecretReady") == ("True", "SecretFound"))
-    await eventually(lambda: len(children(cluster)) == 11)
+    await eventually(lambda: len(children(cluster)) == 12)
 
 
 async def test_missing_keys_are_named_and_values_never_shown(cluster: Cluster, operator: Operator) -> None:
@@ -240,6 +241,8 @@ async def test_switching_off_the_evaluator_deletes_it(cluster: Cluster, operator
     for api_version, plural in [("v1", "services"), ("v1", "serviceaccounts"),
                                 ("networking.k8s.io/v1", "networkpolicies")]:
         assert cluster.get(api_version, plural, NS, EVALUATOR) is None
+    assert cluster.get("v1", "configmaps", NS, "ai-platform-alert-rules") is None
+    assert cluster.get("v1", "configmaps", NS, "ai-platform-config") is not None
     assert cluster.get("apps/v1", "deployments", NS, API) is not None
     await eventually(lambda: condition(cluster, "EvaluatorAvailable") == ("True", "Disabled"))
     assert condition(cluster, "Ready") == ("True", "AllComponentsReady")
@@ -317,7 +320,7 @@ async def test_write_budget_create_noop_and_drift_repair(cluster: Cluster, opera
     await settled(cluster, operator)
     writes = cluster.mutating_requests(start)
     applies = [r for r in writes if r.headers.get("Content-Type", "").startswith("application/apply-patch")]
-    assert len(applies) == len(children(cluster)) == 11
+    assert len(applies) == len(children(cluster)) == 12
     assert [(r.resource.plural, r.subresource) for r in writes if r not in applies] == [
         ("learnerplatforms", "status")]
 
@@ -341,7 +344,7 @@ async def test_the_operator_applies_exactly_what_render_prints(cluster: Cluster,
     cluster.put(secret())
     start = len(cluster.log)
     cluster.put(load(EXAMPLES / "03-production.yaml"))
-    await eventually(lambda: len(children(cluster)) == 12)
+    await eventually(lambda: len(children(cluster)) == 13)
     await settled(cluster, operator)
     applied = {(r.data["kind"], r.data["metadata"]["name"]): r.data for r in cluster.mutating_requests(start)
                if r.headers.get("Content-Type", "").startswith("application/apply-patch")}

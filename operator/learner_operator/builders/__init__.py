@@ -61,6 +61,7 @@ def children(p: Platform) -> list[Manifest]:
     if spec.evaluator.enabled:
         out += [
             config.service_account(p, ev, evaluator.APP, evaluator.COMPONENT),
+            config.alert_rules_config_map(p),
             evaluator.deployment(p),
             evaluator.metrics_service(p),
         ]

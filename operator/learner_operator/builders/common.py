@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from learner_operator.models import API_VERSION, KIND, LearnerPlatformSpec
@@ -23,6 +23,7 @@ RUN_AS_USER = 10001
 #: Annotations on pod templates: a change of either rolls the pods.
 SECRET_HASH_ANNOTATION = "learner.dev/secret-hash"
 CONFIG_HASH_ANNOTATION = "learner.dev/config-hash"
+ALERT_RULES_HASH_ANNOTATION = "learner.dev/alert-rules-hash"
 
 REQUIRED_SECRET_KEYS = ("DATABASE_URL", "REDIS_URL")
 #: Wired when present (optional secretKeyRefs), so that a Secret without them still starts.
@@ -66,6 +67,10 @@ def evaluator_name(p: Platform) -> str:
 
 def pushgateway_name(p: Platform) -> str:
     return f"{p.name}-pushgateway"
+
+
+def alert_rules_name(p: Platform) -> str:
+    return f"{p.name}-alert-rules"
 
 
 def config_name(p: Platform) -> str:
@@ -190,7 +195,8 @@ def config_data(p: Platform) -> dict[str, str]:
 
 
 def pod_template(
-    p: Platform, app: str, component: str, *, metrics_port: int, grace_seconds: int, container: dict[str, Any]
+    p: Platform, app: str, component: str, *, metrics_port: int, grace_seconds: int, container: dict[str, Any],
+    mounts: Sequence[tuple[dict[str, Any], dict[str, Any]]] = (), annotations: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """A restricted pod running the platform image; ``container`` adds what differs (args, ports, probes).
 
@@ -207,6 +213,7 @@ def pod_template(
                 "prometheus.io/scrape": "true",
                 "prometheus.io/port": str(metrics_port),
                 "prometheus.io/path": "/metrics",
+                **(annotations or {}),
             },
         },
         "spec": {
@@ -224,9 +231,9 @@ def pod_template(
                 "envFrom": [{"configMapRef": {"name": config_name(p)}}],
                 "env": [*container.get("env", []), *secret_env(p)],
                 "securityContext": container_security_context(),
-                "volumeMounts": [mount],
+                "volumeMounts": [mount, *(m for _, m in mounts)],
             }],
-            "volumes": [volume],
+            "volumes": [volume, *(v for v, _ in mounts)],
         },
     }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from learner_operator.builders import common as c
+from learner_operator.builders import config
 
 APP = "evaluator"
 COMPONENT = "worker"
@@ -17,12 +18,17 @@ def pod_template(p: c.Platform) -> dict[str, Any]:
             "args": ["evaluator"],
             "ports": [{"name": "metrics", "containerPort": c.EVALUATOR_METRICS_PORT, "protocol": "TCP"}],
             # The consumer name in the Redis consumer group: unique and stable per pod.
-            "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+            "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                    {"name": "ALERT_RULES_FILE", "value": f"{config.RULES_DIR}/{config.RULES_KEY}"}],
             "resources": c.resources(p.spec.evaluator.resources),
             "startupProbe": c.http_probe("/livez", "metrics", 2, 30),
             "readinessProbe": c.http_probe("/livez", "metrics", 10, 3),
             "livenessProbe": c.http_probe("/livez", "metrics", 10, 6),
         },
+        # rules are read at start: a change rolls the pods (the hash), and a bad rule never gets this far
+        mounts=[({"name": "alert-rules", "configMap": {"name": c.alert_rules_name(p)}},
+                 {"name": "alert-rules", "mountPath": config.RULES_DIR, "readOnly": True})],
+        annotations={c.ALERT_RULES_HASH_ANNOTATION: c.content_digest({"rules": config.alert_rules_yaml(p)})},
     )
 
 

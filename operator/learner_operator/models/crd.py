@@ -1,7 +1,7 @@
 """Generate the LearnerPlatform CustomResourceDefinition from the pydantic models.
 
-Kubernetes wants a *structural* schema: every node typed, no ``$ref``, no ``additionalProperties``
-beside ``properties``. pydantic's JSON schema is turned into one here, so that the models stay the
+Kubernetes wants a *structural* schema: every node typed, no ``$ref``, ``additionalProperties`` only
+as a map's value schema. pydantic's JSON schema is turned into one here, so that the models stay the
 one source of truth and ``crds/learnerplatforms.learner.dev.yaml`` is only ever generated.
 """
 
@@ -13,7 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from learner_operator.models import v1alpha1 as api
 
-_DROP = {"title", "additionalProperties"}
+_DROP = {"title"}
 
 #: Whole-object rules that need ``metadata``; CEL may read metadata.name at the root.
 _ROOT_RULES = [
@@ -48,10 +48,15 @@ def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         extra = {k: v for k, v in node.items() if k != "$ref"}
         return _structural({**target, **extra}, defs)
     if node.get("x-kubernetes-int-or-string"):
-        return {k: v for k, v in node.items() if k not in _DROP}  # anyOf kept, as controller-gen does
+        # anyOf kept, as controller-gen does
+        return {k: v for k, v in node.items() if k not in _DROP and k != "additionalProperties"}
     out: dict[str, Any] = {}
     for key, value in node.items():
-        if key in _DROP:
+        if key in _DROP or (key == "default" and value is None):
+            continue
+        if key == "additionalProperties":
+            if isinstance(value, dict):  # a map's value schema stays; `false` (extra="forbid") is not structural
+                out[key] = _structural(value, defs)
             continue
         if key == "properties":
             out[key] = {name: _structural(sub, defs) for name, sub in value.items()}

@@ -205,10 +205,47 @@ class LearnerApiSpec(_Model):
         return self
 
 
+#: What the evaluator can measure (learner_api.evaluator.rules.SIGNALS; a test keeps the two equal).
+AlertSignal = Literal["ingest_lag_seconds", "pending_entries", "stream_lag_entries", "dead_letters",
+                      "seconds_since_progress", "failed_purchases_1h", "unfulfilled_purchases"]
+OptionalNumber = Annotated[float | None, WithJsonSchema({"type": "number"})]
+
+
+class AlertRule(_Model):
+    """One evaluator alert rule; the same shape as the evaluator's rule file."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [{
+        "rule": "has(self.above) != has(self.below)",
+        "message": "an alert rule needs exactly one of above or below",
+        "reason": "FieldValueInvalid",
+    }]})
+
+    alert: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$", max_length=100, description="The alert's name.")
+    signal: AlertSignal = Field(description="What to measure (per-tenant signals alert once per tenant).")
+    above: OptionalNumber = Field(default=None, description="Active while the signal is above this.")
+    below: OptionalNumber = Field(default=None, description="Active while the signal is below this.")
+    for_: str = Field(default="0s", alias="for", pattern=r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$", min_length=2,
+                      max_length=20, description="How long it must stay active before it fires, e.g. 5m.")
+    labels: dict[str, str] = Field(default_factory=dict, description="Extra labels, e.g. severity.")
+    annotations: dict[str, str] = Field(default_factory=dict,
+                                        description="summary, runbook...; {{ $value }} and {{ $labels.tenant }} "
+                                        "are filled in.")
+
+    @model_validator(mode="after")
+    def _one_threshold(self) -> AlertRule:
+        if (self.above is None) == (self.below is None):
+            raise ValueError("an alert rule needs exactly one of above or below")
+        return self
+
+
 class EvaluatorSpec(_Model):
     enabled: bool = Field(default=True, description="Run the evaluator worker (progress pipeline and alerts).")
     replicas: int = Field(default=1, ge=0, le=100)
     resources: ResourceRequirements = Field(default_factory=_evaluator_resources)
+    alert_rules: list[AlertRule] = Field(
+        default_factory=list, max_length=100,
+        description="The evaluator's alert rules; empty means the defaults (ingest lag, dead letters, purchases).",
+    )
 
 
 class PushgatewaySpec(_Model):
