@@ -12,7 +12,9 @@ from typing import Any
 import yaml
 from prometheus_client import CollectorRegistry
 
-from learner_api.metrics import HttpMetrics
+from learner_api.content_cache import lookups_counter
+from learner_api.evaluator.metrics import EvaluatorMetrics
+from learner_api.metrics import BusinessMetrics, HttpMetrics
 from learner_operator.metrics import Metrics
 from tests.conftest import ROOT
 from tests.test_chart import CHART, of_kind, render
@@ -29,15 +31,19 @@ def rules() -> list[dict[str, Any]]:
 
 
 def exported() -> set[str]:
-    """Every series name the operator and learner-api expose (histograms as _bucket/_sum/_count)."""
-    metrics, api = Metrics(), HttpMetrics(CollectorRegistry())
+    """Every series name the operator, learner-api and the evaluator expose (histograms as _bucket/_sum/_count)."""
+    metrics, api, evaluator = Metrics(), HttpMetrics(CollectorRegistry()), EvaluatorMetrics()
+    business = CollectorRegistry()
+    BusinessMetrics(business)
+    lookups_counter(business)
+    evaluator.alerts_firing.labels("X").set(0)
     metrics.watch_conditions(lambda: [("ns", "name", [{"type": "Ready", "status": "True"}])])
     api.requests.labels("GET", "/livez", "2xx").inc()
     api.latency.labels("GET", "/livez").observe(0.01)
     metrics.reconciles.labels("ok").inc()
     metrics.api_requests.labels("PATCH").inc()
     names = set()
-    for registry in (metrics.registry, api.registry):
+    for registry in (metrics.registry, api.registry, evaluator.registry, business):
         for family in registry.collect():
             names |= {sample.name for sample in family.samples}
     return names
@@ -52,13 +58,22 @@ def test_promtool_accepts_the_rules(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def metric_names(expr: str) -> set[str]:
+    """Series names in a PromQL expression: identifiers left once label matchers, grouping clauses and
+    range selectors are removed, that are not functions (our metric names all contain '_'; `up` is
+    Prometheus' own)."""
+    bare = re.sub(r"\{[^}]*\}|\[[^\]]*\]|\b(?:by|without|on|ignoring)\s*\([^)]*\)", " ", expr)
+    names = {name for name in re.findall(r"\b[a-zA-Z_:][a-zA-Z0-9_:]*\b(?!\s*\()", bare)
+             if "_" in name or name in PROMETHEUS_OWN}
+    return names - PROMQL_FUNCTIONS
+
+
 def test_every_rule_queries_metrics_the_project_exports() -> None:
     known = exported()
     assert "learner_operator_platform_condition" in known
     for group in rules():
         for rule in group["rules"]:
-            names = set(re.findall(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\s*(?:\{|\[)", rule["expr"]))
-            names -= PROMQL_FUNCTIONS
+            names = metric_names(rule["expr"])
             assert names, rule["alert"]
             assert names <= known | PROMETHEUS_OWN, (rule["alert"], names - known)
 
