@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from learner_api import __version__, metrics, problems
+from learner_api.auth import VerifiedTokens
 from learner_api.content_cache import ContentCache, lookups_counter
 from learner_api.dependencies import POSTGRES_DOWN, Database, RedisGuard
 from learner_api.progress_intake import ProgressIntake
@@ -89,6 +90,7 @@ def create_app(settings: Settings) -> FastAPI:
                   description="Course content, progress, enrollments and the store for learners. Every "
                               "error is RFC 9457 application/problem+json.")
     app.state.settings = settings
+    app.state.verified_tokens = VerifiedTokens(settings)
     app.state.draining = False
     app.state.business = metrics.BusinessMetrics(registry)
     problems.install(app)

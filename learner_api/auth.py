@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -53,13 +54,35 @@ def verify(token: str, settings: Settings) -> Identity:
     return Identity(learner=str(claims["sub"]), tenant=tenant)
 
 
-def current_identity(request: Request) -> Identity:
+class VerifiedTokens:
+    """Tokens already verified, until they expire: a learner's app sends the same token on every call,
+    and checking its signature again costs more than the rest of a cached lesson GET. Bounded (LRU)."""
+
+    def __init__(self, settings: Settings, size: int = 10_000) -> None:
+        self.settings, self.size = settings, size
+        self._known: OrderedDict[str, tuple[Identity, float]] = OrderedDict()
+
+    def identity(self, token: str) -> Identity:
+        known = self._known.get(token)
+        if known is not None and time.time() < known[1]:
+            self._known.move_to_end(token)
+            return known[0]
+        identity = verify(token, self.settings)  # raises for anything not (or no longer) valid
+        expires = jwt.decode(token, options={"verify_signature": False})["exp"]
+        self._known[token] = (identity, float(expires))
+        if len(self._known) > self.size:
+            self._known.popitem(last=False)
+        return identity
+
+
+async def current_identity(request: Request) -> Identity:
+    """async on purpose: FastAPI runs a sync dependency in a thread, a hop that costs more than the work."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise Problem(401, "send 'Authorization: Bearer <token>'", headers=_CHALLENGE)
-    settings: Settings = request.app.state.settings
-    return verify(token.strip(), settings)
+    tokens: VerifiedTokens = request.app.state.verified_tokens
+    return tokens.identity(token.strip())
 
 
 IdentityDep = Annotated[Identity, Depends(current_identity)]

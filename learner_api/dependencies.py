@@ -70,12 +70,13 @@ class RedisGuard:
         self._down_until = time.monotonic() + self.cooldown
 
 
-def get_database(request: Request) -> Database:
+# async dependencies: FastAPI would run sync ones in a thread pool, a hop per request for nothing.
+async def get_database(request: Request) -> Database:
     database: Database = request.app.state.database
     return database
 
 
-def get_redis(request: Request) -> RedisGuard:
+async def get_redis(request: Request) -> RedisGuard:
     guard: RedisGuard = request.app.state.redis_guard
     return guard
 

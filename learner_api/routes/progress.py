@@ -14,6 +14,7 @@ from uuid import UUID
 
 from fastapi import APIRouter, Request
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
 
 from learner_api.auth import IdentityDep
@@ -54,10 +55,13 @@ async def _read_limited(request: Request) -> bytes:
     if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         raise Problem(413, f"the body is {declared} bytes; send at most {MAX_BODY_BYTES} per request")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            raise Problem(413, f"the body is over {MAX_BODY_BYTES} bytes; split the batch")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY_BYTES:
+                raise Problem(413, f"the body is over {MAX_BODY_BYTES} bytes; split the batch")
+    except ClientDisconnect:  # nothing was taken; the client retries the whole batch
+        raise Problem(400, "the client went away before the whole body arrived") from None
     return bytes(body)
 
 
