@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     evaluator_batch_size: int = Field(default=500, ge=1, le=10000)
     evaluator_claim_idle_seconds: float = Field(default=60.0, gt=0)
     evaluator_max_deliveries: int = Field(default=5, ge=1)
+    #: Batches written at once by one evaluator process (reading overlaps writing).
+    evaluator_concurrency: int = Field(default=2, ge=1, le=16)
     #: Evaluator: alert rules (YAML; the operator mounts them from a ConfigMap); unset: built-in defaults.
     alert_rules_file: str | None = None
     #: Alertmanager base URL (from the Secret: it may carry credentials); unset: alerts are only metrics.

@@ -88,12 +88,12 @@ async def run(settings: Settings, stop: asyncio.Event, *, claim_interval: float 
     metrics = EvaluatorMetrics()
     pool = await connect_postgres(settings)
     client = aioredis.from_url(settings.redis_url.get_secret_value(), socket_timeout=10, socket_connect_timeout=5)
-    database = Database(pool, timeout=5.0)
+    database = Database(pool, timeout=5.0)  # the pool (DATABASE_POOL_MAX) must exceed evaluator_concurrency
     worker = Worker(client, database, metrics, stream=settings.progress_stream, consumer=consumer,
                     batch_size=settings.evaluator_batch_size, claim_idle=settings.evaluator_claim_idle_seconds,
                     claim_interval=claim_interval or max(1.0, settings.evaluator_claim_idle_seconds / 4),
                     max_deliveries=settings.evaluator_max_deliveries, trim_interval=trim_interval,
-                    block_ms=200 if claim_interval else 1000)
+                    block_ms=200 if claim_interval else 1000, concurrency=settings.evaluator_concurrency)
     engine = AlertEngine(rules, metrics)
     alertmanager = Alertmanager(settings.alertmanager_url.get_secret_value(), metrics) \
         if settings.alertmanager_url else None

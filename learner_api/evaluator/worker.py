@@ -62,12 +62,17 @@ def parse(fields: dict[bytes, bytes]) -> Event:
 class Worker:
     def __init__(self, client: aioredis.Redis, database: Database, metrics: EvaluatorMetrics, *, stream: str,
                  consumer: str, batch_size: int = 500, block_ms: int = 1000, claim_idle: float = 60.0,
-                 claim_interval: float = 5.0, max_deliveries: int = 5, trim_interval: float = 30.0) -> None:
+                 claim_interval: float = 5.0, max_deliveries: int = 5, trim_interval: float = 30.0,
+                 concurrency: int = 1) -> None:
         self.redis, self.database, self.metrics = client, database, metrics
         self.stream, self.dead = stream, dead_letters(stream)
         self.consumer, self.batch_size, self.block_ms = consumer, batch_size, block_ms
         self.claim_idle, self.claim_interval = claim_idle, claim_interval
         self.max_deliveries, self.trim_interval = max_deliveries, trim_interval
+        self.concurrency = concurrency
+        self._slots = asyncio.Semaphore(concurrency)
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._failure: BaseException | None = None
         self._own_pending = True  # read our own pending entries before anything new
         self._next_claim = 0.0
         self._next_trim = 0.0
@@ -80,24 +85,38 @@ class Worker:
                 raise
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Until ``stop`` is set; the batch in hand is finished (written and acknowledged) first."""
+        """Until ``stop`` is set; the batches in hand are finished (written and acknowledged) first."""
         await self.setup()
         backoff = 0.5
-        while not stop.is_set():
-            try:
-                await self.step()
-                backoff = 0.5
-            except (*REDIS_DOWN, *POSTGRES_DOWN) as exc:
-                logger.warning("dependency unavailable (%s); retrying in %.1fs", type(exc).__name__, backoff)
-                self._own_pending = True
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), backoff)
-                backoff = min(backoff * 2, 10)
+        try:
+            while not stop.is_set():
+                try:
+                    await self.step()
+                    if self._failure is not None:  # a batch in flight met a dependency that is down
+                        failure, self._failure = self._failure, None
+                        raise failure
+                    backoff = 0.5
+                except (*REDIS_DOWN, *POSTGRES_DOWN) as exc:
+                    logger.warning("dependency unavailable (%s); retrying in %.1fs", type(exc).__name__, backoff)
+                    await self.quiesce()
+                    self._own_pending = True
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), backoff)
+                    backoff = min(backoff * 2, 10)
+        finally:
+            await self.quiesce()
+
+    async def quiesce(self) -> None:
+        """Wait for the batches in flight (their entries stay pending if they fail: nothing is lost)."""
+        if self._inflight:
+            await asyncio.gather(*self._inflight, return_exceptions=True)
 
     async def step(self) -> int:
-        """One round: own pending, abandoned entries, or new ones. Returns how many entries were handled."""
+        """One round: own pending, abandoned entries, or new ones. Returns how many entries were taken
+        (with concurrency 1 they are also written; above it, new entries are written in the background)."""
         now = time.monotonic()
         if self._own_pending:
+            await self.quiesce()  # what is in flight is pending too: do not take it twice
             entries = await self._read("0", block=None)
             if entries:
                 await self.handle(entries)
@@ -112,10 +131,33 @@ class Worker:
         if now >= self._next_trim:
             self._next_trim = now + self.trim_interval
             await self.trim()
-        entries = await self._read(">", block=self.block_ms)
-        if entries:
-            await self.handle(entries)
+        if self.concurrency == 1:
+            entries = await self._read(">", block=self.block_ms)
+            if entries:
+                await self.handle(entries)
+            return len(entries)
+        await self._slots.acquire()  # read no more than can be written: the rest stays in Redis
+        try:
+            entries = await self._read(">", block=self.block_ms)
+        except BaseException:
+            self._slots.release()
+            raise
+        if not entries:
+            self._slots.release()
+            return 0
+        task = asyncio.create_task(self._handle_in_background(entries))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
         return len(entries)
+
+    async def _handle_in_background(self, entries: list[Entry]) -> None:
+        """Reading and parsing the next batch overlaps PostgreSQL writing this one."""
+        try:
+            await self.handle(entries)
+        except (*REDIS_DOWN, *POSTGRES_DOWN) as exc:
+            self._failure = exc  # the entries stay pending; run() backs off and reads them again
+        finally:
+            self._slots.release()
 
     async def _read(self, start: str, block: int | None) -> list[Entry]:
         reply: Any = await self.redis.xreadgroup(CONSUMER_GROUP, self.consumer, {self.stream: start},
