@@ -85,7 +85,8 @@ def migrate_command() -> int:
 
     try:
         settings = load_settings()
-        applied = asyncio.run(migrate(settings.database_url.get_secret_value()))
+        url = settings.database_migration_url or settings.database_url
+        applied = asyncio.run(migrate(url.get_secret_value()))
     except (ConfigError, MigrationError) as exc:
         print(f"learner-api migrate: {exc}", file=sys.stderr)
         return 2

@@ -30,6 +30,8 @@ class Settings(BaseSettings):
 
     database_url: SecretStr = Field(description="postgresql://... of the managed PostgreSQL")
     redis_url: SecretStr = Field(description="redis:// or rediss://... of the managed Redis")
+    #: The tables' owner, for `learner-api migrate` only; unset: DATABASE_URL migrates too.
+    database_migration_url: SecretStr | None = None
     node_env: Literal["production", "staging", "development"] = "production"
     tenant_mode: Literal["enabled", "disabled"] = "enabled"
     port: int = 8000
@@ -78,7 +80,7 @@ class Settings(BaseSettings):
     def _safe_outside_development(self) -> Settings:
         if self.development:
             return self
-        for name in ("database_url", "redis_url", "jwt_secret", "payment_webhook_secret"):
+        for name in ("database_url", "database_migration_url", "redis_url", "jwt_secret", "payment_webhook_secret"):
             value = getattr(self, name)
             if value is not None and _is_placeholder(value.get_secret_value()):
                 raise ConfigError(f"{name.upper()} is a placeholder; set the real value (NODE_ENV={self.node_env})")

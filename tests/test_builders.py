@@ -77,6 +77,9 @@ def test_pods_meet_pod_security_restricted(path: Path) -> None:
             assert container["resources"]["requests"]
             assert "readinessProbe" in container
             assert "livenessProbe" in container
+        for container in spec.get("initContainers", []):
+            assert container["securityContext"] == spec["containers"][0]["securityContext"]
+            assert container["resources"]["limits"]
 
 
 def test_learner_api_probes_and_defaults() -> None:
@@ -218,3 +221,15 @@ def test_the_evaluator_reads_the_alert_rules_the_operator_writes() -> None:
     rendered = config.alert_rules_yaml(platform_of(EXAMPLES / "03-production.yaml"))
     production = [r for r in evaluator_rules.loads(rendered, "x").rules if r.alert == "TenantQuiet"]
     assert (production[0].for_, production[0].above) == (1800.0, 7200.0)
+
+
+def test_learner_api_pods_migrate_the_database_before_serving() -> None:
+    template = by_kind(builders.children(platform({"image": {"tag": "abc"}})))[
+        ("Deployment", "ai-platform-learner-api")]["spec"]["template"]["spec"]
+    [migrate] = template["initContainers"]
+    assert (migrate["command"], migrate["args"], migrate["image"]) == (
+        ["learner-api"], ["migrate"], template["containers"][0]["image"])
+    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in migrate["env"]}
+    assert env["DATABASE_URL"]["key"] == "DATABASE_URL"
+    assert env["DATABASE_MIGRATION_URL"]["optional"] is True  # an owner role for DDL, when the team has one
+

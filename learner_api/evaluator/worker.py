@@ -43,6 +43,13 @@ def entry_time(entry_id: str) -> float:
     return int(entry_id.split("-", 1)[0]) / 1000
 
 
+def entries_at_fault(exc: asyncpg.PostgresError) -> bool:
+    """Data exceptions (class 22) and constraint violations (23) are about the rows: retry them alone and
+    dead-letter them in the end. Anything else (a missing table, a privilege, a read-only replica) is
+    about the deployment: stop and retry later, without spending anyone's deliveries."""
+    return not isinstance(exc, POSTGRES_DOWN) and (exc.sqlstate or "")[:2] in ("22", "23")
+
+
 def parse(fields: dict[bytes, bytes]) -> Event:
     """A stream entry as learner-api wrote it; ValueError says what is wrong with it."""
     try:
@@ -96,8 +103,12 @@ class Worker:
                         failure, self._failure = self._failure, None
                         raise failure
                     backoff = 0.5
-                except (*REDIS_DOWN, *POSTGRES_DOWN) as exc:
-                    logger.warning("dependency unavailable (%s); retrying in %.1fs", type(exc).__name__, backoff)
+                except (*REDIS_DOWN, *POSTGRES_DOWN, asyncpg.PostgresError) as exc:
+                    if isinstance(exc, asyncpg.PostgresError) and not isinstance(exc, POSTGRES_DOWN):
+                        logger.error("PostgreSQL refused a batch for a reason that is not the entries' (%s: %s); "
+                                     "is the database migrated? retrying in %.1fs", type(exc).__name__, exc, backoff)
+                    else:
+                        logger.warning("dependency unavailable (%s); retrying in %.1fs", type(exc).__name__, backoff)
                     await self.quiesce()
                     self._own_pending = True
                     with contextlib.suppress(TimeoutError):
@@ -154,7 +165,7 @@ class Worker:
         """Reading and parsing the next batch overlaps PostgreSQL writing this one."""
         try:
             await self.handle(entries)
-        except (*REDIS_DOWN, *POSTGRES_DOWN) as exc:
+        except (*REDIS_DOWN, *POSTGRES_DOWN, asyncpg.PostgresError) as exc:
             self._failure = exc  # the entries stay pending; run() backs off and reads them again
         finally:
             self._slots.release()
@@ -189,7 +200,7 @@ class Worker:
         try:
             written = await self._write([event for _, event in events])
         except asyncpg.PostgresError as exc:
-            if isinstance(exc, POSTGRES_DOWN):
+            if not entries_at_fault(exc):
                 raise
             logger.warning("batch of %d failed (%s); writing its entries one by one", len(events), exc)
             await self._one_by_one(events, dict(entries))
@@ -219,7 +230,7 @@ class Worker:
             try:
                 written = await self._write([event])
             except asyncpg.PostgresError as exc:
-                if isinstance(exc, POSTGRES_DOWN):
+                if not entries_at_fault(exc):
                     raise
                 deliveries = await self._deliveries(entry_id)
                 if deliveries >= self.max_deliveries:

@@ -39,6 +39,9 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp AS $$
                 AND o.created_at < now() - interval '30 minutes')
     FROM tenants t
 $$;
+-- Giving a function away needs membership of the new owner (on PostgreSQL 16 the role's creator has
+-- ADMIN but not SET on it by default); the migrating role owns every table anyway.
+GRANT learner_stats TO CURRENT_USER;
 ALTER FUNCTION platform_tenant_stats() OWNER TO learner_stats;
 REVOKE ALL ON FUNCTION platform_tenant_stats() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION platform_tenant_stats() TO learner_app;

@@ -27,7 +27,8 @@ ALERT_RULES_HASH_ANNOTATION = "learner.dev/alert-rules-hash"
 
 REQUIRED_SECRET_KEYS = ("DATABASE_URL", "REDIS_URL")
 #: Wired when present (optional secretKeyRefs), so that a Secret without them still starts.
-OPTIONAL_SECRET_KEYS = ("JWT_SECRET", "JWT_PUBLIC_KEY", "PAYMENT_WEBHOOK_SECRET", "ALERTMANAGER_URL")
+OPTIONAL_SECRET_KEYS = ("JWT_SECRET", "JWT_PUBLIC_KEY", "PAYMENT_WEBHOOK_SECRET", "ALERTMANAGER_URL",
+                        "DATABASE_MIGRATION_URL")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,6 +198,7 @@ def config_data(p: Platform) -> dict[str, str]:
 def pod_template(
     p: Platform, app: str, component: str, *, metrics_port: int, grace_seconds: int, container: dict[str, Any],
     mounts: Sequence[tuple[dict[str, Any], dict[str, Any]]] = (), annotations: Mapping[str, str] | None = None,
+    init_args: Sequence[str] = (),
 ) -> dict[str, Any]:
     """A restricted pod running the platform image; ``container`` adds what differs (args, ports, probes).
 
@@ -204,6 +206,16 @@ def pod_template(
     every workload, so they are filled in here once.
     """
     volume, mount = tmp_volume()
+    same = {"image": image(p), "imagePullPolicy": p.spec.image.pull_policy, "command": ["learner-api"]}
+    wiring = {"envFrom": [{"configMapRef": {"name": config_name(p)}}], "env": secret_env(p),
+              "securityContext": container_security_context(), "volumeMounts": [mount]}
+    init = [{
+        # `learner-api migrate` before the server starts: safe when every replica runs it at once (an
+        # advisory lock), a no-op when the schema is current, and a failed migration stops the rollout
+        # (maxUnavailable 0) instead of serving against a schema the code does not know.
+        "name": "migrate", **same, "args": list(init_args), **wiring,
+        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"cpu": "500m", "memory": "128Mi"}},
+    }] if init_args else []
     return {
         "metadata": {
             "labels": labels(p, app, component),
@@ -222,11 +234,10 @@ def pod_template(
             "securityContext": pod_security_context(),
             "terminationGracePeriodSeconds": grace_seconds,
             "topologySpreadConstraints": topology_spread(p, app),
+            **({"initContainers": init} if init else {}),
             "containers": [{
                 "name": app,
-                "image": image(p),
-                "imagePullPolicy": p.spec.image.pull_policy,
-                "command": ["learner-api"],
+                **same,
                 **container,
                 "envFrom": [{"configMapRef": {"name": config_name(p)}}],
                 "env": [*container.get("env", []), *secret_env(p)],

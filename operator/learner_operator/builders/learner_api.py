@@ -18,7 +18,7 @@ def pod_template(p: c.Platform) -> dict[str, Any]:
         "startupProbe": c.http_probe("/livez", "http", 2, 30),
         "readinessProbe": c.http_probe("/readyz", "http", 5, 3),
         "livenessProbe": c.http_probe("/livez", "http", 10, 3),
-    })
+    }, init_args=["migrate"])
 
 
 def deployment(p: c.Platform) -> c.Manifest:
