@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from http import HTTPStatus
 from typing import Any
 
@@ -11,6 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PROBLEM_JSON = "application/problem+json"
+logger = logging.getLogger("learner_api")
 
 
 class Problem(Exception):
@@ -47,4 +49,6 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.error("unhandled error on %s %s", request.method, (request.scope.get("route") and
+                     getattr(request.scope["route"], "path", "")) or "unmatched", exc_info=exc)
         return problem_response(Problem(500, "an unexpected error; it has been logged"), request.url.path)

@@ -106,3 +106,16 @@ def test_token_command_is_for_development_only() -> None:
     assert refused.returncode == 2
     assert "development only" in refused.stderr
     assert refused.stdout == ""
+
+
+async def test_a_remembered_token_does_not_let_a_forged_one_through(api: httpx.AsyncClient) -> None:
+    genuine = token({"sub": "learner-1", "tenant": "acme"})
+    assert (await api.get("/v1/me", headers={"Authorization": f"Bearer {genuine}"})).status_code == 200
+    header, payload, signature = genuine.split(".")
+    forged_payload = base64.urlsafe_b64encode(json.dumps(
+        {**json.loads(base64.urlsafe_b64decode(payload + "==")), "tenant": "globex"}).encode()).decode().rstrip("=")
+    forged = f"{header}.{forged_payload}.{signature}"
+    response = await api.get("/v1/me", headers={"Authorization": f"Bearer {forged}"})
+    assert response.status_code == 401
+    expired = jwt.encode({"sub": "x", "tenant": "acme", "exp": int(time.time()) - 120}, SECRET)
+    assert (await api.get("/v1/me", headers={"Authorization": f"Bearer {expired}"})).status_code == 401

@@ -89,3 +89,31 @@ async def test_an_oversized_body_is_413_before_it_is_parsed(client: httpx.AsyncC
                                                                        "Content-Type": "application/json"})
     assert response.status_code == 413
     assert str(MAX_BODY_BYTES) in response.json()["detail"]
+
+
+async def test_concurrent_batches_share_round_trips_but_keep_their_own_answers(client: httpx.AsyncClient,
+                                                                               stream: str) -> None:
+    import asyncio
+
+    taken = event()
+    assert (await client.post("/v1/progress", json={"events": [taken]}, headers=bearer("ada", "acme"))
+            ).status_code == 202
+    batches = [{"events": [event(), event()]} for _ in range(30)]
+    batches[7] = {"events": [event(), {**taken, "verb": "lesson_completed"}]}  # one conflicting batch
+    batches[12] = {"events": [taken]}  # one pure retry
+    responses = await asyncio.gather(*(client.post("/v1/progress", json=b, headers=bearer("ada", "acme"))
+                                       for b in batches))
+    assert [r.status_code for r in responses] == [409 if i == 7 else 202 for i in range(30)]
+    assert responses[12].json() == {"accepted": 0, "duplicates": 1}
+    assert all(r.json() == {"accepted": 2, "duplicates": 0} for i, r in enumerate(responses) if i not in (7, 12))
+    assert len(await queued(stream)) == 1 + 28 * 2
+
+
+async def test_a_redis_that_forgot_the_script_is_taught_again(client: httpx.AsyncClient, stream: str) -> None:
+    redis_client = aioredis.from_url(REDIS_URL)
+    try:
+        await redis_client.script_flush()  # as after a restart or a failover
+    finally:
+        await redis_client.aclose()
+    response = await client.post("/v1/progress", json={"events": [event()]}, headers=bearer("ada", "acme"))
+    assert (response.status_code, response.json()) == (202, {"accepted": 1, "duplicates": 0})

@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -101,3 +102,21 @@ async def test_sigterm_stops_readiness_then_drains_and_exits(database_url: str) 
     finally:
         if process.returncode is None:
             process.kill()
+
+
+def test_the_evaluator_refuses_a_bad_rule_file_before_connecting(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules:\n  - alert: Lag\n    signal: ingest_lag\n    above: 1\n")
+    env = {**os.environ, "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/x", "REDIS_URL": "redis://127.0.0.1:1",
+           "NODE_ENV": "development", "ALERT_RULES_FILE": str(rules)}
+    result = subprocess.run([sys.executable, "-m", "learner_api.cli", "evaluator"], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2
+    assert f"{rules}:2: rule Lag: signal: unknown signal 'ingest_lag'" in result.stderr
+
+
+async def test_openapi_documents_every_learner_route(client: httpx.AsyncClient) -> None:
+    paths = (await client.get("/openapi.json")).json()["paths"]
+    assert {"/v1/courses", "/v1/courses/{course_id}", "/v1/lessons/{lesson_id}", "/v1/progress", "/v1/enrollments",
+            "/v1/products", "/v1/checkout", "/v1/entitlements", "/v1/webhooks/payments"} <= set(paths)
+    assert "409" in paths["/v1/checkout"]["post"]["responses"]
