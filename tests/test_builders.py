@@ -233,3 +233,16 @@ def test_learner_api_pods_migrate_the_database_before_serving() -> None:
     assert env["DATABASE_URL"]["key"] == "DATABASE_URL"
     assert env["DATABASE_MIGRATION_URL"]["optional"] is True  # an owner role for DDL, when the team has one
 
+
+
+def test_changing_alert_rules_rolls_the_evaluator_and_nothing_else() -> None:
+    def templates(rules: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        manifests = builders.children(platform({"image": {"tag": "abc"}, "evaluator": {"alertRules": rules}}))
+        return {m["metadata"]["name"]: m["spec"]["template"] for m in manifests if m["kind"] == "Deployment"}
+
+    before = templates([])
+    after = templates([{"alert": "Lag", "signal": "ingest_lag_seconds", "above": 30}])
+    assert before["ai-platform-learner-api"] == after["ai-platform-learner-api"]
+    key = "learner.dev/alert-rules-hash"
+    assert before["ai-platform-evaluator"]["metadata"]["annotations"][key] != \
+        after["ai-platform-evaluator"]["metadata"]["annotations"][key]

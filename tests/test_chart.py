@@ -202,3 +202,20 @@ async def test_rbac_is_exactly_what_the_operator_does(cluster: Any) -> None:
     # blockOwnerDeletion is checked by the API server's admission, not a request of ours.
     unused = rules - used - {("learner.dev", "learnerplatforms/finalizers", "update")}
     assert unused == set(), "the chart allows something the operator never does"
+
+
+def test_alert_rules_and_egress_ports_reach_the_platform(tmp_path: Path, crd: dict[str, Any]) -> None:
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({
+        "evaluator": {"alertRules": [{"alert": "Lag", "signal": "ingest_lag_seconds", "above": 60, "for": "5m",
+                                      "labels": {"severity": "page"}}]},
+        "networkPolicy": {"egressPorts": [5432, 6380, 9093]}}))
+    [platform] = of_kind(render(values), "LearnerPlatform")
+    defaulted, errors = admit(crd, platform)
+    assert errors == []
+    spec = parse_spec(defaulted["spec"])
+    assert [(r.alert, r.above, r.for_) for r in spec.evaluator.alert_rules] == [("Lag", 60.0, "5m")]
+    assert spec.network_policy.egress_ports == [5432, 6380, 9093]
+    bad = helm("template", "ai-platform", str(CHART), "--set", "image.tag=abc",
+               "--set", "evaluator.alertRules[0].severity=page", check=False)
+    assert bad.returncode != 0
