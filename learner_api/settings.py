@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     alert_rules_file: str | None = None
     #: Alertmanager base URL (from the Secret: it may carry credentials); unset: alerts are only metrics.
     alertmanager_url: SecretStr | None = None
+    #: Evaluator housekeeping: how long Idempotency-Keys and payment event ids are kept.
+    idempotency_key_retention_days: int = Field(default=1, ge=1)
+    payment_event_retention_days: int = Field(default=30, ge=1)
     #: Pushgateway base URL, for where scraping cannot reach; unset: scrape only.
     pushgateway_url: str | None = None
     push_interval_seconds: float = Field(default=15.0, gt=0)

@@ -70,3 +70,11 @@ async def write_events(connection: asyncpg.Connection, events: list[Event]) -> W
 
 async def tenant_stats(connection: asyncpg.Connection) -> list[asyncpg.Record]:
     return list(await connection.fetch("SELECT * FROM platform_tenant_stats()"))
+
+
+async def prune_bookkeeping(connection: asyncpg.Connection, *, keys_days: float, events_days: float) -> tuple[int, int]:
+    """Delete Idempotency-Keys and payment event ids older than their retention; returns how many."""
+    row = await connection.fetchrow("SELECT * FROM prune_bookkeeping(make_interval(days => $1),"
+                                    " make_interval(days => $2))", int(keys_days), int(events_days))
+    return int(row["idempotency_keys"]), int(row["payment_events"])
+

@@ -26,7 +26,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from learner_api.app import connect_postgres
-from learner_api.data.progress import tenant_stats
+from learner_api.data.progress import prune_bookkeeping, tenant_stats
 from learner_api.dependencies import POSTGRES_DOWN, REDIS_DOWN, Database
 from learner_api.evaluator import rules as rule_files
 from learner_api.evaluator.alerting import AlertEngine, Alertmanager, Signals
@@ -108,6 +108,22 @@ async def run(settings: Settings, stop: asyncio.Event, *, claim_interval: float 
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), rules.interval)
 
+    async def housekeeping() -> None:
+        """Hourly: drop Idempotency-Keys and payment event ids past their retention (every replica may;
+        the deletes are idempotent)."""
+        while not stop.is_set():
+            try:
+                async with database.pool.acquire(timeout=database.timeout) as connection:
+                    keys, events = await prune_bookkeeping(
+                        connection, keys_days=settings.idempotency_key_retention_days,
+                        events_days=settings.payment_event_retention_days)
+                if keys or events:
+                    logger.info("pruned %d idempotency keys and %d payment event ids", keys, events)
+            except (*POSTGRES_DOWN, asyncpg.PostgresError) as exc:
+                logger.warning("housekeeping skipped: %s", type(exc).__name__)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 3600)
+
     async def push(pusher: Pusher) -> None:
         while not stop.is_set():
             await pusher.push()
@@ -119,7 +135,8 @@ async def run(settings: Settings, stop: asyncio.Event, *, claim_interval: float 
     server = _QuietServer(uvicorn.Config(health_app(metrics, worker_task), host="0.0.0.0",  # noqa: S104
                                          port=settings.metrics_port, log_config=None, access_log=False,
                                          lifespan="off"))
-    tasks = [worker_task, asyncio.create_task(watch(), name="alerts")]
+    tasks = [worker_task, asyncio.create_task(watch(), name="alerts"),
+             asyncio.create_task(housekeeping(), name="housekeeping")]
     if pusher is not None:
         tasks.append(asyncio.create_task(push(pusher), name="push"))
     metrics_server = asyncio.create_task(server.serve(), name="metrics")

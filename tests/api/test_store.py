@@ -137,3 +137,38 @@ async def test_enrolling_twice_enrolls_once_and_counts_once(client: httpx.AsyncC
     mine = (await client.get("/v1/enrollments", headers=bearer("ada", tenant))).json()["items"]
     assert [e["course_id"] for e in mine] == ["sql-basics"]
     assert counter((await client.get("/metrics")).text, "course_enrollments_total") == before + 1
+
+
+async def test_old_bookkeeping_is_pruned_across_tenants_and_fresh_is_kept(database_url: str,
+                                                                          admin_database_url: str) -> None:
+    from learner_api.data.progress import prune_bookkeeping
+    from tests.api.conftest import admin_execute
+
+    tenants = [f"prune-{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    for tenant in tenants:
+        await admin_execute("INSERT INTO tenants (id, name) VALUES ($1, $1)", tenant, url=admin_database_url)
+        await admin_execute(
+            "INSERT INTO idempotency_keys (tenant_id, learner_id, key, request_hash, state, claimed_at) VALUES"
+            " ($1, 'ada', 'old', 'h', 'done', now() - interval '2 days'),"
+            " ($1, 'ada', 'new', 'h', 'done', now())", tenant, url=admin_database_url)
+        await admin_execute(
+            "INSERT INTO payment_events (tenant_id, event_id, type, received_at) VALUES"
+            " ($1, 'evt_old', 'payment.succeeded', now() - interval '40 days'),"
+            " ($1, 'evt_new', 'payment.succeeded', now())", tenant, url=admin_database_url)
+    connection = await asyncpg.connect(database_url)  # the services' role: it sees no tenant, yet may prune
+    try:
+        keys, events = await prune_bookkeeping(connection, keys_days=1, events_days=30)
+        assert keys >= 2
+        assert events >= 2
+        # directly, the same role deletes nothing of anyone's: row-level security hides every tenant
+        assert await connection.execute("DELETE FROM idempotency_keys") == "DELETE 0"
+    finally:
+        await connection.close()
+    admin = await asyncpg.connect(admin_database_url)
+    try:
+        left = await admin.fetch("SELECT tenant_id, key FROM idempotency_keys WHERE tenant_id = ANY($1)", tenants)
+        assert sorted((r["tenant_id"], r["key"]) for r in left) == sorted((t, "new") for t in tenants)
+        kept = await admin.fetch("SELECT event_id FROM payment_events WHERE tenant_id = ANY($1)", tenants)
+        assert {r["event_id"] for r in kept} == {"evt_new"}
+    finally:
+        await admin.close()
