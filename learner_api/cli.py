@@ -15,7 +15,7 @@ from fastapi import FastAPI
 
 from learner_api import __version__
 from learner_api.app import create_app
-from learner_api.settings import ConfigError, load_settings
+from learner_api.settings import ConfigError, Settings, load_settings
 
 logger = logging.getLogger("learner_api")
 
@@ -40,13 +40,21 @@ class DrainingServer(uvicorn.Server):
         asyncio.get_event_loop().call_later(self.drain, super().handle_exit, sig, frame)
 
 
-def serve(host: str, drain: float) -> int:
+def _start(prog: str) -> Settings | None:
+    """Settings for a long-running command, with logging set up; None (after saying why) if refused."""
     try:
         settings = load_settings()
     except ConfigError as exc:
-        print(f"learner-api: refusing to start: {exc}", file=sys.stderr)
-        return 2
+        print(f"{prog}: refusing to start: {exc}", file=sys.stderr)
+        return None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    return settings
+
+
+def serve(host: str, drain: float) -> int:
+    settings = _start("learner-api")
+    if settings is None:
+        return 2
     app = create_app(settings)
     config = uvicorn.Config(app, host=host, port=settings.port, lifespan="on", access_log=False,
                             timeout_graceful_shutdown=20, log_config=None)
@@ -58,12 +66,9 @@ def evaluator_command() -> int:
     from learner_api.evaluator import service
     from learner_api.evaluator.rules import RuleFileError
 
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        print(f"learner-api evaluator: refusing to start: {exc}", file=sys.stderr)
+    settings = _start("learner-api evaluator")
+    if settings is None:
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, Counter
 
+from learner_api.data import content
 from learner_api.dependencies import REDIS_DOWN, Database, RedisGuard
 from learner_api.problems import Problem
 
@@ -88,8 +90,7 @@ class ContentCache:
         if version is None:
             try:
                 async with self.database.tenant(tenant) as connection:
-                    version = int(await connection.fetchval(
-                        "SELECT content_version FROM tenants WHERE id = $1", tenant) or 0)
+                    version = await content.content_version(connection, tenant=tenant)
             except Problem:
                 if known is not None:  # both stores unreachable: keep serving what we know
                     return known[0]
@@ -143,14 +144,17 @@ class ContentCache:
             self.redis.failed()
 
 
-async def bump_version(database: Database, redis: RedisGuard, tenant: str) -> int:
-    """Publish: every cached document of the tenant is stale from now on (other replicas within a second)."""
-    async with database.tenant(tenant) as connection:
-        version = int(await connection.fetchval(
-            "UPDATE tenants SET content_version = content_version + 1 WHERE id = $1 RETURNING content_version",
-            tenant))
+async def announce_version(client: aioredis.Redis, tenant: str, version: int) -> None:
+    """Tell every replica about a new content version (they read it within a second)."""
     try:
-        await redis.client.set(version_key(tenant), str(version).encode(), ex=300)
+        await client.set(version_key(tenant), str(version).encode(), ex=300)
     except REDIS_DOWN:
         logger.warning("Redis unavailable: replicas pick up content version %d when its key expires", version)
+
+
+async def bump_version(database: Database, redis: RedisGuard, tenant: str) -> int:
+    """Publish: every cached document of the tenant is stale from now on."""
+    async with database.tenant(tenant) as connection:
+        version = await content.bump_content_version(connection, tenant=tenant)
+    await announce_version(redis.client, tenant, version)
     return version

@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncpg
 import redis.asyncio as aioredis
 
-from learner_api.content_cache import version_key
-from learner_api.dependencies import REDIS_DOWN
+from learner_api.content_cache import announce_version
+from learner_api.data import content
 
 COURSES = [
     ("python-101", "Python 101", "Variables, functions and files, one small program at a time.", [
@@ -57,17 +57,13 @@ async def seed(dsn: str, redis_url: str | None, tenant: str = "default", *, stat
                 " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tenant_id, id) DO UPDATE SET"
                 " title = EXCLUDED.title, price_cents = EXCLUDED.price_cents, currency = EXCLUDED.currency",
                 [(tenant, *product) for product in PRODUCTS])
-            version = int(await connection.fetchval(
-                "UPDATE tenants SET content_version = content_version + 1 WHERE id = $1 RETURNING content_version",
-                tenant))
+            version = await content.bump_content_version(connection, tenant=tenant)
     finally:
         await connection.close()
     if redis_url is not None:
         client = aioredis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
         try:
-            await client.set(version_key(tenant), str(version), ex=300)
-        except REDIS_DOWN:
-            pass  # replicas read the new version from PostgreSQL once the old key expires
+            await announce_version(client, tenant, version)
         finally:
             await client.aclose()
     return version

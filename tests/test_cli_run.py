@@ -6,7 +6,6 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -16,17 +15,11 @@ import yaml
 
 from tests.conftest import EXAMPLES, load
 from tests.kube_emulator import Cluster
+from tests.net import free_port
 from tests.operator_harness import eventually
 from tests.test_operator import children, secret
 
 pytestmark = pytest.mark.operator
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def kubeconfig(path: Path, server: str) -> Path:

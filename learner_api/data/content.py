@@ -12,6 +12,12 @@ async def content_version(connection: asyncpg.Connection, *, tenant: str) -> int
     return int(version) if version is not None else 0
 
 
+async def bump_content_version(connection: asyncpg.Connection, *, tenant: str) -> int:
+    """Publishing: the new version makes every cached document of the tenant stale."""
+    return int(await connection.fetchval(
+        "UPDATE tenants SET content_version = content_version + 1 WHERE id = $1 RETURNING content_version", tenant))
+
+
 async def list_courses(connection: asyncpg.Connection, *, after: str | None, limit: int) -> list[dict[str, Any]]:
     """Published courses in id order, starting after the cursor (keyset pagination: stable under inserts)."""
     rows = await connection.fetch(

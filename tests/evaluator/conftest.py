@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import secrets
 import shutil
-import socket
-import subprocess
-import time
-import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -24,6 +20,7 @@ from learner_api.evaluator.worker import Worker
 from learner_api.progress_intake import stream_entry
 from learner_api.streams import FIELD
 from tests.api.conftest import REDIS_URL, admin_database_url, database_url, stream  # noqa: F401  # fixtures
+from tests.net import free_port, serving
 
 
 def entry(tenant: str, *, event_id: str | None = None, verb: str = "lesson_viewed", learner: str = "ada",
@@ -70,24 +67,6 @@ async def rows(admin_database_url: str, tenant: str) -> int:  # noqa: F811
         await connection.close()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_http(url: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=1):  # noqa: S310
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
-
-
 def _binary(name: str) -> str:
     found = shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists() else None)
     if found is None:
@@ -98,15 +77,9 @@ def _binary(name: str) -> str:
 @pytest.fixture(scope="session")
 def pushgateway() -> Iterator[str]:
     port = free_port()
-    process = subprocess.Popen([_binary("prometheus-pushgateway"), f"--web.listen-address=127.0.0.1:{port}"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(url + "/-/ready")
+    with serving([_binary("prometheus-pushgateway"), f"--web.listen-address=127.0.0.1:{port}"], url + "/-/ready"):
         yield url
-    finally:
-        process.terminate()
-        process.wait(10)
 
 
 @pytest.fixture(scope="session")
@@ -115,13 +88,7 @@ def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     config = root / "alertmanager.yml"
     config.write_text("route:\n  receiver: 'null'\n  group_wait: 0s\nreceivers:\n  - name: 'null'\n")
     port = free_port()
-    process = subprocess.Popen([_binary("prometheus-alertmanager"), f"--config.file={config}",
-                                f"--storage.path={root}", f"--web.listen-address=127.0.0.1:{port}",
-                                "--cluster.listen-address="], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(url + "/-/ready")
+    with serving([_binary("prometheus-alertmanager"), f"--config.file={config}", f"--storage.path={root}",
+                  f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="], url + "/-/ready"):
         yield url
-    finally:
-        process.terminate()
-        process.wait(10)

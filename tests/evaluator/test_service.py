@@ -17,7 +17,8 @@ import redis.asyncio as aioredis
 from learner_api.evaluator import service
 from learner_api.streams import FIELD
 from tests.api.conftest import REDIS_URL, settings_for
-from tests.evaluator.conftest import entry, free_port, rows, wait_http
+from tests.evaluator.conftest import entry, rows
+from tests.net import free_port, wait_http
 
 
 def get(url: str) -> str:
