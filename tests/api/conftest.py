@@ -18,6 +18,7 @@ import asyncpg
 import httpx
 import jwt
 import pytest
+import redis.asyncio as aioredis
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
@@ -73,8 +74,6 @@ def database_url(admin_database_url: str) -> str:
 @pytest.fixture
 async def stream() -> AsyncIterator[str]:
     """A progress stream of this test's own, deleted afterwards."""
-    import redis.asyncio as aioredis
-
     name = f"test:{secrets.token_hex(4)}:progress"
     yield name
     client = aioredis.from_url(REDIS_URL)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -93,8 +94,6 @@ async def test_an_oversized_body_is_413_before_it_is_parsed(client: httpx.AsyncC
 
 async def test_concurrent_batches_share_round_trips_but_keep_their_own_answers(client: httpx.AsyncClient,
                                                                                stream: str) -> None:
-    import asyncio
-
     taken = event()
     assert (await client.post("/v1/progress", json={"events": [taken]}, headers=bearer("ada", "acme"))
             ).status_code == 202

@@ -11,8 +11,9 @@ import uuid
 import asyncpg
 import httpx
 
+from learner_api.data.progress import prune_bookkeeping
 from learner_api.webhook_signature import sign
-from tests.api.conftest import WEBHOOK_SECRET, bearer, counter
+from tests.api.conftest import WEBHOOK_SECRET, admin_execute, bearer, counter
 
 
 async def checkout(client: httpx.AsyncClient, tenant: str, key: str, product: str = "python-101-full",
@@ -141,9 +142,6 @@ async def test_enrolling_twice_enrolls_once_and_counts_once(client: httpx.AsyncC
 
 async def test_old_bookkeeping_is_pruned_across_tenants_and_fresh_is_kept(database_url: str,
                                                                           admin_database_url: str) -> None:
-    from learner_api.data.progress import prune_bookkeeping
-    from tests.api.conftest import admin_execute
-
     tenants = [f"prune-{uuid.uuid4().hex[:8]}" for _ in range(2)]
     for tenant in tenants:
         await admin_execute("INSERT INTO tenants (id, name) VALUES ($1, $1)", tenant, url=admin_database_url)

@@ -8,15 +8,14 @@ import httpx
 import pytest
 
 from learner_api.app import check_role
+from learner_api.seed import seed
 from learner_api.settings import ConfigError, Settings
-from tests.api.conftest import admin_execute, bearer
+from tests.api.conftest import REDIS_URL, admin_execute, bearer
+from tests.api.test_store import deliver, payment
 
 
 async def test_guessing_another_tenants_ids_finds_nothing(client: httpx.AsyncClient, admin_database_url: str,
                                                           tenant: str, database_url: str) -> None:
-    from learner_api.seed import seed
-    from tests.api.conftest import REDIS_URL
-
     other = tenant + "-b"
     await seed(database_url, REDIS_URL, other)
     await admin_execute("INSERT INTO courses (tenant_id, id, title) VALUES ($1, 'a-only', 'A only')", tenant,
@@ -32,8 +31,6 @@ async def test_guessing_another_tenants_ids_finds_nothing(client: httpx.AsyncCli
     # A's purchase: B's learner with the same name sees no entitlement, and cannot fulfil A's order
     order = (await client.post("/v1/checkout", json={"product_id": "python-101-full"},
                                headers={**bearer("ada", tenant), "Idempotency-Key": "k"})).json()["order"]
-    from tests.api.test_store import deliver, payment
-
     crossed = await deliver(client, payment(other, order))
     assert crossed.status_code == 422
     assert "no order" in crossed.json()["detail"]

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 
 import asyncpg
+import pytest
 import redis.asyncio as aioredis
 
 from learner_api.streams import CONSUMER_GROUP, FIELD
+from tests.api.conftest import ADMIN_URL, admin_execute, with_database
 from tests.evaluator.conftest import entry, make_worker, rows
 
 
@@ -95,12 +98,6 @@ async def test_trimming_keeps_what_is_still_pending(redis_client: aioredis.Redis
 
 async def test_an_unmigrated_database_is_not_blamed_on_the_entries(redis_client: aioredis.Redis, stream: str,
                                                                    tenant: str) -> None:
-    import secrets
-
-    import pytest
-
-    from tests.api.conftest import ADMIN_URL, admin_execute, with_database
-
     name = f"learner_empty_{secrets.token_hex(4)}"
     await admin_execute(f'CREATE DATABASE "{name}"')
     pool = await asyncpg.create_pool(with_database(ADMIN_URL, name), min_size=0)
