@@ -1,9 +1,17 @@
-"""What the API server does with a custom resource at admission, for a CRD's openAPIV3Schema.
+"""What the API server does with a CRD, and with a custom resource at admission.
 
-Structural defaulting, then validation: types, required, enum, bounds, lengths, patterns, unknown
-fields (refused as with kubectl's default ``--validate=strict``), and the CEL rules in
-``x-kubernetes-validations`` evaluated with cel-python (``self`` bound to the node, after
-defaulting, as on a real server).
+For a custom resource (:func:`admit`): structural defaulting, then validation: types, required, enum,
+bounds, lengths, patterns, unknown fields (refused as with kubectl's default ``--validate=strict``),
+and the CEL rules in ``x-kubernetes-validations`` evaluated with cel-python (``self`` bound to the
+node, after defaulting, as on a real server).
+
+For the CRD itself (:func:`validate_crd`), what kube-apiserver checks when a CRD is created or
+updated: a structural schema (every node typed, no ``$ref``, ``properties`` and
+``additionalProperties`` never together), CEL rules that compile, list-map keys that are required or
+defaulted, and every ``default`` pruned and valid against its schema *and the CEL rules of its
+subtree*, as it is written: the server does not apply nested defaults to a default before checking
+it, so ``default: {}`` on an object whose rule reads ``self.minReplicas`` is refused with "no such
+key" (a real v1.36 server refused our first CRD for exactly that).
 
 Not emulated: CEL ``oldSelf`` transition rules, cost budgets, the Kubernetes CEL extension
 libraries (quantity(), url(), ...): the CRD uses none of them.
@@ -17,6 +25,7 @@ from functools import cache
 from typing import Any
 
 import celpy
+from celpy.evaluation import CELEvalError
 
 
 class CelRule:
@@ -25,8 +34,28 @@ class CelRule:
         env = celpy.Environment()
         self._program = env.program(env.compile(rule))
 
+    def check(self, value: Any) -> str | None:
+        """None when the rule holds; else what the server says ("no such key: x" for a missing field)."""
+        try:
+            return None if self._program.evaluate({"self": celpy.json_to_cel(value)}) else "false"
+        except CELEvalError as exc:
+            missing = self._missing_key(value)
+            return f"no such key: {missing}" if missing else f"evaluation error: {exc.args[0] if exc.args else exc}"
+
+    def _missing_key(self, value: Any) -> str | None:
+        """The first field a ``self.a.b`` chain of the rule reads that is absent (cel-python wraps it)."""
+        for chain in re.findall(r"(?<!has\()self((?:\.[A-Za-z_]\w*)+)", self.rule):
+            node = value
+            for key in chain.strip(".").split("."):
+                if not isinstance(node, dict):
+                    break
+                if key not in node:
+                    return key
+                node = node[key]
+        return None
+
     def holds(self, value: Any) -> bool:
-        return bool(self._program.evaluate({"self": celpy.json_to_cel(value)}))
+        return self.check(value) is None
 
 
 @cache
@@ -108,8 +137,13 @@ def validate(schema: dict[str, Any], value: Any, path: str = "") -> list[str]:
                 errors += validate(props[name], sub, child)
     if not errors:  # CEL rules run on values that already passed the structural checks
         for rule in schema.get("x-kubernetes-validations") or []:
-            if not _rule(rule["rule"]).holds(value):
-                errors.append(f"{where}: Invalid value: \"object\": {rule.get('message') or rule['rule']}")
+            failure = _rule(rule["rule"]).check(value)
+            if failure is None:
+                continue
+            message = rule.get("message") or rule["rule"]
+            if failure != "false":  # the server names the evaluation error and the rule it stopped
+                message = f"{failure} evaluating rule: {message}"
+            errors.append(f"{where}: Invalid value: \"object\": {message}")
     return errors
 
 
@@ -118,3 +152,89 @@ def admit(crd: dict[str, Any], obj: dict[str, Any]) -> tuple[dict[str, Any], lis
     schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     defaulted = apply_defaults(schema, obj)
     return defaulted, validate(schema, defaulted)
+
+
+# -- the CRD itself -------------------------------------------------------------------------------
+
+def validate_crd(crd: dict[str, Any]) -> list[str]:
+    """What kube-apiserver refuses in a CustomResourceDefinition; empty when it would be created."""
+    errors: list[str] = []
+    spec = crd.get("spec") or {}
+    for required in ("group", "names", "scope", "versions"):
+        if not spec.get(required):
+            errors.append(f"spec.{required}: Required value")
+    names = spec.get("names") or {}
+    if crd.get("metadata", {}).get("name") != f"{names.get('plural')}.{spec.get('group')}":
+        errors.append("metadata.name: Invalid value: must be spec.names.plural+\".\"+spec.group")
+    storage = [v for v in spec.get("versions") or [] if v.get("storage")]
+    if len(storage) != 1:
+        errors.append("spec.versions: Invalid value: must have exactly one version marked as storage version")
+    for index, version in enumerate(spec.get("versions") or []):
+        schema = ((version.get("schema") or {}).get("openAPIV3Schema"))
+        if schema is None:
+            errors.append(f"spec.versions[{index}].schema.openAPIV3Schema: Required value")
+            continue
+        _check_node(schema, "spec.validation.openAPIV3Schema", errors, root=True)
+    return errors
+
+
+def _check_node(node: dict[str, Any], path: str, errors: list[str], *, root: bool = False) -> None:
+    if "$ref" in node:
+        errors.append(f"{path}.$ref: Forbidden: $ref is not allowed")
+    int_or_string = node.get("x-kubernetes-int-or-string")
+    if not node.get("type") and not int_or_string and not node.get("x-kubernetes-preserve-unknown-fields"):
+        errors.append(f"{path}.type: Required value: must not be empty for specified object fields")
+    if int_or_string and node.get("type"):
+        errors.append(f"{path}.type: Invalid value: must be empty to be structural with x-kubernetes-int-or-string")
+    if "properties" in node and "additionalProperties" in node:
+        errors.append(f"{path}.additionalProperties: Forbidden: additionalProperties and properties are mutual "
+                      "exclusive")
+    if root and set(node.get("properties", {}).get("metadata", {})) - {"type", "properties", "description"}:
+        errors.append(f"{path}.properties[metadata]: Forbidden: must not specify anything other than name and "
+                      "generateName")
+    for rule in node.get("x-kubernetes-validations") or []:
+        try:
+            _rule(rule["rule"])
+        except Exception as exc:  # cel-python raises its own parser errors
+            errors.append(f"{path}.x-kubernetes-validations: Invalid value: {rule['rule']!r}: compilation failed: "
+                          f"{exc}")
+    if node.get("x-kubernetes-list-type") == "map":
+        item = node.get("items") or {}
+        for key in node.get("x-kubernetes-list-map-keys") or []:
+            sub = (item.get("properties") or {}).get(key)
+            if sub is None or (key not in item.get("required", []) and "default" not in sub):
+                errors.append(f"{path}.x-kubernetes-list-map-keys: Invalid value: {key!r}: must be a required "
+                              "or defaulted property of the items")
+    if "default" in node and not root:
+        errors += [f"{path}.default: {error}" for error in _default_errors(node, node["default"])]
+    for name, sub in (node.get("properties") or {}).items():
+        _check_node(sub, f"{path}.properties[{name}]", errors)
+    if isinstance(node.get("items"), dict):
+        _check_node(node["items"], f"{path}.items", errors)
+    if isinstance(node.get("additionalProperties"), dict):
+        _check_node(node["additionalProperties"], f"{path}.additionalProperties", errors)
+
+
+def _default_errors(schema: dict[str, Any], default: Any) -> list[str]:
+    """A default must be pruned already and valid as written (nested defaults are NOT applied to it)."""
+    unknown = _unknown_fields(schema, default, "")
+    if unknown:
+        return [f"Invalid value: {default!r}: must not have unknown fields: {', '.join(unknown)}"]
+    return [error.split(": ", 1)[1] if error.startswith("<root>: ") else error
+            for error in validate(schema, default)]
+
+
+def _unknown_fields(schema: dict[str, Any], value: Any, path: str) -> list[str]:
+    if schema.get("x-kubernetes-preserve-unknown-fields"):
+        return []
+    if isinstance(value, dict):
+        props = schema.get("properties")
+        if props is None:
+            extra = schema.get("additionalProperties")
+            return [] if not isinstance(extra, dict) else [
+                u for k, v in value.items() for u in _unknown_fields(extra, v, f"{path}.{k}")]
+        return [f"{path}.{k}".lstrip(".") for k in value if k not in props] + [
+            u for k, v in value.items() if k in props for u in _unknown_fields(props[k], v, f"{path}.{k}")]
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [u for i, v in enumerate(value) for u in _unknown_fields(schema["items"], v, f"{path}[{i}]")]
+    return []

@@ -47,7 +47,7 @@ import kmock
 import yaml
 from kmock._internal import apps
 
-from tests.crd_schema import admit
+from tests.crd_schema import admit, validate_crd
 
 ResKey = tuple[str, str, str]  # group, version, plural
 ObjKey = tuple[ResKey, str | None, str]  # resource, namespace, name
@@ -295,6 +295,13 @@ class Cluster(kmock.KubernetesEmulator):
             queue.put_nowait(event)
 
     def _admit(self, res: ResKey, obj: dict[str, Any]) -> dict[str, Any]:
+        if res[2] == "customresourcedefinitions":
+            if errors := validate_crd(obj):
+                name = (obj.get("metadata") or {}).get("name")
+                raise _error(422, "Invalid", f'CustomResourceDefinition.apiextensions.k8s.io "{name}" is invalid: '
+                             + "; ".join(errors))
+            if (obj.get("spec") or {}).get("names", {}).get("kind") == "LearnerPlatform":
+                self.crd = obj
         if res[2] == "learnerplatforms" and self.crd is not None:
             status = obj.pop("status", None)
             obj, errors = admit(self.crd, obj)
@@ -426,6 +433,10 @@ class Cluster(kmock.KubernetesEmulator):
 
     # -- for tests -------------------------------------------------------------------------------
 
+    def create_crd(self, crd: dict[str, Any]) -> dict[str, Any]:
+        """Create (or update) a CRD as `kubectl apply` would: validated as the API server does (422)."""
+        return self.put(crd)
+
     def get(self, api_version: str, plural: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         group, _, version = api_version.rpartition("/")
         obj = self._store.get(((group, version, plural), namespace, name))
@@ -491,17 +502,17 @@ _PLURALS = {
     "Service": "services", "Deployment": "deployments", "HorizontalPodAutoscaler": "horizontalpodautoscalers",
     "PodDisruptionBudget": "poddisruptionbudgets", "NetworkPolicy": "networkpolicies",
     "ServiceMonitor": "servicemonitors", "LearnerPlatform": "learnerplatforms", "Event": "events",
-    "Lease": "leases",
+    "Lease": "leases", "CustomResourceDefinition": "customresourcedefinitions",
 }
 
 
 def standard_cluster(crd: dict[str, Any]) -> Cluster:
     """The emulator with every kind the operator and kopf touch declared (kopf needs full discovery)."""
-    cluster = Cluster(crd=crd)
+    cluster = Cluster()
     for (group, version, plural), namespaced in _NAMESPACED.items():
         cluster.declare(group, version, plural, plural.capitalize()[:-1], namespaced=namespaced)
     for kind, plural in _PLURALS.items():
-        if plural == "namespaces":
+        if plural in ("namespaces", "customresourcedefinitions"):
             continue
         api_version = {"Deployment": "apps/v1", "HorizontalPodAutoscaler": "autoscaling/v2",
                        "PodDisruptionBudget": "policy/v1", "NetworkPolicy": "networking.k8s.io/v1",
@@ -510,4 +521,5 @@ def standard_cluster(crd: dict[str, Any]) -> Cluster:
         group, _, version = api_version.rpartition("/")
         names = crd["spec"]["names"] if kind == crd["spec"]["names"]["kind"] else {}
         cluster.declare(group, version, plural, kind, shortnames=tuple(names.get("shortNames", ())))
+    cluster.create_crd(crd)
     return cluster

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from learner_operator.models import v1alpha1 as api
 
@@ -70,9 +70,11 @@ def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
 def _factory_defaults(schema: dict[str, Any], model: type[BaseModel]) -> None:
     """Write the defaults that pydantic leaves out of its schema: those made by a default_factory.
 
-    A nested object that needs nothing defaults to ``{}`` and lets its own fields' defaults apply
-    (structural defaulting descends only into objects that are present); one whose factory fills
-    required fields (resources) gets the factory's whole value.
+    An object's default is its *complete* value, never ``{}``: the API server checks every default
+    against the schema and the CEL rules of its subtree as written, without applying the nested
+    defaults first, so ``default: {}`` on an object whose rule reads ``self.minReplicas`` makes the
+    whole CRD invalid ("no such key: minReplicas evaluating rule: ..."). At admission, nested
+    defaults still fill what a user's partial object leaves out.
     """
     for name, field in model.model_fields.items():
         prop = schema["properties"][field.alias or name]
@@ -83,12 +85,7 @@ def _factory_defaults(schema: dict[str, Any], model: type[BaseModel]) -> None:
             continue
         value = field.default_factory()  # type: ignore[call-arg]
         if isinstance(value, BaseModel):
-            dumped = value.model_dump(by_alias=True, mode="json")
-            try:
-                needs_nothing = type(value)().model_dump(by_alias=True, mode="json") == dumped
-            except ValidationError:
-                needs_nothing = False
-            prop["default"] = {} if needs_nothing else dumped
+            prop["default"] = value.model_dump(by_alias=True, mode="json")
         elif value:
             prop["default"] = value
 

@@ -1,0 +1,73 @@
+"""The CRD as the API server judges it: the CRD itself, and partial specs that rely on its defaults."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import kmock
+import pytest
+
+from learner_operator.models import parse_spec
+from tests.conftest import EXAMPLES, load
+from tests.kube_emulator import Cluster
+from tests.operator_harness import NS
+
+
+def _with_rule_and_empty_default() -> dict[str, Any]:
+    """The shape of the first CRD a real server refused: `default: {}` on an object whose rule reads a key."""
+    schema = {"type": "object", "properties": {"spec": {"type": "object", "properties": {"autoscaling": {
+        "type": "object", "default": {},
+        "properties": {"minReplicas": {"type": "integer", "default": 2}, "maxReplicas": {"type": "integer",
+                                                                                         "default": 10}},
+        "x-kubernetes-validations": [{"rule": "self.minReplicas <= self.maxReplicas",
+                                      "message": "autoscaling.minReplicas must be <= autoscaling.maxReplicas"}],
+    }}}}}
+    return {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": "widgets.example.dev"},
+            "spec": {"group": "example.dev", "scope": "Namespaced",
+                     "names": {"kind": "Widget", "plural": "widgets", "singular": "widget", "listKind": "WidgetList"},
+                     "versions": [{"name": "v1", "served": True, "storage": True,
+                                   "schema": {"openAPIV3Schema": schema}}]}}
+
+
+def test_a_default_is_checked_against_its_rules_as_written(cluster: Cluster) -> None:
+    with pytest.raises(kmock.KubernetesError) as refused:
+        cluster.create_crd(_with_rule_and_empty_default())
+    assert "no such key: minReplicas evaluating rule: autoscaling.minReplicas must be <=" in str(refused.value)
+
+
+def test_a_complete_default_is_accepted(cluster: Cluster) -> None:
+    crd = _with_rule_and_empty_default()
+    autoscaling = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"][
+        "autoscaling"]
+    autoscaling["default"] = {"minReplicas": 2, "maxReplicas": 10}
+    cluster.create_crd(crd)
+
+
+def test_the_committed_crd_is_accepted(cluster: Cluster, crd: dict[str, Any]) -> None:
+    """The cluster fixture creates it already; creating it again (an upgrade) passes the same checks."""
+    cluster.create_crd(copy.deepcopy(crd))
+
+
+@pytest.mark.parametrize("learner_api", [
+    {"replicas": 3, "autoscaling": {"enabled": False}},
+    {"podDisruptionBudget": {"minAvailable": 1}},
+    {"autoscaling": {"maxReplicas": 4}},
+    {"resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}}},
+], ids=["no-hpa", "pdb-only", "max-only", "resources-only"])
+def test_partial_objects_are_completed_by_defaults_before_their_rules_run(
+    cluster: Cluster, learner_api: dict[str, Any],
+) -> None:
+    doc = load(EXAMPLES / "01-minimal.yaml")
+    doc["spec"]["learnerApi"] = learner_api
+    stored = cluster.put(doc)
+    parse_spec(stored["spec"])
+    assert cluster.get("learner.dev/v1alpha1", "learnerplatforms", NS, doc["metadata"]["name"]) is not None
+
+
+def test_observability_without_pushgateway_is_admitted(cluster: Cluster) -> None:
+    doc = load(EXAMPLES / "01-minimal.yaml")
+    doc["spec"]["observability"] = {"serviceMonitor": False}
+    stored = cluster.put(doc)
+    assert stored["spec"]["observability"]["pushgateway"]["enabled"] is False
