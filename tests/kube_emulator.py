@@ -38,7 +38,7 @@ import datetime
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp.web
@@ -47,6 +47,7 @@ import kmock
 import yaml
 from kmock._internal import apps
 
+from tests import kube_ssa as ssa
 from tests.crd_schema import admit, validate_crd
 
 ResKey = tuple[str, str, str]  # group, version, plural
@@ -58,6 +59,9 @@ _NAMESPACED = {
 }
 _WITH_STATUS = {"deployments", "horizontalpodautoscalers", "poddisruptionbudgets", "learnerplatforms", "services"}
 _HANG_UP: dict[str, Any] = {}
+#: Built-in kinds: stored as Go types, so read back normalised (omitempty, canonical quantities, defaults).
+_BUILTIN_GROUPS = {"", "apps", "autoscaling", "policy", "networking.k8s.io", "coordination.k8s.io", "batch",
+                   "rbac.authorization.k8s.io"}
 
 
 def _error(status: int, reason: str, message: str) -> kmock.KubernetesError:
@@ -103,29 +107,6 @@ def json_patch(target: Any, ops: list[dict[str, Any]]) -> Any:
     return doc
 
 
-def _remove_unapplied(current: Any, previous: Any, applied: Any) -> Any:
-    """Drop the fields a manager applied before but applies no more (it owned them alone here)."""
-    if not isinstance(current, dict) or not isinstance(previous, dict):
-        return current
-    result = dict(current)
-    for key, old in previous.items():
-        if key not in (applied or {}):
-            result.pop(key, None)
-        elif isinstance(old, dict) and isinstance(applied.get(key), dict):
-            result[key] = _remove_unapplied(result.get(key), old, applied[key])
-    return result
-
-
-def _apply_merge(current: Any, applied: Any) -> Any:
-    """Apply's merge: objects merge field by field, lists and scalars are replaced."""
-    if isinstance(current, dict) and isinstance(applied, dict):
-        result = dict(current)
-        for key, value in applied.items():
-            result[key] = _apply_merge(current.get(key), value)
-        return result
-    return copy.deepcopy(applied)
-
-
 _SELECTOR_TERM = re.compile(r"^\s*(!?)([\w./-]+)\s*(?:(==|=|!=)\s*([\w.-]*)|\s+(in|notin)\s+\(([^)]*)\))?\s*$")
 
 
@@ -150,34 +131,14 @@ def matches_selector(labels: dict[str, str], selector: str) -> bool:
     return True
 
 
-def _server_defaults(plural: str, obj: dict[str, Any]) -> None:
-    """A few of the defaults a real API server fills in (enough to catch naive drift checks)."""
-    spec = obj.get("spec")
-    if not isinstance(spec, dict):
-        return
-    if plural == "deployments":
-        spec.setdefault("replicas", 1)
-        spec.setdefault("progressDeadlineSeconds", 600)
-        pod = (spec.get("template") or {}).get("spec") or {}
-        pod.setdefault("restartPolicy", "Always")
-        pod.setdefault("dnsPolicy", "ClusterFirst")
-        for container in pod.get("containers") or []:
-            container.setdefault("imagePullPolicy", "IfNotPresent")
-            container.setdefault("terminationMessagePath", "/dev/termination-log")
-            for port in container.get("ports") or []:
-                port.setdefault("protocol", "TCP")
-    elif plural == "services":
-        spec.setdefault("clusterIP", "10.96.0.42")
-        spec.setdefault("sessionAffinity", "None")
-        for port in spec.get("ports") or []:
-            port.setdefault("protocol", "TCP")
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @attrs.define(kw_only=True)
 class Cluster(kmock.KubernetesEmulator):
     crd: dict[str, Any] | None = None
     _store: dict[ObjKey, dict[str, Any]] = attrs.field(factory=dict, init=False)
-    _managed: dict[ObjKey, dict[str, Any]] = attrs.field(factory=dict, init=False)  # manager -> last applied
     _revision: int = attrs.field(default=1000, init=False)
     _declared: set[ResKey] = attrs.field(factory=set, init=False)
     _history: dict[ResKey, list[tuple[int, dict[str, Any]]]] = attrs.field(
@@ -313,31 +274,39 @@ class Cluster(kmock.KubernetesEmulator):
         return obj
 
     def _store_object(
-        self, key: ObjKey, new: dict[str, Any], old: dict[str, Any] | None, *, status_write: bool = False,
+        self, key: ObjKey, new: dict[str, Any], old: dict[str, Any] | None, *, manager: str,
+        subresource: str | None = None, applied: bool = False,
     ) -> dict[str, Any]:
-        """Commit ``new`` in place of ``old``: bump versions, emit the event; no-ops change nothing."""
+        """Commit ``new`` in place of ``old``: normalise, default, admit, record field ownership, bump
+        versions, emit the event. A write that changes nothing changes nothing (no version, no event)."""
         res = key[0]
         meta = new.setdefault("metadata", {})
+        if old is not None:
+            for field in ("uid", "creationTimestamp", "generation", "resourceVersion", "namespace", "name"):
+                if field in old["metadata"]:
+                    meta[field] = old["metadata"][field]
+        else:
+            meta.pop("resourceVersion", None)
+            meta["name"] = key[2]
+            if key[1]:
+                meta["namespace"] = key[1]
+        if res[0] in _BUILTIN_GROUPS and res[2] != "customresourcedefinitions":
+            new = ssa.normalise(new)
+            ssa.server_defaults(res[2], new)
+        if subresource != "status":
+            new = self._admit(res, new)
+        if not applied:
+            ssa.record_update(old, new, manager, now=_now(), subresource=subresource)
         if old is None:
             self._revision += 1
-            meta.update(uid=str(uuid.uuid4()), generation=1, resourceVersion=str(self._revision),
-                        creationTimestamp=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
-            meta.setdefault("namespace", key[1]) if key[1] else None
-            meta["name"] = key[2]
-            _server_defaults(res[2], new)
-            new = self._admit(res, new)  # after the metadata is complete: admission copies the object
+            new["metadata"].update(uid=str(uuid.uuid4()), generation=1, resourceVersion=str(self._revision),
+                                   creationTimestamp=_now())
             self._store[key] = new
             self._emit(res, "ADDED", new)
             return copy.deepcopy(new)
-        for field in ("uid", "creationTimestamp", "generation", "resourceVersion", "namespace", "name"):
-            if field in old["metadata"]:
-                meta[field] = old["metadata"][field]
-        _server_defaults(res[2], new)
-        if not status_write:
-            new = self._admit(res, new)
-            meta = new["metadata"]
-        if new == old:
+        if _without_times(new) == _without_times(old):
             return copy.deepcopy(old)
+        meta = new["metadata"]
         content = {k: v for k, v in new.items() if k not in ("metadata", "status")}
         if content != {k: v for k, v in old.items() if k not in ("metadata", "status")}:
             meta["generation"] = int(old["metadata"].get("generation", 1)) + 1
@@ -349,6 +318,11 @@ class Cluster(kmock.KubernetesEmulator):
         self._emit(res, "MODIFIED", new)
         return copy.deepcopy(new)
 
+    @staticmethod
+    def _manager(request: kmock.Request) -> str:
+        """As the API server names a writer that gives no fieldManager: after its user agent."""
+        return str(request.params.get("fieldManager") or request.headers.get("User-Agent", "unknown").split("/")[0])
+
     async def _serve_create(self, request: kmock.Request) -> Any:
         body = copy.deepcopy(request.data or {})
         meta = body.get("metadata") or {}
@@ -356,7 +330,7 @@ class Cluster(kmock.KubernetesEmulator):
         if key in self._store:
             raise _error(409, "AlreadyExists", f'{key[0][2]} "{key[2]}" already exists')
         body.pop("status", None) if key[0][2] in _WITH_STATUS else None
-        return self._store_object(key, body, None)
+        return self._store_object(key, body, None, manager=self._manager(request))
 
     async def _serve_update(self, request: kmock.Request) -> Any:
         key = (self._res(request), request.namespace, str(request.name))
@@ -366,14 +340,17 @@ class Cluster(kmock.KubernetesEmulator):
             patch = json.loads(request.body or b"{}")
         except ValueError:
             patch = yaml.safe_load(request.body)
-        if content_type == "application/apply-patch+yaml":
-            manager = request.params.get("fieldManager")
-            if not manager:
+        subresource = request.subresource or None
+        manager = self._manager(request)
+        applied = content_type == "application/apply-patch+yaml"
+        if applied:
+            if not request.params.get("fieldManager"):
                 raise _error(422, "Invalid", "fieldManager is required for apply requests")
-            previous = self._managed.get(key, {}).get(manager) if old is not None else None
-            base = _remove_unapplied(old or {}, previous, patch) if previous else (old or {})
-            new = _apply_merge(base, patch)
-            self._managed.setdefault(key, {})[manager] = copy.deepcopy(patch)
+            force = request.params.get("force") in ("true", "1")
+            try:
+                new = ssa.apply(old, patch, manager, force=force, now=_now())
+            except ssa.ApplyConflict as exc:
+                raise _error(409, "Conflict", str(exc)) from None
         elif old is None:
             raise self._not_found(request)
         elif content_type == "application/json-patch+json":
@@ -384,13 +361,12 @@ class Cluster(kmock.KubernetesEmulator):
                 raise _error(409, "Conflict", f'Operation cannot be fulfilled on {key[0][2]} "{key[2]}": '
                              "the object has been modified; please apply your changes to the latest version")
             new = merge_patch(old, patch)
-        status_write = request.subresource == "status"
         if key[0][2] in _WITH_STATUS:  # the status subresource: each endpoint changes only its own part
-            status_from, rest_from = (new, old or {}) if status_write else (old or {}, new)
+            status_from, rest_from = (new, old or {}) if subresource == "status" else (old or {}, new)
             new = {k: v for k, v in rest_from.items() if k != "status"}
             if "status" in status_from:
                 new["status"] = status_from["status"]
-        return self._store_object(key, new, old, status_write=status_write)
+        return self._store_object(key, new, old, manager=manager, subresource=subresource, applied=applied)
 
     async def _serve_delete(self, request: kmock.Request) -> Any:
         key = (self._res(request), request.namespace, str(request.name))
@@ -410,7 +386,6 @@ class Cluster(kmock.KubernetesEmulator):
 
     def _remove(self, key: ObjKey, obj: dict[str, Any]) -> dict[str, Any]:
         del self._store[key]
-        self._managed.pop(key, None)
         obj = copy.deepcopy(obj)
         obj["metadata"]["resourceVersion"] = str(self._revision)
         self._emit(key[0], "DELETED", obj)
@@ -447,16 +422,20 @@ class Cluster(kmock.KubernetesEmulator):
         return [copy.deepcopy(o) for (r, ns, _), o in self._store.items()
                 if r == (group, version, plural) and (namespace is None or ns == namespace)]
 
-    def put(self, obj: dict[str, Any]) -> dict[str, Any]:
-        """Create or replace an object as a user would (kubectl apply), with events and versions."""
+    def put(self, obj: dict[str, Any], *, manager: str = "kubectl") -> dict[str, Any]:
+        """Create or replace an object as a user would (kubectl create/replace), with events and versions."""
         group, _, version = obj["apiVersion"].rpartition("/")
         plural = _PLURALS[obj["kind"]]
         meta = obj["metadata"]
         key = ((group, version, plural), meta.get("namespace"), meta["name"])
-        return self._store_object(key, copy.deepcopy(obj), self._store.get(key))
+        old = self._store.get(key)
+        new = copy.deepcopy(obj)
+        if old is not None and "managedFields" in old["metadata"]:
+            new["metadata"].setdefault("managedFields", old["metadata"]["managedFields"])
+        return self._store_object(key, new, old, manager=manager)
 
     def edit(self, api_version: str, plural: str, namespace: str, name: str, patch: dict[str, Any],
-             *, status: bool = False) -> dict[str, Any]:
+             *, status: bool = False, manager: str | None = None, subresource: str | None = None) -> dict[str, Any]:
         """What `kubectl patch --type merge` (or a controller writing status) does."""
         group, _, version = api_version.rpartition("/")
         key = ((group, version, plural), namespace, name)
@@ -464,7 +443,19 @@ class Cluster(kmock.KubernetesEmulator):
         new = merge_patch(old, patch)
         if not status and "status" in old:
             new["status"] = old["status"]
-        return self._store_object(key, new, old, status_write=status)
+        subresource = "status" if status else subresource
+        manager = manager or ("kube-controller-manager" if status else "kubectl-patch")
+        return self._store_object(key, new, old, manager=manager, subresource=subresource)
+
+    def update(self, api_version: str, plural: str, namespace: str, name: str,
+               mutate: Callable[[dict[str, Any]], None], *, manager: str = "kubectl-edit") -> dict[str, Any]:
+        """Read, change, write back: what `kubectl edit` or `kubectl set env/image` does (an Update)."""
+        group, _, version = api_version.rpartition("/")
+        key = ((group, version, plural), namespace, name)
+        old = self._store[key]
+        new = copy.deepcopy(old)
+        mutate(new)
+        return self._store_object(key, new, old, manager=manager)
 
     def remove(self, api_version: str, plural: str, namespace: str, name: str) -> None:
         group, _, version = api_version.rpartition("/")
@@ -474,7 +465,8 @@ class Cluster(kmock.KubernetesEmulator):
 
     def scale(self, namespace: str, name: str, replicas: int) -> dict[str, Any]:
         """What the HorizontalPodAutoscaler does: set the Deployment's replicas (its own field)."""
-        return self.edit("apps/v1", "deployments", namespace, name, {"spec": {"replicas": replicas}})
+        return self.edit("apps/v1", "deployments", namespace, name, {"spec": {"replicas": replicas}},
+                         manager="kube-controller-manager", subresource="scale")
 
     def set_deployment_status(self, namespace: str, name: str, *, ready: int | None = None) -> dict[str, Any]:
         """Play the Deployment controller and kubelet: all replicas of the current template ready."""
@@ -523,3 +515,10 @@ def standard_cluster(crd: dict[str, Any]) -> Cluster:
         cluster.declare(group, version, plural, kind, shortnames=tuple(names.get("shortNames", ())))
     cluster.create_crd(crd)
     return cluster
+
+
+def _without_times(obj: dict[str, Any]) -> dict[str, Any]:
+    """The object less the managedFields timestamps, which a no-op write does not change."""
+    meta = dict(obj.get("metadata") or {})
+    meta["managedFields"] = [{k: v for k, v in e.items() if k != "time"} for e in meta.get("managedFields") or []]
+    return {**obj, "metadata": meta}

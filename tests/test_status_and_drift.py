@@ -36,17 +36,41 @@ def live(**changes: Any) -> dict[str, Any]:
     return obj
 
 
-def test_server_defaults_and_normalised_quantities_are_not_drift() -> None:
-    assert not drift.needs_apply(DESIRED, live())
+def owned(fields: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"manager": "kubectl", "operation": "Update", "fieldsV1": {"f:spec": {"f:replicas": {}}}},
+            {"manager": drift.FIELD_MANAGER, "operation": "Apply", "fieldsV1": fields}]
 
 
-def test_someone_elses_change_to_our_field_is_drift() -> None:
-    assert drift.needs_apply(DESIRED, live(spec__template__spec__containers__0__image="evil"))
-    assert drift.needs_apply(DESIRED, live(metadata__labels={"a": "changed"}))
+OURS = {"f:spec": {"f:template": {"f:spec": {"f:containers": {'k:{"name":"c"}': {".": {}, "f:image": {}}}}}}}
 
 
-def test_a_field_only_someone_else_sets_is_not_ours_to_fight() -> None:
-    assert not drift.needs_apply(DESIRED, live(spec__replicas=9))  # the HPA's field
+def test_after_our_apply_only_our_fields_changing_hands_is_drift() -> None:
+    """Values are never compared with the manifest: the server may rewrite them as it likes."""
+    applied = live(metadata__managedFields=owned(OURS))
+    fingerprint = drift.ownership(applied)
+    normalised = live(metadata__managedFields=owned(OURS), spec__template__spec__containers__0__image="i:1")
+    normalised["spec"]["template"]["spec"]["containers"][0]["resources"] = {"requests": {"cpu": "500m"}}
+    assert not drift.needs_apply(DESIRED, normalised, fingerprint)
+    taken = copy.deepcopy(OURS)
+    del taken["f:spec"]["f:template"]["f:spec"]["f:containers"]['k:{"name":"c"}']["f:image"]
+    assert drift.needs_apply(DESIRED, live(metadata__managedFields=owned(taken)), fingerprint)
+    assert drift.needs_apply(DESIRED, live(metadata__managedFields=[]), fingerprint)
+
+
+def test_without_an_apply_of_our_own_a_lenient_comparison_decides() -> None:
+    assert not drift.needs_apply(DESIRED, live(), None)
+    assert drift.needs_apply(DESIRED, live(spec__template__spec__containers__0__image="evil"), None)
+    assert drift.needs_apply(DESIRED, live(metadata__labels={"a": "changed"}), None)
+    assert not drift.needs_apply(DESIRED, live(spec__replicas=9), None)  # the HPA's field
+
+
+def test_the_lenient_comparison_knows_what_the_server_drops_and_merges() -> None:
+    want = {"spec": {"egress": [], "podSelector": {}, "containers": [{"name": "c", "env": [{"name": "A"}]}]}}
+    have = {"spec": {"podSelector": {}, "containers": [{"name": "c", "env": [{"name": "X"}, {"name": "A"}]},
+                                                       {"name": "sidecar"}]}}
+    assert drift.contains(want, have)
+    assert not drift.contains(want, {"spec": {"podSelector": {}, "containers": [{"name": "c", "env": []}]}})
+    assert not drift.contains({"args": ["a", "b"]}, {"args": ["a", "b", "c"]})
 
 
 def test_our_own_change_is_seen_through_the_digest_even_when_it_only_removes_a_field() -> None:
@@ -55,11 +79,12 @@ def test_our_own_change_is_seen_through_the_digest_even_when_it_only_removes_a_f
     del smaller["metadata"]["labels"]
     smaller = drift.with_digest(smaller)
     assert drift.contains({k: v for k, v in smaller.items() if k != "metadata"}, live())
-    assert drift.needs_apply(smaller, live())
+    assert drift.needs_apply(smaller, live(), drift.ownership(live()))
 
 
 def test_missing_child_needs_apply() -> None:
-    assert drift.needs_apply(DESIRED, None)
+    assert drift.needs_apply(DESIRED, None, None)
+    assert drift.needs_apply(DESIRED, None, "abc")
 
 
 def ready_deployment(**status: Any) -> dict[str, Any]:

@@ -1,15 +1,24 @@
-"""Does a live child still match what the operator would apply? (pure: no client, no kopf)
+"""Does a live child still hold what the operator applied? (pure: no client, no kopf)
 
-Two questions decide whether to send an apply:
+The API server does not keep what an apply sends verbatim: it omits empty lists and maps, rewrites
+quantities ("0.5" -> "500m"), fills defaults, and merges keyed lists with entries other managers
+added. So the decision never compares our manifest with the live object's values. It rests on two
+things the server itself maintains:
 
-1. Did *our* desired state change since the last apply? The digest of the desired manifest sits in
-   the child's ``learner.dev/applied-digest`` annotation; a different digest means we changed our
-   mind (including removing a field, which a containment check cannot see).
-2. Did *someone else* change one of our fields? Every field we set must be in the live object with
-   the same value. The API server adds defaults (``protocol: TCP``, ``imagePullPolicy``...) and may
-   normalise quantities ("0.5" -> "500m"), so extra fields are fine and quantities compare by value.
+1. Did *we* change our mind? The digest of the desired manifest sits in the child's
+   ``learner.dev/applied-digest`` annotation; a different digest means a new apply (this also catches
+   a field we stopped setting, which no comparison of present fields can see).
+2. Did *someone else* change a field we set? The server records which manager owns which field
+   (``metadata.managedFields``). Whoever changes one of our fields takes it from our entry, so our
+   entry's FieldsV1 differs from the one our own last apply produced. We remember a fingerprint of
+   that entry from the apply's response (:func:`ownership`) and compare fingerprints.
 
-If both say "same", the reconcile sends nothing: a no-op resync costs zero mutating requests.
+Fields we never set stay other managers' business: an env var that ``kubectl set env`` added to our
+container is left alone (server-side apply could not remove it anyway) and costs no write.
+
+When the operator has just started, it has no fingerprint from an apply of its own. Then a lenient
+comparison decides once (:func:`contains`: quantities by value, empty lists and maps as absent, keyed
+lists by key with foreign entries allowed), and the live fingerprint is adopted when it holds.
 """
 
 from __future__ import annotations
@@ -19,10 +28,13 @@ import json
 from decimal import InvalidOperation
 from typing import Any
 
-from learner_operator.models import parse_quantity
+from learner_operator.models import FIELD_MANAGER, parse_quantity
 
 DIGEST_ANNOTATION = "learner.dev/applied-digest"
 _QUANTITY_PARENTS = {"requests", "limits"}
+#: Lists the server merges by key: entries other managers add are theirs, not drift.
+_LIST_KEYS = {"containers": "name", "initContainers": "name", "env": "name", "volumes": "name",
+              "volumeMounts": "mountPath", "imagePullSecrets": "name"}
 
 
 def digest(manifest: dict[str, Any]) -> str:
@@ -37,6 +49,25 @@ def with_digest(manifest: dict[str, Any]) -> dict[str, Any]:
     return {**manifest, "metadata": {**meta, "annotations": annotations}}
 
 
+def own_entry(body: dict[str, Any]) -> dict[str, Any] | None:
+    """Our apply's entry in ``managedFields`` (the fields the server says we own)."""
+    for entry in (body.get("metadata") or {}).get("managedFields") or []:
+        if entry.get("manager") == FIELD_MANAGER and entry.get("operation") == "Apply" and not entry.get(
+            "subresource"
+        ):
+            return dict(entry)
+    return None
+
+
+def ownership(body: dict[str, Any] | None) -> str:
+    """A fingerprint of the fields we own in ``body``; "" when we own none (or there is no body)."""
+    entry = own_entry(body or {})
+    if entry is None:
+        return ""
+    canonical = json.dumps(entry.get("fieldsV1") or {}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:20]
+
+
 def _same_quantity(want: Any, have: Any) -> bool:
     try:
         return parse_quantity(want) == parse_quantity(have)
@@ -44,27 +75,40 @@ def _same_quantity(want: Any, have: Any) -> bool:
         return False
 
 
+def _absent(value: Any) -> bool:
+    return value is None or value == [] or value == {}
+
+
 def contains(want: Any, have: Any, path: tuple[str, ...] = ()) -> bool:
-    """Every field of ``want`` is in ``have`` with an equal value (lists: same length, item by item)."""
+    """Every field of ``want`` is in ``have`` as the server would store it (see the module docstring)."""
     if isinstance(want, dict):
-        return isinstance(have, dict) and all(
-            key in have and contains(value, have[key], (*path, key)) for key, value in want.items()
+        if not isinstance(have, dict):
+            return not want and _absent(have)
+        return all(
+            (_absent(value) and _absent(have.get(key))) or (key in have and contains(value, have[key], (*path, key)))
+            for key, value in want.items()
         )
     if isinstance(want, list):
-        return (
-            isinstance(have, list) and len(want) == len(have)
-            and all(contains(w, h, path) for w, h in zip(want, have, strict=True))
-        )
+        if not isinstance(have, list):
+            return not want and _absent(have)
+        key = _LIST_KEYS.get(path[-1]) if path else None
+        if key is not None and all(isinstance(item, dict) and key in item for item in want):
+            by_key = {item.get(key): item for item in have if isinstance(item, dict)}
+            return all(item[key] in by_key and contains(item, by_key[item[key]], path) for item in want)
+        return len(want) == len(have) and all(contains(w, h, path) for w, h in zip(want, have, strict=True))
     if want == have:
         return True
     return len(path) >= 2 and path[-2] in _QUANTITY_PARENTS and _same_quantity(want, have)
 
 
-def needs_apply(desired: dict[str, Any], live: dict[str, Any] | None) -> bool:
-    """``desired`` carries its digest annotation (see :func:`with_digest`)."""
+def needs_apply(desired: dict[str, Any], live: dict[str, Any] | None, applied_ownership: str | None) -> bool:
+    """``desired`` carries its digest annotation (see :func:`with_digest`); ``applied_ownership`` is the
+    fingerprint our last apply of this child produced, or None when this process has not applied it."""
     if live is None:
         return True
     live_annotations = (live.get("metadata") or {}).get("annotations") or {}
     if live_annotations.get(DIGEST_ANNOTATION) != desired["metadata"]["annotations"][DIGEST_ANNOTATION]:
         return True
+    if applied_ownership is not None:
+        return ownership(live) != applied_ownership
     return not contains({k: v for k, v in desired.items() if k != "status"}, live)

@@ -22,6 +22,8 @@ import zlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from learner_operator.drift import own_entry, ownership
+
 ChildKey = tuple[str, str]  # (kind, name)
 _KEEP_STATUS = {"Deployment"}
 
@@ -39,9 +41,13 @@ class Live:
 
 
 def compact(body: Mapping[str, Any]) -> Live:
-    """Keep what drift detection and status need; drop managedFields and other bulk."""
+    """Keep what drift detection and status need (of managedFields, only our own apply's entry)."""
     meta = dict(body.get("metadata") or {})
+    ours = own_entry(dict(body))
     meta.pop("managedFields", None)
+    if ours is not None:
+        ours.pop("time", None)
+        meta["managedFields"] = [ours]
     annotations = dict(meta.get("annotations") or {})
     annotations.pop("kubectl.kubernetes.io/last-applied-configuration", None)
     meta["annotations"] = annotations
@@ -76,6 +82,8 @@ class LiveState:
         self._overlay: dict[tuple[str, str, str], tuple[str, Live | None]] = {}
         # The resourceVersion of each of our writes whose watch event has not come back yet.
         self._own_writes: dict[tuple[str, str, str], str] = {}
+        # What our last apply of each child made us own (drift.ownership of the apply's answer).
+        self._ownership: dict[tuple[str, str, str], str] = {}
 
     def attach(self, indices: Iterable[Mapping[str, Iterable[Live]]]) -> None:
         """Give the kopf indices (live, read-only mappings) once they exist."""
@@ -103,12 +111,23 @@ class LiveState:
         return {key: live.body() for key, live in indexed.items()}
 
     def remember(self, owner_uid: str, body: Mapping[str, Any]) -> None:
+        """The answer to our apply: newest state, and the fields it made us own."""
         live = compact(body)
         self._overlay[(owner_uid, live.kind, live.name)] = (live.resource_version, live)
         self._own_writes[(owner_uid, live.kind, live.name)] = live.resource_version
+        self._ownership[(owner_uid, live.kind, live.name)] = ownership(dict(body))
+
+    def applied_ownership(self, owner_uid: str, kind: str, name: str) -> str | None:
+        """What our last apply made us own; None when this process has not applied the child."""
+        return self._ownership.get((owner_uid, kind, name))
+
+    def adopt(self, owner_uid: str, kind: str, name: str, body: Mapping[str, Any]) -> None:
+        """Take a child found in sync (after a restart) as if we had just applied it."""
+        self._ownership[(owner_uid, kind, name)] = ownership(dict(body))
 
     def forget(self, owner_uid: str, kind: str, name: str, resource_version: str) -> None:
         self._overlay[(owner_uid, kind, name)] = (resource_version, None)
+        self._ownership.pop((owner_uid, kind, name), None)
 
     def seen(self, owner_uid: str, live: Live) -> None:
         """The watch stream caught up with (or passed) our own write: the index alone is enough now."""
@@ -122,6 +141,6 @@ class LiveState:
         return self._own_writes.pop((owner_uid, kind, name), None) == resource_version
 
     def drop_owner(self, owner_uid: str) -> None:
-        for store in (self._overlay, self._own_writes):
+        for store in (self._overlay, self._own_writes, self._ownership):
             for key in [key for key in store if key[0] == owner_uid]:
                 del store[key]

@@ -80,7 +80,10 @@ async def _sync_children(
     applied_keys: list[str] = []
     for manifest in desired:
         key = (manifest["kind"], manifest["metadata"]["name"])
-        if not drift.needs_apply(manifest, live.get(key)):
+        owned = deps.live.applied_ownership(cr.uid, *key)
+        if not drift.needs_apply(manifest, live.get(key), owned):
+            if owned is None:
+                deps.live.adopt(cr.uid, *key, live[key])
             continue
         try:
             applied = await deps.api.apply(ref_of(manifest), manifest)

@@ -11,7 +11,6 @@ from typing import NamedTuple
 from learner_operator.builders import common as c
 from learner_operator.builders import config, evaluator, learner_api, network, observability
 from learner_operator.builders.common import (
-    FIELD_MANAGER,
     OPTIONAL_SECRET_KEYS,
     REQUIRED_SECRET_KEYS,
     SECRET_HASH_ANNOTATION,
@@ -19,6 +18,7 @@ from learner_operator.builders.common import (
     Platform,
     secret_digest,
 )
+from learner_operator.models import FIELD_MANAGER
 
 
 class ChildKind(NamedTuple):

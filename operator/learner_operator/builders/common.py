@@ -8,11 +8,10 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from learner_operator.models import API_VERSION, KIND, LearnerPlatformSpec
+from learner_operator.models import API_VERSION, FIELD_MANAGER, KIND, LearnerPlatformSpec
 
 Manifest = dict[str, Any]
 
-FIELD_MANAGER = "learner-platform-operator"
 PART_OF = "learner-platform"
 API_PORT = 8000
 EVALUATOR_METRICS_PORT = 9102

@@ -13,8 +13,8 @@ from urllib.parse import quote
 from kubernetes.aio import client as k8s
 
 from learner_operator.kube.paths import ResourceRef
+from learner_operator.models import FIELD_MANAGER
 
-FIELD_MANAGER = "learner-platform-operator"
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 

@@ -4,6 +4,7 @@ from learner_operator.models.parsing import InvalidSpec, parse_spec
 from learner_operator.models.v1alpha1 import (
     API_VERSION,
     CONDITION_TYPES,
+    FIELD_MANAGER,
     GROUP,
     KIND,
     PLURAL,
@@ -18,6 +19,7 @@ from learner_operator.models.v1alpha1 import (
 __all__ = [
     "API_VERSION",
     "CONDITION_TYPES",
+    "FIELD_MANAGER",
     "GROUP",
     "KIND",
     "PLURAL",

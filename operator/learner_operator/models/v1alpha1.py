@@ -26,6 +26,8 @@ PLURAL = "learnerplatforms"
 SINGULAR = "learnerplatform"
 SHORT_NAMES = ("lp",)
 API_VERSION = f"{GROUP}/{VERSION}"
+#: Who the operator is to the API server: its server-side apply field manager.
+FIELD_MANAGER = "learner-platform-operator"
 
 #: The longest CR name whose derived child names ("<name>-learner-api", "<name>-pushgateway")
 #: still fit a DNS-1035 label (63 characters) with room for the ReplicaSet/pod suffixes.

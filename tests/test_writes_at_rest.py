@@ -1,0 +1,158 @@
+"""Zero writes at rest, against a server that does not echo back what it was sent.
+
+The emulator stores built-in kinds as a real API server does (empty lists omitted, quantities
+canonical, defaults filled, lists merged by key, field ownership in managedFields), so a drift check
+that compares our manifest with what comes back would apply on every reconcile here, as it did on a
+real cluster (the Pushgateway NetworkPolicy's ``egress: []``).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from tests.conftest import EXAMPLES, load
+from tests.kube_emulator import Cluster
+from tests.operator_harness import Operator, eventually, running_operator, settled
+from tests.test_operator import API, EVALUATOR, secret
+
+pytestmark = pytest.mark.operator
+
+
+def _platform(example: str, **spec: Any) -> dict[str, Any]:
+    doc = load(EXAMPLES / example)
+    doc["spec"].update(copy.deepcopy(spec))
+    return doc
+
+
+def _ns(cluster: Cluster, doc: dict[str, Any]) -> str:
+    namespace = str(doc["metadata"]["namespace"])
+    if cluster.get("v1", "namespaces", None, namespace) is None:
+        cluster.put({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+    return namespace
+
+
+async def _converged(cluster: Cluster, operator: Operator, doc: dict[str, Any]) -> str:
+    namespace = _ns(cluster, doc)
+    cluster.put({**secret(), "metadata": {"name": "ai-platform-secrets", "namespace": namespace}})
+    cluster.put(doc)
+    await eventually(lambda: cluster.get("apps/v1", "deployments", namespace, API), what="learner-api Deployment")
+    await settled(cluster, operator)
+    return namespace
+
+
+async def _resync_writes(cluster: Cluster, operator: Operator) -> list[tuple[str, str]]:
+    start = len(cluster.log)
+    await operator.resync_now()
+    await settled(cluster, operator)
+    return [(r.resource.plural if r.resource else r.path, str(r.name)) for r in cluster.mutating_requests(start)]
+
+
+@pytest.fixture
+async def operator(cluster: Cluster) -> Any:
+    async with running_operator(cluster) as op:
+        yield op
+
+
+VARIANTS = {
+    "minimal": _platform("01-minimal.yaml"),
+    "staging-pushgateway": _platform("02-staging.yaml"),
+    "production-servicemonitor": _platform("03-production.yaml"),
+    "evaluator-off": _platform("01-minimal.yaml", evaluator={"enabled": False}),
+    "no-hpa-no-networkpolicy": _platform("01-minimal.yaml", learnerApi={"replicas": 3, "autoscaling": {
+        "enabled": False}}, networkPolicy={"enabled": False}),
+    "quantities-the-server-rewrites": _platform("01-minimal.yaml", learnerApi={"resources": {
+        "requests": {"cpu": "0.1", "memory": "0.25Gi"}, "limits": {"cpu": "1000m", "memory": "524288Ki"}}}),
+}
+
+
+@pytest.mark.parametrize("doc", VARIANTS.values(), ids=VARIANTS.keys())
+async def test_a_converged_platform_costs_no_write_per_resync(
+    cluster: Cluster, operator: Operator, doc: dict[str, Any],
+) -> None:
+    await _converged(cluster, operator, copy.deepcopy(doc))
+    assert await _resync_writes(cluster, operator) == []
+    assert await _resync_writes(cluster, operator) == []
+
+
+async def test_an_env_var_someone_else_added_is_left_alone_without_writes(
+    cluster: Cluster, operator: Operator,
+) -> None:
+    """`kubectl set env deployment/x DEBUG=1`: their entry in our container, owned by their manager.
+
+    Server-side apply cannot remove an entry another manager owns, and the operator does not fight
+    for fields it never set: the entry stays, and it costs no write now or at any later resync.
+    """
+    namespace = await _converged(cluster, operator, _platform("01-minimal.yaml"))
+
+    def set_env(deployment: dict[str, Any]) -> None:
+        deployment["spec"]["template"]["spec"]["containers"][0]["env"].append({"name": "DEBUG", "value": "1"})
+
+    cluster.update("apps/v1", "deployments", namespace, API, set_env, manager="kubectl-set")
+    await settled(cluster, operator)
+    assert await _resync_writes(cluster, operator) == []
+    env = cluster.get("apps/v1", "deployments", namespace, API)["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "DEBUG", "value": "1"} in env
+    assert any(item["name"] == "DATABASE_URL" for item in env)
+
+
+async def test_a_field_we_own_changed_by_someone_else_costs_one_write(cluster: Cluster, operator: Operator) -> None:
+    """`kubectl set image`: the field moves to their manager; one apply takes it back, then quiet."""
+    namespace = await _converged(cluster, operator, _platform("01-minimal.yaml"))
+    image = cluster.get("apps/v1", "deployments", namespace, EVALUATOR)["spec"]["template"]["spec"]["containers"][
+        0]["image"]
+    start = len(cluster.log)
+
+    def set_image(deployment: dict[str, Any]) -> None:
+        deployment["spec"]["template"]["spec"]["containers"][0]["image"] = "evil/image:1"
+
+    cluster.update("apps/v1", "deployments", namespace, EVALUATOR, set_image, manager="kubectl-set")
+    await eventually(lambda: cluster.get("apps/v1", "deployments", namespace, EVALUATOR)["spec"]["template"]["spec"][
+        "containers"][0]["image"] == image, what="image restored")
+    await settled(cluster, operator)
+    assert [(r.resource.plural, r.name) for r in cluster.mutating_requests(start)] == [("deployments", EVALUATOR)]
+    assert await _resync_writes(cluster, operator) == []
+
+
+async def test_replicas_scaled_by_hand_without_the_hpa_are_restored_once(cluster: Cluster, operator: Operator) -> None:
+    doc = _platform("01-minimal.yaml", learnerApi={"replicas": 3, "autoscaling": {"enabled": False}})
+    namespace = await _converged(cluster, operator, doc)
+    start = len(cluster.log)
+    cluster.edit("apps/v1", "deployments", namespace, API, {"spec": {"replicas": 7}}, manager="kubectl-scale",
+                 subresource="scale")
+    await eventually(lambda: cluster.get("apps/v1", "deployments", namespace, API)["spec"]["replicas"] == 3,
+                     what="replicas restored")
+    await settled(cluster, operator)
+    assert [(r.resource.plural, r.name) for r in cluster.mutating_requests(start)] == [("deployments", API)]
+    assert await _resync_writes(cluster, operator) == []
+
+
+async def test_the_hpa_owns_replicas_and_the_operator_never_fights_it(cluster: Cluster, operator: Operator) -> None:
+    namespace = await _converged(cluster, operator, _platform("01-minimal.yaml"))
+    start = len(cluster.log)
+    cluster.scale(namespace, API, 6)
+    await settled(cluster, operator)
+    assert await _resync_writes(cluster, operator) == []
+    # The status says 0/6 now; nothing else is written.
+    assert [(r.resource.plural, r.subresource) for r in cluster.mutating_requests(start)] == [
+        ("learnerplatforms", "status")]
+    assert cluster.get("apps/v1", "deployments", namespace, API)["spec"]["replicas"] == 6
+
+
+@pytest.mark.parametrize("doc", [VARIANTS["staging-pushgateway"], VARIANTS["quantities-the-server-rewrites"]],
+                         ids=["staging-pushgateway", "quantities"])
+async def test_a_restarted_operator_finds_the_children_in_sync_without_writes(
+    cluster: Cluster, doc: dict[str, Any],
+) -> None:
+    """A new process has no apply answers of its own: its first look must not mistake normalisation for drift."""
+    async with running_operator(cluster) as first:
+        await _converged(cluster, first, copy.deepcopy(doc))
+    start = len(cluster.log)
+    async with running_operator(cluster) as second:
+        await settled(cluster, second)
+        await second.resync_now()
+        await settled(cluster, second)
+        assert second.writes == 0
+    assert cluster.mutating_requests(start) == []
