@@ -5,34 +5,45 @@ talks to a real API server (kopf for watching, kubernetes.aio for writes). kmock
 server, discovery, request recording and fault injection (``cluster['patch', ...] << 500``); this
 class replaces its naive object store with one that behaves like the real server where it matters:
 
-Emulated:
+Emulated (each is something a real API server does that our tests depend on):
 - ``metadata.uid``, ``resourceVersion`` (one global counter, as etcd's revision), ``generation``
   (bumped when anything but metadata/status changes), ``creationTimestamp``.
-- Server-side apply (``application/apply-patch+yaml``): creates missing objects; remembers what each
-  field manager applied, so a field dropped from a later apply is removed (lists are atomic, see
-  below); a no-op apply changes nothing and sends no watch event, as on a real server.
-- JSON merge patch (RFC 7386; strategic merge patch is treated as merge patch), with a
-  ``metadata.resourceVersion`` in it as an optimistic-concurrency precondition (409), and JSON patch.
+- Creating a CRD validates it as kube-apiserver does (``tests/crd_schema.validate_crd``): a
+  structural schema, and every default checked against the schema and its subtree's CEL rules as
+  written; LearnerPlatforms are then admitted with that CRD: defaults, validation, CEL rules (422).
+- Built-in kinds stored as Go types read back (``tests/kube_ssa.py``): empty lists and maps omitted,
+  quantities canonical, the server's defaults filled (Deployment strategy, probes, Service
+  ipFamilies, NetworkPolicy policyTypes...). So the server never echoes back exactly what was sent.
+- Server-side apply with field ownership (``metadata.managedFields``): an apply owns what it sent,
+  merges keyed lists (containers, env, ports...) by key, removes what it stops sending unless others
+  own it, and conflicts (409) on fields others own unless forced; every other write (create, merge
+  and JSON patch, the test helpers ``put``/``edit``/``update``/``scale``) takes the fields it changed
+  from their owners. A no-op write changes nothing and sends no watch event.
+- JSON merge patch (RFC 7386; strategic merge patch is treated as merge patch, so tests use
+  :meth:`Cluster.update` for what kubectl does with one), with a ``metadata.resourceVersion`` in it as
+  an optimistic-concurrency precondition (409), and JSON patch.
 - The ``status`` subresource: writes to ``/status`` change only status; writes to the main resource
   never change status.
 - Label selectors (``=``, ``==``, ``!=``, ``in``, ``notin``, exists, ``!``) on list and watch.
-- Watch from a resourceVersion (replaying the events after it), ``timeoutSeconds``, bookmarks not sent.
+- Watch from a resourceVersion (replaying the events after it), ``timeoutSeconds``, bookmarks not sent;
+  :meth:`Cluster.watch_gap` is an API server restart as watchers see it ("429 storage is
+  (re)initializing", then "410 Gone" for a resume from before: deletions meanwhile are never heard).
 - Deletion with finalizers (``deletionTimestamp``), and background garbage collection of dependents
-  through ``ownerReferences``.
-- Admission of LearnerPlatforms with the CRD's schema: defaults, validation and CEL rules (422).
-- A few server-side defaults on Deployments and Services (``protocol``, ``imagePullPolicy``,
-  ``clusterIP``...), so that drift detection is tested against defaulted objects.
+  through ``ownerReferences``; ``remove(quiet=True)`` is a deletion a platform watch missed.
+- Discovery from the declared kinds; :meth:`Cluster.undeclare` is a kind whose CRD is not installed.
 
-Not emulated (the tests do not rely on them): field ownership conflicts (the operator always applies
-with ``force=true``), list merging by key in apply (lists are replaced whole), strategic merge
-directives, quantity normalisation, admission webhooks, RBAC, any controller (Deployments never get
-pods: tests set Deployment status themselves with :meth:`Cluster.set_deployment_status`).
+Not emulated (the tests do not rely on them): strategic merge patch directives, server-side apply of
+custom resources' lists by their ``x-kubernetes-list-*`` markers (built-in kinds only), admission
+webhooks, RBAC (the chart's rules are compared with the requests the operator made instead), any
+controller (Deployments never get pods: tests set Deployment status themselves with
+:meth:`Cluster.set_deployment_status` and play the HPA with :meth:`Cluster.scale`), CEL cost budgets.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import copy
 import datetime
 import json
@@ -140,6 +151,8 @@ class Cluster(kmock.KubernetesEmulator):
     crd: dict[str, Any] | None = None
     _store: dict[ObjKey, dict[str, Any]] = attrs.field(factory=dict, init=False)
     _revision: int = attrs.field(default=1000, init=False)
+    _compacted: int = attrs.field(default=0, init=False)  # watches from before this revision get 410 Gone
+    _in_gap: bool = attrs.field(default=False, init=False)
     _declared: set[ResKey] = attrs.field(factory=set, init=False)
     _history: dict[ResKey, list[tuple[int, dict[str, Any]]]] = attrs.field(
         factory=lambda: collections.defaultdict(list), init=False)
@@ -174,6 +187,11 @@ class Cluster(kmock.KubernetesEmulator):
         except AssertionError:
             return False
 
+    def undeclare(self, group: str, version: str, plural: str) -> None:
+        """The kind is not served (its CRD is not installed): discovery lacks it, requests answer 404."""
+        self._declared.discard((group, version, plural))
+        del self.resources[f"{group}/{version}/{plural}" if group else f"{version}/{plural}"]
+
     def declare(self, group: str, version: str, plural: str, kind: str, *, namespaced: bool = True,
                 shortnames: tuple[str, ...] = ()) -> None:
         self._declared.add((group, version, plural))
@@ -201,6 +219,7 @@ class Cluster(kmock.KubernetesEmulator):
         ]
 
     async def _serve_list(self, request: kmock.Request) -> Any:
+        self._refuse_in_gap()
         return {"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": str(self._revision)},
                 "items": self._select(request)}
 
@@ -210,10 +229,19 @@ class Cluster(kmock.KubernetesEmulator):
             raise self._not_found(request)
         return copy.deepcopy(obj)
 
+    def _refuse_in_gap(self) -> None:
+        if self._in_gap:
+            raise _error(429, "TooManyRequests", "storage is (re)initializing")
+
     async def _serve_watch(self, request: kmock.Request) -> AsyncIterator[Any]:
+        self._refuse_in_gap()
         yield b""
         res, selector = self._res(request), request.params.get("labelSelector", "")
         since = int(request.params.get("resourceVersion") or 0)
+        if since and since < self._compacted:
+            yield {"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 410,
+                                               "reason": "Expired", "message": "too old resource version"}}
+            return
         timeout = float(request.params.get("timeoutSeconds") or 3600)
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._watchers[res].add(queue)
@@ -384,11 +412,12 @@ class Cluster(kmock.KubernetesEmulator):
         self._revision += 1
         return self._remove(key, obj)
 
-    def _remove(self, key: ObjKey, obj: dict[str, Any]) -> dict[str, Any]:
+    def _remove(self, key: ObjKey, obj: dict[str, Any], *, quiet: bool = False) -> dict[str, Any]:
         del self._store[key]
         obj = copy.deepcopy(obj)
         obj["metadata"]["resourceVersion"] = str(self._revision)
-        self._emit(key[0], "DELETED", obj)
+        if not quiet:
+            self._emit(key[0], "DELETED", obj)
         self._collect_garbage(str(obj["metadata"].get("uid")))
         return obj
 
@@ -405,6 +434,22 @@ class Cluster(kmock.KubernetesEmulator):
         for queues in self._watchers.values():
             for queue in queues:
                 queue.put_nowait(_HANG_UP)
+
+    @contextlib.asynccontextmanager
+    async def watch_gap(self) -> AsyncIterator[None]:
+        """An API server restart as watchers see it: streams end, lists and watches answer
+        "429 storage is (re)initializing" while inside (other requests work, so what the block deletes
+        produces no event anyone sees), and afterwards a watch resumed from before the gap gets
+        "410 Gone": the history it would replay is compacted away, deletions included."""
+        self._in_gap = True
+        self.hang_up()
+        try:
+            yield
+        finally:
+            self._compacted = self._revision
+            for history in self._history.values():
+                history.clear()
+            self._in_gap = False
 
     # -- for tests -------------------------------------------------------------------------------
 
@@ -457,11 +502,13 @@ class Cluster(kmock.KubernetesEmulator):
         mutate(new)
         return self._store_object(key, new, old, manager=manager)
 
-    def remove(self, api_version: str, plural: str, namespace: str, name: str) -> None:
+    def remove(self, api_version: str, plural: str, namespace: str, name: str, *, quiet: bool = False) -> None:
+        """Delete (background propagation). ``quiet``: no watcher ever hears of it, as when its watch was
+        down; the garbage collector's deletions of its dependents are heard as usual."""
         group, _, version = api_version.rpartition("/")
         key = ((group, version, plural), namespace, name)
         self._revision += 1
-        self._remove(key, self._store[key])
+        self._remove(key, self._store[key], quiet=quiet)
 
     def scale(self, namespace: str, name: str, replicas: int) -> dict[str, Any]:
         """What the HorizontalPodAutoscaler does: set the Deployment's replicas (its own field)."""

@@ -42,9 +42,9 @@ class Operator:
         def login(**_: Any) -> kopf.ConnectionInfo:
             return kopf.ConnectionInfo(server=url, insecure=True)
 
-        register(registry, OperatorConfig(api_host=url, metrics_port=None, resync_seconds=self._resync, workers=4,
-                                          retry_after_error=0.5, leader_election=self._lease),
-                 login=login)
+        self._config = OperatorConfig(api_host=url, metrics_port=None, resync_seconds=self._resync, workers=4,
+                                      retry_after_error=0.5, leader_election=self._lease, verify_delay=0.1)
+        register(registry, self._config, login=login)
 
         async def main() -> None:
             self._loop = asyncio.get_running_loop()
@@ -75,12 +75,12 @@ class Operator:
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(call(), self._loop))
 
     async def idle(self) -> None:
-        """Until the operator's work queue is empty and no reconcile runs."""
-        await self._call(self.runtime.engine.wait_idle)
+        """Until the operator's work queue is empty, no reconcile runs and no comparison with the server is due."""
+        await self._call(self.runtime.wait_idle)
 
     async def resync_now(self) -> None:
-        """What the periodic resync does: every known platform gets a reconcile."""
-        await self._call(lambda: [self.runtime.engine.trigger(key) for key in self.runtime.platforms.known()])
+        """What the periodic resync does: compare the caches with the server, reconcile every platform."""
+        await self._call(lambda: self.runtime.resync(self._config))
 
     async def start(self) -> None:
         self._thread.start()

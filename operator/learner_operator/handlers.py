@@ -16,12 +16,13 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp
 import kopf
 
 from learner_operator import builders
 from learner_operator.builders import FIELD_MANAGER
 from learner_operator.engine import Engine
-from learner_operator.kube import KubeApi, RequestCounter
+from learner_operator.kube import ApiError, Discovery, KubeApi, RequestCounter
 from learner_operator.kube.client import connect
 from learner_operator.kube.lease import LeaderElection
 from learner_operator.livestate import LiveState, compact, controller_uid
@@ -29,6 +30,7 @@ from learner_operator.metrics import Metrics
 from learner_operator.models import GROUP, KIND, PLURAL, VERSION
 from learner_operator.platforms import Key, Platforms
 from learner_operator.reconcile import Deps, reconcile
+from learner_operator.verify import compare_with_server
 
 logger = logging.getLogger("learner_operator")
 MANAGED = {"app.kubernetes.io/managed-by": FIELD_MANAGER}
@@ -46,6 +48,10 @@ class OperatorConfig:
     retry_after_error: float = 10.0
     #: Only the holder of this Lease reconciles (replicas for availability); None: always reconcile.
     leader_election: LeaseConfig | None = None
+    #: The namespaces kopf serves (names or patterns); empty: all. Fresh lists use the same scope.
+    namespaces: tuple[str, ...] = ()
+    #: After a watch re-lists, how long to wait for the rest of the listing before comparing with the server.
+    verify_delay: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +71,28 @@ class Runtime:
     engine: Engine[Key]
     tasks: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)
     closers: list[Callable[[], Any]] = dataclasses.field(default_factory=list)
+    verifying: asyncio.Task[None] | None = None
+
+    async def wait_idle(self) -> None:
+        """Until no comparison with the server is pending and the work queue is empty (tests, benchmarks)."""
+        while True:
+            if self.verifying is not None and not self.verifying.done():
+                await asyncio.wait([self.verifying])
+            await self.engine.wait_idle()
+            if self.verifying is None or self.verifying.done():
+                return
+
+    async def resync(self, config: OperatorConfig) -> None:
+        """Compare the caches with the server, then reconcile every platform."""
+        self.deps.discovery.forget()
+        await _verify(self, config, 0)
+        for key in self.platforms.known():
+            self.engine.trigger(key)
+
+    def verify_soon(self, config: OperatorConfig) -> None:
+        """Compare the caches with the server shortly (once, however many events ask for it)."""
+        if self.verifying is None or self.verifying.done():
+            self.verifying = asyncio.create_task(_verify(self, config, config.verify_delay), name="verify")
 
     @property
     def platforms(self) -> Platforms:
@@ -89,6 +117,9 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 30
     settings.networking.request_timeout = 60
+    # kopf's default backoffs add up to 54 s (a watch that met "429 storage is (re)initializing" after
+    # an API server restart waited 21 s before its next try); capped at 8 s, it is back within seconds.
+    settings.networking.error_backoffs = (0.5, 1, 2, 4, 8, 8, 8, 8)
     # Only warnings and errors become Kubernetes Events: every INFO line would be a write.
     settings.posting.level = logging.WARNING
 
@@ -115,7 +146,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, login: Cal
         metrics = Metrics()
         counter = RequestCounter(lambda verb: metrics.api_requests.labels(verb).inc())
         api: KubeApi = await connect(config.api_host, counter)
-        deps = Deps(api=api, live=LiveState(), platforms=Platforms(), metrics=metrics,
+        deps = Deps(api=api, live=LiveState(), platforms=Platforms(), metrics=metrics, discovery=Discovery(api),
                     retry_after_error=config.retry_after_error)
         metrics.watch_conditions(deps.platforms.conditions)
 
@@ -139,11 +170,15 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, login: Cal
             return retry
 
         runtime = Runtime(deps=deps, engine=Engine(work, workers=config.workers))
+        restarts = _WatchRestarts(asyncio.get_running_loop(), lambda: runtime.verify_soon(config))
+        logging.getLogger(_KOPF_WATCHING).addFilter(restarts)
+        logging.getLogger(_KOPF_WATCHING).setLevel(logging.DEBUG)
+        runtime.closers.append(lambda: logging.getLogger(_KOPF_WATCHING).removeFilter(restarts))
         if config.leader_election is not None:
             runtime.engine.pause()
             await _elect(runtime, config.leader_election)
         runtime.engine.start()
-        runtime.tasks.append(asyncio.create_task(_resync(runtime, config.resync_seconds), name="resync"))
+        runtime.tasks.append(asyncio.create_task(_resync(runtime, config), name="resync"))
         if config.metrics_port is not None:
             runtime.closers.append(await _serve_metrics(metrics, config.metrics_port))
         memo["runtime"] = runtime
@@ -154,12 +189,13 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, login: Cal
         if runtime is None:
             return
         await runtime.engine.stop()
-        for task in runtime.tasks:
+        for task in [*runtime.tasks, *([runtime.verifying] if runtime.verifying else [])]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         for close in runtime.closers:
-            await close()
+            if asyncio.iscoroutine(closed := close()):
+                await closed
         await runtime.deps.api.close()
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
@@ -168,6 +204,8 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, login: Cal
         runtime.deps.live.attach(kwargs[name] for name in _index_ids())
         meta = body.get("metadata") or {}
         key: Key = (str(meta.get("namespace")), str(meta.get("name")))
+        if event.get("type") is None:  # a listing: at start, or a re-list that may have missed deletions
+            runtime.verify_soon(config)
         if event.get("type") == "DELETED":
             runtime.platforms.forget(key)
             runtime.engine.forget(key)
@@ -188,10 +226,11 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, login: Cal
         return {uid: live}
 
     async def child_event(event: Any, body: Any, namespace: str | None, memo: Any, **_: Any) -> None:
-        if event.get("type") is None:
-            return  # the initial listing: the platforms' own events start their reconciles
-        owner = _owner_name(body)
         runtime: Runtime = memo["runtime"]
+        if event.get("type") is None:  # a listing (the platforms' own events start their reconciles), which
+            runtime.verify_soon(config)  # after a watch restart may lack objects deleted meanwhile
+            return
+        owner = _owner_name(body)
         if owner is None:
             return
         meta = body.get("metadata") or {}
@@ -241,12 +280,44 @@ async def _elect(runtime: Runtime, lease: LeaseConfig) -> None:
     runtime.closers.append(release)
 
 
-async def _resync(runtime: Runtime, period: float) -> None:
-    """Level-triggered safety net: every platform is reconciled at least once per period."""
+_KOPF_WATCHING = "kopf._cogs.clients.watching"
+
+
+class _WatchRestarts(logging.Filter):
+    """kopf re-lists after "410 Gone" and says so only in a debug line of its watcher: our cue to
+    compare the caches with the server even when the new list is empty (and so brings no event).
+    The line is then shown only if debug logging is on, as before."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_restart: Callable[[], None]) -> None:
+        super().__init__()
+        self._loop = loop
+        self._on_restart = on_restart
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith("Restarting the watch-stream"):
+            self._loop.call_soon_threadsafe(self._on_restart)
+        return record.levelno >= logging.getLogger().getEffectiveLevel()
+
+
+async def _verify(runtime: Runtime, config: OperatorConfig, delay: float) -> None:
+    await asyncio.sleep(delay)
+    try:
+        triggers = await compare_with_server(runtime.deps, config.namespaces)
+    except (ApiError, aiohttp.ClientError, TimeoutError) as exc:  # the server is still coming back
+        logger.warning("Could not compare the caches with the server (will again at the next re-list or "
+                       "resync): %s", exc)
+        return
+    for key in triggers:
+        runtime.engine.trigger(key)
+    runtime.deps.metrics.platforms.set(len(runtime.platforms))
+
+
+async def _resync(runtime: Runtime, config: OperatorConfig) -> None:
+    """Level-triggered safety net: the caches are compared with the server, then every platform is
+    reconciled, at least once per period."""
     while True:
-        await asyncio.sleep(period)
-        for key in runtime.platforms.known():
-            runtime.engine.trigger(key)
+        await asyncio.sleep(config.resync_seconds)
+        await runtime.resync(config)
 
 
 async def _serve_metrics(metrics: Metrics, port: int) -> Callable[[], Any]:

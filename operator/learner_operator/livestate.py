@@ -125,6 +125,23 @@ class LiveState:
         """Take a child found in sync (after a restart) as if we had just applied it."""
         self._ownership[(owner_uid, kind, name)] = ownership(dict(body))
 
+    def indexed(self, kind: str) -> list[tuple[str, Live]]:
+        """Every (owner uid, child) of ``kind`` that the watch-fed indices hold."""
+        return [(uid, live) for index in self._indices for uid, store in index.items()
+                for live in store if live.kind == kind]
+
+    def vanished(self, owner_uid: str, kind: str, name: str, resource_version: str) -> bool:
+        """A fresh list (at ``resource_version``) lacks this child: hide the index's stale copy.
+
+        False when our own write is newer than the list (the child exists; the list predates it).
+        """
+        key = (owner_uid, kind, name)
+        entry = self._overlay.get(key)
+        if entry is not None and entry[1] is not None and _newer(entry[0], resource_version):
+            return False
+        self.forget(owner_uid, kind, name, resource_version)
+        return True
+
     def forget(self, owner_uid: str, kind: str, name: str, resource_version: str) -> None:
         self._overlay[(owner_uid, kind, name)] = (resource_version, None)
         self._ownership.pop((owner_uid, kind, name), None)

@@ -38,6 +38,7 @@ class Snapshot:
     resource_version: str
     spec: Any
     status: dict[str, Any]
+    deleting: bool = False
 
     @property
     def key(self) -> Key:
@@ -60,6 +61,7 @@ class Snapshot:
             namespace=str(meta.get("namespace", "")), name=str(meta.get("name", "")), uid=str(meta.get("uid", "")),
             generation=int(meta.get("generation") or 0), resource_version=str(meta.get("resourceVersion", "")),
             spec=_plain(body.get("spec")), status=_plain(body.get("status")) or {},
+            deleting=bool(meta.get("deletionTimestamp")),
         )
 
 
@@ -83,7 +85,8 @@ class Platforms:
         if old is not None and old.uid == new.uid and not _newer(new.resource_version, old.resource_version):
             return False  # older than what we already know (e.g. than our own status write)
         self._by_key[new.key] = new
-        return old is None or old.uid != new.uid or old.generation != new.generation or old.spec != new.spec
+        return (old is None or old.uid != new.uid or old.generation != new.generation or old.spec != new.spec
+                or old.deleting != new.deleting)
 
     def wrote(self, body: Any) -> None:
         """Our own write's result: newer than anything the watch stream has shown so far."""
@@ -94,6 +97,14 @@ class Platforms:
 
     def forget(self, key: Key) -> Snapshot | None:
         return self._by_key.pop(key, None)
+
+    def forget_if(self, key: Key, uid: str) -> None:
+        """Forget the platform under ``key`` if it is still the one with ``uid`` (not a new one of that name)."""
+        if (known := self._by_key.get(key)) is not None and known.uid == uid:
+            del self._by_key[key]
+
+    def by_uid(self) -> dict[str, Key]:
+        return {snap.uid: key for key, snap in self._by_key.items()}
 
     def conditions(self) -> list[tuple[str, str, list[dict[str, Any]]]]:
         return [(ns, name, list(snap.status.get("conditions") or [])) for (ns, name), snap in self._by_key.items()]

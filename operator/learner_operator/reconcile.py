@@ -17,7 +17,7 @@ from typing import Any
 
 from learner_operator import builders, drift
 from learner_operator.builders import common
-from learner_operator.kube import ApiError, KubeApi, ResourceRef, ref_of
+from learner_operator.kube import ApiError, Discovery, KubeApi, ResourceRef, ref_of
 from learner_operator.kube.paths import plural_of
 from learner_operator.livestate import LiveState
 from learner_operator.metrics import Metrics
@@ -35,6 +35,7 @@ class Deps:
     live: LiveState
     platforms: Platforms
     metrics: Metrics
+    discovery: Discovery
     #: Seconds before retrying a platform whose reconcile hit an API error (doubled per failure).
     retry_after_error: float = 10.0
     now: Callable[[], str] = lambda: datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -69,50 +70,98 @@ async def check_secret(api: KubeApi, namespace: str, name: str, uid: str) -> tup
         builders.secret_digest(uid, data)
 
 
+@dataclasses.dataclass
+class SyncResult:
+    errors: list[str] = dataclasses.field(default_factory=list)
+    #: Optional kinds the spec asks for that the cluster does not serve, with what to install.
+    unserved: list[str] = dataclasses.field(default_factory=list)
+    #: The server says the platform is gone or being deleted: nothing was written, nothing more will be.
+    gone: bool = False
+
+
+async def _desired(deps: Deps, platform: builders.Platform, result: SyncResult) -> list[dict[str, Any]]:
+    desired: list[dict[str, Any]] = []
+    for manifest in builders.children(platform):
+        kind = manifest["kind"]
+        if kind in builders.OPTIONAL_KINDS and not await deps.discovery.served(manifest["apiVersion"],
+                                                                                 plural_of(kind)):
+            result.unserved.append(f"{kind} {manifest['metadata']['name']} is not created: the cluster does not "
+                                   f"serve {manifest['apiVersion']} {kind}; {builders.OPTIONAL_KINDS[kind]}")
+            continue
+        desired.append(drift.with_digest(manifest))
+    return desired
+
+
+async def _still_wanted(deps: Deps, cr: Snapshot) -> bool:
+    """Before the first write: is the platform still there, the same one, and not being deleted?
+
+    Watches can miss a deletion (an API server restart, a watch stuck on "429 storage is
+    (re)initializing"); acting on a platform that is gone re-creates children the garbage collector
+    removes again, in a loop. One GET before writing ends that.
+    """
+    fresh = await deps.api.get(cr.ref)
+    meta = (fresh or {}).get("metadata") or {}
+    if fresh is not None and meta.get("uid") == cr.uid and not meta.get("deletionTimestamp"):
+        return True
+    deps.platforms.forget_if(cr.key, cr.uid)
+    deps.live.drop_owner(cr.uid)
+    return False
+
+
 async def _sync_children(
     deps: Deps, cr: Snapshot, spec: LearnerPlatformSpec, secret_hash: str, live: dict[tuple[str, str], Any],
     logger: Logger,
-) -> list[str]:
-    """Apply the children that differ and delete the ones no longer wanted; returns error messages."""
+) -> SyncResult:
+    """Apply the children that differ and delete the ones no longer wanted."""
+    result = SyncResult()
     platform = builders.Platform(cr.name, cr.namespace, cr.uid, spec, secret_hash)
-    desired = [drift.with_digest(manifest) for manifest in builders.children(platform)]
-    errors: list[str] = []
-    applied_keys: list[str] = []
+    desired = await _desired(deps, platform, result)
+    stale: list[dict[str, Any]] = []
     for manifest in desired:
         key = (manifest["kind"], manifest["metadata"]["name"])
         owned = deps.live.applied_ownership(cr.uid, *key)
-        if not drift.needs_apply(manifest, live.get(key), owned):
-            if owned is None:
-                deps.live.adopt(cr.uid, *key, live[key])
-            continue
+        if drift.needs_apply(manifest, live.get(key), owned):
+            stale.append(manifest)
+        elif owned is None:
+            deps.live.adopt(cr.uid, *key, live[key])
+    wanted = {(m["kind"], m["metadata"]["name"]) for m in desired}
+    unwanted = [(kind, name) for kind, name in live if (kind, name) not in wanted]
+    if (stale or unwanted) and not await _still_wanted(deps, cr):
+        logger.info("The platform is gone or being deleted: its children are left to the garbage collector")
+        result.gone = True
+        return result
+
+    applied_keys: list[str] = []
+    for manifest in stale:
+        key = (manifest["kind"], manifest["metadata"]["name"])
         try:
-            applied = await deps.api.apply(ref_of(manifest), manifest)
+            answer = await deps.api.apply(ref_of(manifest), manifest)
         except ApiError as exc:
-            errors.append(f"{key[0]} {key[1]}: {exc.message or exc.reason}")
+            result.errors.append(f"{key[0]} {key[1]}: {exc.message or exc.reason}")
             continue
         applied_keys.append(f"{key[0]}/{key[1]}")
-        deps.live.remember(cr.uid, applied)
-        live[key] = applied
+        deps.live.remember(cr.uid, answer)
+        live[key] = answer
     if applied_keys:
         logger.info("Applied %s", ", ".join(applied_keys))
-    wanted = {(m["kind"], m["metadata"]["name"]) for m in desired}
-    for (kind, name), body in list(live.items()):
-        if (kind, name) in wanted:
-            continue
+    for kind, name in unwanted:
+        body = live[(kind, name)]
         ref = ResourceRef(str(body.get("apiVersion", "")), plural_of(kind), cr.namespace, name)
         try:
             await deps.api.delete(ref)
         except ApiError as exc:
-            errors.append(f"deleting {kind} {name}: {exc.message or exc.reason}")
+            result.errors.append(f"deleting {kind} {name}: {exc.message or exc.reason}")
             continue
         logger.info("Deleted %s %s (switched off in the spec)", kind, name)
         deps.live.forget(cr.uid, kind, name, str(body.get("metadata", {}).get("resourceVersion", "")))
         del live[(kind, name)]
-    return errors
+    return result
 
 
 async def reconcile(deps: Deps, cr: Snapshot, logger: Logger) -> float | None:
     """Returns the seconds after which to try again, or None when nothing needs a retry."""
+    if cr.deleting:
+        return None  # the garbage collector takes the children; writing now would only fight it
     try:
         spec = parse_spec(cr.spec)
     except InvalidSpec as exc:
@@ -124,20 +173,22 @@ async def reconcile(deps: Deps, cr: Snapshot, logger: Logger) -> float | None:
 
     secret, secret_hash = await check_secret(deps.api, cr.namespace, spec.secret_ref.name, cr.uid)
     live = deps.live.children_of(cr.uid)
-    errors: list[str] = []
+    synced = SyncResult()
     if secret.status == "True":
-        errors = await _sync_children(deps, cr, spec, secret_hash, live, logger)
+        synced = await _sync_children(deps, cr, spec, secret_hash, live, logger)
+        if synced.gone:
+            return None
     # Without the Secret nothing is applied, and nothing is pruned either: running pods keep running.
 
     platform = builders.Platform(cr.name, cr.namespace, cr.uid, spec)
     api = observe_deployment(live.get(("Deployment", common.api_name(platform))))
     evaluator = observe_deployment(live.get(("Deployment", common.evaluator_name(platform))))
     observation = Observation(
-        cr.generation, secret=secret, apply_errors=tuple(errors), api=api,
-        evaluator=evaluator if spec.evaluator.enabled else None,
+        cr.generation, secret=secret, apply_errors=tuple(synced.errors), api=api,
+        evaluator=evaluator if spec.evaluator.enabled else None, unserved=tuple(synced.unserved),
     )
     await _report(deps, cr, observation, logger)
-    return deps.retry_after_error if errors else None
+    return deps.retry_after_error if synced.errors else None
 
 
 async def _report(deps: Deps, cr: Snapshot, obs: Observation, logger: Logger) -> None:
@@ -155,8 +206,10 @@ async def _report(deps: Deps, cr: Snapshot, obs: Observation, logger: Logger) ->
     try:
         written = await deps.api.patch_status(cr.ref, status)
     except ApiError as exc:
-        if exc.status != 404:  # a CR deleted meanwhile has no status to write
+        if exc.status != 404:
             raise
+        deps.platforms.forget_if(cr.key, cr.uid)  # deleted meanwhile, whatever the watch stream says
+        deps.live.drop_owner(cr.uid)
         return
     deps.platforms.wrote(written)
     logger.debug("Status written: %s", {c["type"]: c["reason"] for c in conditions})

@@ -30,7 +30,8 @@ def run(
         election = LeaseConfig(namespace=lease_namespace)
         if pod := os.environ.get("POD_NAME"):  # unique per replica, and readable in `kubectl get lease`
             election = dataclasses.replace(election, identity=pod)
-    config = OperatorConfig(resync_seconds=resync_seconds, metrics_port=metrics_port, leader_election=election)
+    config = OperatorConfig(resync_seconds=resync_seconds, metrics_port=metrics_port, leader_election=election,
+                            namespaces=() if all_namespaces else tuple(namespaces))
     register(registry, config, login=kopf.login_via_client)
     asyncio.run(kopf.operator(
         registry=registry,

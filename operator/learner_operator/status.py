@@ -71,6 +71,7 @@ class Observation:
     apply_errors: tuple[str, ...] = ()
     api: Workload = Workload()
     evaluator: Workload | None = None  # None: the evaluator is switched off
+    unserved: tuple[str, ...] = ()  # optional kinds the spec asks for that the cluster does not serve
 
 
 def _workload(name: str, w: Workload, deployment: str) -> Verdict:
@@ -110,6 +111,8 @@ def verdicts(obs: Observation, api_deployment: str, evaluator_deployment: str) -
         degraded = Verdict("True", secret.reason, secret.message)
     elif stalled:
         degraded = Verdict("True", "ProgressDeadlineExceeded", "; ".join(stalled))
+    elif obs.unserved:  # serving all the same: Ready below does not turn False for it
+        degraded = Verdict("True", "ApiUnavailable", "; ".join(obs.unserved))
     else:
         degraded = Verdict("False", "AsExpected", "")
     out["Degraded"] = degraded
@@ -120,7 +123,7 @@ def verdicts(obs: Observation, api_deployment: str, evaluator_deployment: str) -
         else Verdict("False", "ProgressDeadlineExceeded", "; ".join(stalled))
     )
 
-    if degraded.status == "True":
+    if degraded.status == "True" and degraded.reason != "ApiUnavailable":
         ready = Verdict("False", degraded.reason, degraded.message)
     elif out["LearnerApiAvailable"].status != "True":
         ready = out["LearnerApiAvailable"]

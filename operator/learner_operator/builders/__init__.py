@@ -39,6 +39,11 @@ CHILD_KINDS: tuple[ChildKind, ...] = (
     ChildKind("monitoring.coreos.com/v1", "ServiceMonitor", "servicemonitors"),
 )
 _ORDER = {kind.kind: index for index, kind in enumerate(CHILD_KINDS)}
+#: Kinds that exist only where an add-on installed their CRD, and what to do when they are missing.
+OPTIONAL_KINDS: dict[str, str] = {
+    "ServiceMonitor": "install the Prometheus Operator's CRDs (monitoring.coreos.com/v1), "
+                      "or set spec.observability.serviceMonitor to false",
+}
 
 
 def children(p: Platform) -> list[Manifest]:
@@ -86,6 +91,7 @@ def children(p: Platform) -> list[Manifest]:
 __all__ = [
     "CHILD_KINDS",
     "FIELD_MANAGER",
+    "OPTIONAL_KINDS",
     "OPTIONAL_SECRET_KEYS",
     "REQUIRED_SECRET_KEYS",
     "SECRET_HASH_ANNOTATION",

@@ -16,6 +16,7 @@ from learner_operator.kube.paths import ResourceRef
 from learner_operator.models import FIELD_MANAGER
 
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_METADATA_LIST = "application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io,application/json"
 
 
 class ApiError(Exception):
@@ -58,10 +59,10 @@ class KubeApi:
 
     async def _call(
         self, method: str, path: str, *, body: Any = None, content_type: str = "application/json",
-        query: list[tuple[str, str]] | None = None,
+        query: list[tuple[str, str]] | None = None, accept: str = "application/json",
     ) -> dict[str, Any] | None:
         self.counter.count(method)
-        headers = {"Accept": "application/json", "Content-Type": content_type}
+        headers = {"Accept": accept, "Content-Type": content_type}
         # The body is plain JSON already: handing it to call_api directly skips the generated client's
         # recursive sanitize_for_serialization walk of every manifest.
         method_, url, header_params, _, _ = await self._api.param_serialize(
@@ -79,6 +80,34 @@ class KubeApi:
 
     async def get(self, ref: ResourceRef) -> dict[str, Any] | None:
         return await self._call("GET", ref.path())
+
+    async def list_metadata(
+        self, api_version: str, plural: str, namespace: str | None = None, label_selector: str = "",
+    ) -> tuple[list[dict[str, Any]], str]:
+        """Every object of a kind (metadata is all that is sure to be there), and the list's resourceVersion.
+
+        Asks for PartialObjectMetadataList, which real servers answer with metadata only (a fraction of
+        the bytes of a full Deployment); a server that cannot falls back to the full objects. Paged.
+        """
+        prefix = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+        path = f"{prefix}/namespaces/{quote(namespace, safe='')}/{plural}" if namespace else f"{prefix}/{plural}"
+        items: list[dict[str, Any]] = []
+        token = ""
+        while True:
+            query = [("limit", "500")] + ([("labelSelector", label_selector)] if label_selector else []) + (
+                [("continue", token)] if token else [])
+            page = await self._call("GET", path, query=query, accept=_METADATA_LIST) or {}
+            items += page.get("items") or []
+            meta = page.get("metadata") or {}
+            token = str(meta.get("continue") or "")
+            if not token:
+                return items, str(meta.get("resourceVersion") or "")
+
+    async def served(self, api_version: str, plural: str) -> bool:
+        """Does the cluster serve this kind? (Discovery: a kind without its CRD answers every write 404.)"""
+        prefix = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+        found = await self._call("GET", prefix)
+        return found is not None and any(r.get("name") == plural for r in found.get("resources") or [])
 
     async def apply(self, ref: ResourceRef, manifest: dict[str, Any]) -> dict[str, Any]:
         """Server-side apply as the operator's field manager, taking over fields someone else changed."""

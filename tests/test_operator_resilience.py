@@ -1,0 +1,117 @@
+"""The operator when the world changes behind its watches: restarts, missed deletions, missing APIs."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from tests.conftest import EXAMPLES, load
+from tests.kube_emulator import Cluster
+from tests.operator_harness import NS, Operator, eventually, running_operator, settled
+from tests.test_operator import API, EVALUATOR, children, condition, conditions, secret
+
+pytestmark = pytest.mark.operator
+LP = ("learner.dev/v1alpha1", "learnerplatforms")
+
+
+@pytest.fixture
+async def operator(cluster: Cluster) -> AsyncIterator[Operator]:
+    async with running_operator(cluster) as op:
+        yield op
+
+
+async def _converged(cluster: Cluster, operator: Operator, doc: dict[str, Any] | None = None) -> None:
+    cluster.put(secret())
+    cluster.put(doc or load(EXAMPLES / "01-minimal.yaml"))
+    await eventually(lambda: len(children(cluster)) == 12, what="12 children")
+    await settled(cluster, operator)
+
+
+async def test_a_child_deleted_while_watches_were_down_is_restored(cluster: Cluster, operator: Operator) -> None:
+    """kopf re-lists after "410 Gone" but keeps what vanished meanwhile; a fresh list of our own does not."""
+    await _converged(cluster, operator)
+    async with cluster.watch_gap():
+        cluster.remove("v1", "services", NS, API)
+        cluster.remove("apps/v1", "deployments", NS, EVALUATOR)
+    await eventually(lambda: cluster.get("v1", "services", NS, API) and cluster.get(
+        "apps/v1", "deployments", NS, EVALUATOR), within=20, what="Service and Deployment restored")
+    await settled(cluster, operator)
+    assert len(children(cluster)) == 12
+
+
+async def test_a_platform_deleted_while_watches_were_down_is_not_resurrected(
+    cluster: Cluster, operator: Operator,
+) -> None:
+    await _converged(cluster, operator)
+    start = len(cluster.log)
+    async with cluster.watch_gap():
+        cluster.remove(*LP, NS, "ai-platform")  # the garbage collector takes the children with it
+        assert children(cluster) == set()
+    # The re-list after "410 Gone" is empty, so no event says anything: the watcher's restart does.
+    await eventually(lambda: operator.runtime.platforms.known() == [], within=15, what="the platform forgotten")
+    await operator.resync_now()  # and a periodic resync must not bring it back
+    await settled(cluster, operator, quiet=1.0)
+    assert children(cluster) == set()
+    assert cluster.mutating_requests(start) == []
+
+
+async def test_a_deletion_the_platform_watch_missed_stops_at_the_first_write(
+    cluster: Cluster, operator: Operator,
+) -> None:
+    """The platform watch is stuck (429) while the children's watches see the garbage collector at work:
+    each child event asks for a reconcile of a platform that no longer exists. None may write."""
+    await _converged(cluster, operator)
+    start = len(cluster.log)
+    cluster.remove(*LP, NS, "ai-platform", quiet=True)  # no DELETED event for the platform, GC events for children
+    await settled(cluster, operator, quiet=1.0)
+    assert children(cluster) == set()
+    applies = [r for r in cluster.mutating_requests(start) if r.method.value == "PATCH"]
+    assert applies == []
+    assert operator.runtime.platforms.known() == []
+
+
+async def test_a_platform_being_deleted_in_the_foreground_is_left_to_the_garbage_collector(
+    cluster: Cluster, operator: Operator,
+) -> None:
+    await _converged(cluster, operator)
+    start = len(cluster.log)
+    cluster.edit(*LP, NS, "ai-platform", {"metadata": {"finalizers": ["foregroundDeletion"],
+                                                        "deletionTimestamp": "2026-11-26T00:00:00Z"}})
+    cluster.remove("v1", "services", NS, API)  # the garbage collector's first step
+    await settled(cluster, operator, quiet=1.0)
+    assert cluster.get("v1", "services", NS, API) is None
+    assert cluster.mutating_requests(start) == []
+
+
+@pytest.fixture
+def no_prometheus_operator(cluster: Cluster) -> Cluster:
+    cluster.undeclare("monitoring.coreos.com", "v1", "servicemonitors")
+    return cluster
+
+
+async def test_a_servicemonitor_without_its_api_is_a_condition_not_a_retry_loop(
+    no_prometheus_operator: Cluster,
+) -> None:
+    cluster = no_prometheus_operator
+    async with running_operator(cluster) as operator:
+        doc = load(EXAMPLES / "03-production.yaml")
+        cluster.put(secret())
+        cluster.put(doc)
+        await eventually(lambda: condition(cluster, "Degraded") == ("True", "ApiUnavailable"), what="Degraded")
+        message = conditions(cluster)["Degraded"]["message"]
+        assert "monitoring.coreos.com/v1 ServiceMonitor" in message
+        assert "Prometheus Operator" in message
+        assert not any(r.resource and r.resource.plural == "servicemonitors" and r.method.value != "GET"
+                       for r in cluster.log)
+        cluster.scale(NS, API, 3)
+        cluster.set_deployment_status(NS, API)
+        cluster.set_deployment_status(NS, EVALUATOR)
+        await eventually(lambda: condition(cluster, "Ready") == ("True", "AllComponentsReady"),
+                         what="Ready: serving, whatever the monitoring")
+        await settled(cluster, operator)
+        start = len(cluster.log)
+        await operator.resync_now()
+        await settled(cluster, operator)
+        assert cluster.mutating_requests(start) == []
