@@ -75,7 +75,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return run(
         namespaces=args.namespace, all_namespaces=args.all_namespaces, peering=args.peering,
         liveness=args.liveness, metrics_port=args.metrics_port,
-        lease_namespace=args.lease_namespace if args.leader_election else None,
+        lease_namespace=args.lease_namespace if args.leader_election else None, lease_seconds=args.lease_seconds,
         resync_seconds=args.resync_seconds, verbose=args.verbose,
     )
 
@@ -95,6 +95,8 @@ def parser() -> argparse.ArgumentParser:
                      help="reconcile only while holding a Lease, so several replicas can run (default: on)")
     run.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE", "default"),
                      help="namespace of the leader Lease (default: $POD_NAMESPACE, else default)")
+    run.add_argument("--lease-seconds", type=int, default=15,
+                     help="how long a crashed leader's Lease blocks a new leader (renewed every third of it)")
     run.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="kopf liveness endpoint")
     run.add_argument("--metrics-port", type=int, default=9090, help="port of the operator's /metrics")
     run.add_argument("--resync-seconds", type=float, default=300.0, help="full resync period")

@@ -15,7 +15,7 @@ from learner_operator.handlers import LeaseConfig, OperatorConfig, register
 
 def run(
     *, namespaces: Sequence[str], all_namespaces: bool, peering: str | None, liveness: str,
-    lease_namespace: str | None,
+    lease_namespace: str | None, lease_seconds: int = 15,
     metrics_port: int, resync_seconds: float, verbose: bool,
 ) -> int:
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON)
@@ -27,7 +27,8 @@ def run(
     registry = kopf.OperatorRegistry()
     election = None
     if lease_namespace is not None:
-        election = LeaseConfig(namespace=lease_namespace)
+        election = LeaseConfig(namespace=lease_namespace, lease_seconds=lease_seconds,
+                               renew_seconds=max(0.2, lease_seconds / 3))
         if pod := os.environ.get("POD_NAME"):  # unique per replica, and readable in `kubectl get lease`
             election = dataclasses.replace(election, identity=pod)
     config = OperatorConfig(resync_seconds=resync_seconds, metrics_port=metrics_port, leader_election=election,
