@@ -153,6 +153,7 @@ class Cluster(kmock.KubernetesEmulator):
     _revision: int = attrs.field(default=1000, init=False)
     _compacted: int = attrs.field(default=0, init=False)  # watches from before this revision get 410 Gone
     _in_gap: bool = attrs.field(default=False, init=False)
+    _down: bool = attrs.field(default=False, init=False)
     _declared: set[ResKey] = attrs.field(factory=set, init=False)
     _history: dict[ResKey, list[tuple[int, dict[str, Any]]]] = attrs.field(
         factory=lambda: collections.defaultdict(list), init=False)
@@ -168,6 +169,10 @@ class Cluster(kmock.KubernetesEmulator):
         self._builtin_payloads = len(self._payloads)
 
     async def _handle(self, request: kmock.Request) -> Any:
+        if self._down:
+            return aiohttp.web.json_response({
+                "apiVersion": "v1", "kind": "Status", "status": "Failure", "code": 503, "reason": "ServiceUnavailable",
+                "message": "the server is currently unable to handle the request"}, status=503)
         # Skip KubernetesEmulator's own naive state tracking: our fallbacks below keep the state,
         # and user reactions (fault injection) answer before them without changing anything.
         # Without user reactions, plain object requests skip kmock's matching (~60 ms a request).
@@ -436,12 +441,13 @@ class Cluster(kmock.KubernetesEmulator):
                 queue.put_nowait(_HANG_UP)
 
     @contextlib.asynccontextmanager
-    async def watch_gap(self) -> AsyncIterator[None]:
+    async def watch_gap(self, *, down: bool = False) -> AsyncIterator[None]:
         """An API server restart as watchers see it: streams end, lists and watches answer
         "429 storage is (re)initializing" while inside (other requests work, so what the block deletes
         produces no event anyone sees), and afterwards a watch resumed from before the gap gets
-        "410 Gone": the history it would replay is compacted away, deletions included."""
-        self._in_gap = True
+        "410 Gone": the history it would replay is compacted away, deletions included.
+        ``down``: every request answers 503 inside, as while the server process is gone."""
+        self._in_gap, self._down = True, down
         self.hang_up()
         try:
             yield
@@ -449,7 +455,7 @@ class Cluster(kmock.KubernetesEmulator):
             self._compacted = self._revision
             for history in self._history.values():
                 history.clear()
-            self._in_gap = False
+            self._in_gap = self._down = False
 
     # -- for tests -------------------------------------------------------------------------------
 

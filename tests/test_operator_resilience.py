@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -115,3 +116,24 @@ async def test_a_servicemonitor_without_its_api_is_a_condition_not_a_retry_loop(
         await operator.resync_now()
         await settled(cluster, operator)
         assert cluster.mutating_requests(start) == []
+
+
+async def test_an_api_server_outage_is_recovered_from_unaided(cluster: Cluster, operator: Operator) -> None:
+    """Every request fails for a while (watches, lists, the reconciler's own); then drift made meanwhile
+    is repaired and new work is done, without a restart of the operator."""
+    await _converged(cluster, operator)
+    async with cluster.watch_gap(down=True):
+        cluster.remove("v1", "services", NS, API)
+        cluster.edit("learner.dev/v1alpha1", "learnerplatforms", NS, "ai-platform",
+                     {"spec": {"evaluator": {"enabled": False}}})
+        await operator.resync_now()  # the resync comes due during the outage: it must fail quietly
+        await asyncio.sleep(3)
+    await eventually(lambda: cluster.get("v1", "services", NS, API) is not None, within=30, what="Service back")
+    await eventually(lambda: cluster.get("apps/v1", "deployments", NS, EVALUATOR) is None, within=30,
+                     what="the spec change made during the outage applied")
+    assert operator.alive
+    await settled(cluster, operator)
+    start = len(cluster.log)
+    await operator.resync_now()
+    await settled(cluster, operator)
+    assert cluster.mutating_requests(start) == []
