@@ -246,3 +246,10 @@ def test_changing_alert_rules_rolls_the_evaluator_and_nothing_else() -> None:
     key = "learner.dev/alert-rules-hash"
     assert before["ai-platform-evaluator"]["metadata"]["annotations"][key] != \
         after["ai-platform-evaluator"]["metadata"]["annotations"][key]
+
+
+def test_every_child_kind_is_in_exactly_one_apply_wave() -> None:
+    from learner_operator.builders import APPLY_WAVES, CHILD_KINDS
+
+    waves = [kind for wave in APPLY_WAVES for kind in wave]
+    assert sorted(waves) == sorted(kind.kind for kind in CHILD_KINDS)

@@ -7,6 +7,7 @@ that finds nothing to do sends no mutating request at all.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import dataclasses
@@ -132,16 +133,21 @@ async def _sync_children(
         return result
 
     applied_keys: list[str] = []
-    for manifest in stale:
+
+    async def apply(manifest: dict[str, Any]) -> None:
         key = (manifest["kind"], manifest["metadata"]["name"])
         try:
             answer = await deps.api.apply(ref_of(manifest), manifest)
         except ApiError as exc:
             result.errors.append(f"{key[0]} {key[1]}: {exc.message or exc.reason}")
-            continue
+            return
         applied_keys.append(f"{key[0]}/{key[1]}")
         deps.live.remember(cr.uid, answer)
         live[key] = answer
+
+    # Wave by wave (what a pod refers to exists before the pods), each wave's children at once.
+    for wave in builders.APPLY_WAVES:
+        await asyncio.gather(*(apply(m) for m in stale if m["kind"] in wave))
     if applied_keys:
         logger.info("Applied %s", ", ".join(applied_keys))
     for kind, name in unwanted:

@@ -39,6 +39,13 @@ CHILD_KINDS: tuple[ChildKind, ...] = (
     ChildKind("monitoring.coreos.com/v1", "ServiceMonitor", "servicemonitors"),
 )
 _ORDER = {kind.kind: index for index, kind in enumerate(CHILD_KINDS)}
+#: Applied wave after wave, each wave's kinds at once: the pods' ServiceAccount, config and network
+#: policy first, then the Deployments, then what refers to the Deployments.
+APPLY_WAVES: tuple[frozenset[str], ...] = (
+    frozenset({"ServiceAccount", "ConfigMap", "NetworkPolicy", "Service"}),
+    frozenset({"Deployment"}),
+    frozenset({"HorizontalPodAutoscaler", "PodDisruptionBudget", "ServiceMonitor"}),
+)
 #: Kinds that exist only where an add-on installed their CRD, and what to do when they are missing.
 OPTIONAL_KINDS: dict[str, str] = {
     "ServiceMonitor": "install the Prometheus Operator's CRDs (monitoring.coreos.com/v1), "
@@ -89,6 +96,7 @@ def children(p: Platform) -> list[Manifest]:
 
 
 __all__ = [
+    "APPLY_WAVES",
     "CHILD_KINDS",
     "FIELD_MANAGER",
     "OPTIONAL_KINDS",
