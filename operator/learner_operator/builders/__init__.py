@@ -11,13 +11,17 @@ from typing import NamedTuple
 from learner_operator.builders import common as c
 from learner_operator.builders import config, evaluator, learner_api, network, observability
 from learner_operator.builders.common import (
+    CONTAINER_SECRET_KEYS,
     FIELD_MANAGER,
     OPTIONAL_SECRET_KEYS,
     REQUIRED_SECRET_KEYS,
     SECRET_HASH_ANNOTATION,
     Manifest,
     Platform,
+    SecretNeed,
     secret_digest,
+    secret_needs,
+    unmet_secret_needs,
 )
 
 
@@ -85,6 +89,7 @@ def children(p: Platform) -> list[Manifest]:
 
 __all__ = [
     "CHILD_KINDS",
+    "CONTAINER_SECRET_KEYS",
     "FIELD_MANAGER",
     "OPTIONAL_SECRET_KEYS",
     "REQUIRED_SECRET_KEYS",
@@ -92,6 +97,9 @@ __all__ = [
     "ChildKind",
     "Manifest",
     "Platform",
+    "SecretNeed",
     "children",
     "secret_digest",
+    "secret_needs",
+    "unmet_secret_needs",
 ]
