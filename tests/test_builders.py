@@ -286,6 +286,18 @@ def test_every_container_reports_why_it_died(path: Path) -> None:
         assert container["terminationMessagePolicy"] == "FallbackToLogsOnError", container["name"]
 
 
+def test_a_digest_pins_the_image_and_the_tag_still_labels_it() -> None:
+    digest = "sha256:" + "0123456789abcdef" * 4
+    manifests = builders.children(platform({"image": {"tag": "1234567", "digest": digest}}))
+    for container in containers(manifests):
+        if container["name"] != "pushgateway":
+            assert container["image"] == f"ghcr.io/ai-platform/learner-api@{digest}"
+    api = by_kind(manifests)[("Deployment", "ai-platform-learner-api")]
+    assert api["metadata"]["labels"]["app.kubernetes.io/version"] == "1234567"
+    unpinned = containers(builders.children(platform({"image": {"tag": "1234567"}})))
+    assert unpinned[0]["image"] == "ghcr.io/ai-platform/learner-api:1234567"
+
+
 @pytest.mark.parametrize(("spec", "data", "unmet"), [
     ({}, {"DATABASE_URL": b"x", "REDIS_URL": b"y", "JWT_SECRET": b"z"}, []),
     ({}, {"DATABASE_URL": b"x", "REDIS_URL": b"y", "JWT_PUBLIC_KEY": b"z"}, []),

@@ -213,6 +213,9 @@ def resources(spec_resources: Any) -> dict[str, Any]:
 
 
 def image(p: Platform) -> str:
+    """Pinned by digest when the spec has one (what runs is then exactly what was scanned and signed)."""
+    if p.spec.image.digest:
+        return f"{p.spec.image.repository}@{p.spec.image.digest}"
     return f"{p.spec.image.repository}:{p.spec.image.tag}"
 
 
