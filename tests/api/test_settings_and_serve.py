@@ -170,3 +170,16 @@ def test_a_url_the_client_cannot_use_is_refused_by_name(monkeypatch: pytest.Monk
     with pytest.raises(ConfigError, match=re.escape(complaint)) as refused:
         load_settings()
     assert "pw@" not in str(refused.value)
+
+
+async def test_the_api_docs_need_nothing_from_the_internet(client: httpx.AsyncClient) -> None:
+    for page in ("/docs", "/redoc"):
+        html = (await client.get(page)).text
+        assert not re.search(r"https?://", html), f"{page} loads something from elsewhere"
+        assets = re.findall(r"""(?:src|href)=["']([^"']+)["']""", html)
+        assert assets
+        for asset in assets:
+            answer = await client.get(asset)
+            assert answer.status_code == 200, asset
+            assert len(answer.content) > 1000, asset
+    assert "url: '/openapi.json'" in (await client.get("/docs")).text
