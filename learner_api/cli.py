@@ -1,4 +1,5 @@
-"""`learner-api`: serve the API, run the evaluator, migrate the database, seed demo content, mint dev tokens."""
+"""`learner-api`: serve the API, run the evaluator, migrate the database, seed demo content, mint dev tokens,
+send a signed test payment webhook."""
 
 from __future__ import annotations
 
@@ -190,6 +191,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     token.add_argument("learner", help="the token's subject (learner id)")
     token.add_argument("--tenant", default="default", type=_tenant)
     token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
+    hook = sub.add_parser("dev-webhook", help="development: sign and send a payment webhook for an order "
+                          "(checkout's JSON on stdin), completing a purchase without a payment provider")
+    hook.add_argument("--url", default="http://127.0.0.1:8000", help="the learner-api to send it to")
+    hook.add_argument("--tenant", default="default", type=_tenant, help="the tenant of the order")
+    hook.add_argument("--order", help="the order id (instead of checkout's answer on stdin)")
+    hook.add_argument("--amount-cents", type=int)
+    hook.add_argument("--currency")
+    hook.add_argument("--failed", action="store_true", help="send payment.failed instead of payment.succeeded")
     args = parser.parse_args(argv)
     try:
         return _dispatch(args)
@@ -201,7 +210,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def dev_webhook_command(args: argparse.Namespace) -> int:
+    from learner_api import dev_webhook
+
+    try:
+        return dev_webhook.run(args.url, args.tenant, order_id=args.order, amount_cents=args.amount_cents,
+                               currency=args.currency, failed=args.failed)
+    except dev_webhook.WebhookError as exc:
+        print(f"learner-api dev-webhook: {exc}", file=sys.stderr)
+        return 2
+
+
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "dev-webhook":
+        return dev_webhook_command(args)
     if args.command == "token":
         return token_command(args.learner, args.tenant, args.ttl)
     if args.command == "seed":

@@ -74,6 +74,11 @@ API = [
     ("evaluator with a rule file that is missing", ["evaluator"], {
         "DATABASE_URL": DEAD, "REDIS_URL": "redis://127.0.0.1:1", "NODE_ENV": "development",
         "ALERT_RULES_FILE": "{dir}/rules.yaml"}),
+    ("dev-webhook without the secret", ["dev-webhook", "--order", "x"], {}),
+    ("dev-webhook with no checkout answer", ["dev-webhook"], {"PAYMENT_WEBHOOK_SECRET": "s"}),
+    ("dev-webhook to an API that is down", ["dev-webhook", "--url", "http://127.0.0.1:1", "--order",
+                                            "6f1c2b1e-0000-4000-8000-000000000000", "--amount-cents", "100",
+                                            "--currency", "EUR"], {"PAYMENT_WEBHOOK_SECRET": "s"}),
 ]
 
 
