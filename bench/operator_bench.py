@@ -192,7 +192,8 @@ async def main(rounds: int, many: int, memory: int) -> None:
             api = await connect(url)
             secret = {"apiVersion": "v1", "kind": "Secret",
                       "metadata": {"name": "ai-platform-secrets", "namespace": NS},
-                      "data": {"DATABASE_URL": "cG9zdGdyZXM6Ly94", "REDIS_URL": "cmVkaXM6Ly95"}}
+                      "data": {"DATABASE_URL": "cG9zdGdyZXM6Ly94", "REDIS_URL": "cmVkaXM6Ly95",
+                               "JWT_SECRET": "and0LWtleQ=="}}
             async with session.post(f"{url}/api/v1/namespaces/{NS}/secrets", json=secret):
                 pass
 

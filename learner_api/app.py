@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
-from learner_api import __version__, metrics, problems
+from learner_api import __version__, api_docs, metrics, problems
 from learner_api.auth import VerifiedTokens
 from learner_api.content_cache import ContentCache, lookups_counter
 from learner_api.dependencies import POSTGRES_DOWN, Database, RedisGuard
@@ -86,7 +86,7 @@ def create_app(settings: Settings) -> FastAPI:
             await client.aclose()
             await pool.close()
 
-    app = FastAPI(title="learner-api", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="learner-api", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Course content, progress, enrollments and the store for learners. Every "
                               "error is RFC 9457 application/problem+json.")
     app.state.settings = settings
@@ -97,4 +97,5 @@ def create_app(settings: Settings) -> FastAPI:
     metrics.install(app, metrics.HttpMetrics(registry))
     for module in (health, me, content, progress, enrollments, store, payments):
         app.include_router(module.router)
+    api_docs.install(app)
     return app

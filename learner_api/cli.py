@@ -1,21 +1,29 @@
-"""`learner-api`: serve the API, run the evaluator, migrate the database, seed demo content, mint dev tokens."""
+"""`learner-api`: serve the API, run the evaluator, migrate the database, seed demo content, mint dev tokens,
+send a signed test payment webhook."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import re
 import signal
+import socket
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
+from typing import NoReturn
 
+import asyncpg
 import uvicorn
 from fastapi import FastAPI
+from redis.exceptions import RedisError
 
-from learner_api import __version__
+from learner_api import __version__, startup_checks
 from learner_api.app import create_app
-from learner_api.settings import ConfigError, Settings, load_settings
+from learner_api.settings import ConfigError, Settings, load_migration_settings, load_settings
+from learner_api.termination import refuse
 
 logger = logging.getLogger("learner_api")
 
@@ -45,25 +53,42 @@ def _start(prog: str) -> Settings | None:
     try:
         settings = load_settings()
     except ConfigError as exc:
-        print(f"{prog}: refusing to start: {exc}", file=sys.stderr)
+        refuse(prog, str(exc))
         return None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     return settings
+
+
+def _port_taken(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
 
 
 def serve(host: str, drain: float) -> int:
     settings = _start("learner-api")
     if settings is None:
         return 2
+    try:
+        startup_checks.require_jwt_key(settings)
+        if _port_taken(host, settings.port):
+            raise ConfigError(f"port {settings.port} on {host} is in use by another process: stop it or set PORT")
+        asyncio.run(startup_checks.check_database(settings, startup_checks.SERVE))
+    except ConfigError as exc:
+        return refuse("learner-api", str(exc))
     app = create_app(settings)
     config = uvicorn.Config(app, host=host, port=settings.port, lifespan="on", access_log=False,
                             timeout_graceful_shutdown=20, log_config=None)
-    DrainingServer(config, app, drain).run()
+    DrainingServer(config, app, drain).run()  # Ctrl-C: uvicorn shuts down, then re-raises SIGINT (main())
     return 0
 
 
 def evaluator_command() -> int:
-    from learner_api.evaluator import service
+    from learner_api.evaluator import rules, service
     from learner_api.evaluator.rules import RuleFileError
 
     settings = _start("learner-api evaluator")
@@ -71,6 +96,8 @@ def evaluator_command() -> int:
         return 2
 
     async def main() -> None:
+        rules.load(Path(settings.alert_rules_file) if settings.alert_rules_file else None)  # before connecting
+        await startup_checks.check_database(settings, startup_checks.EVALUATOR)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -79,9 +106,8 @@ def evaluator_command() -> int:
 
     try:
         asyncio.run(main())
-    except RuleFileError as exc:
-        print(f"learner-api evaluator: refusing to start: {exc}", file=sys.stderr)
-        return 2
+    except (RuleFileError, ConfigError) as exc:
+        return refuse("learner-api evaluator", str(exc))
     return 0
 
 
@@ -89,12 +115,10 @@ def migrate_command() -> int:
     from learner_api.migrate import MigrationError, migrate
 
     try:
-        settings = load_settings()
-        url = settings.database_migration_url or settings.database_url
-        applied = asyncio.run(migrate(url.get_secret_value()))
+        settings = load_migration_settings()
+        applied = asyncio.run(migrate(settings.url.get_secret_value()))
     except (ConfigError, MigrationError) as exc:
-        print(f"learner-api migrate: {exc}", file=sys.stderr)
-        return 2
+        return refuse("learner-api migrate", str(exc))
     print(f"applied: {', '.join(applied)}" if applied else "the database is up to date")
     return 0
 
@@ -126,8 +150,33 @@ def token_command(learner: str, tenant: str, ttl: int) -> int:
     return 0
 
 
+def _unreachable(exc: BaseException) -> str:
+    """One line for a database or Redis that refused or could not be reached (never the URL itself)."""
+    if isinstance(exc, asyncpg.PostgresError):
+        return f"PostgreSQL refused: {exc}"
+    if isinstance(exc, RedisError):
+        return f"Redis: {exc}"
+    if isinstance(exc, OSError):  # Redis wraps its own in RedisError: this one is PostgreSQL's
+        return f"cannot reach PostgreSQL ({exc.strerror or exc}): is it up, and are the URL's host and port right?"
+    return f"PostgreSQL: {exc}"
+
+
+def _tenant(text: str) -> str:
+    """A tenant id as the tenants table takes it, checked before anything connects."""
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a tenant id (lowercase letters, digits and '-')")
+    return text
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's usage errors in one line; the full usage is one ``--help`` away."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="learner-api", description=__doc__)
+    parser = _Parser(prog="learner-api", description=__doc__)
     parser.add_argument("--version", action="version", version=__version__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("serve", help="serve the HTTP API on $PORT")
@@ -136,12 +185,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("evaluator", help="run the progress worker and alert rules (metrics on $METRICS_PORT)")
     sub.add_parser("migrate", help="apply the SQL migrations that are missing (safe to run from every replica)")
     seeder = sub.add_parser("seed", help="load demo content (courses, lessons, products); safe to repeat")
-    seeder.add_argument("--tenant", action="append", help="tenant to load it into (repeatable; default: default)")
+    seeder.add_argument("--tenant", action="append", type=_tenant,
+                        help="tenant to load it into (repeatable; default: default)")
     token = sub.add_parser("token", help="mint a bearer token for local use (NODE_ENV=development only)")
     token.add_argument("learner", help="the token's subject (learner id)")
-    token.add_argument("--tenant", default="default")
+    token.add_argument("--tenant", default="default", type=_tenant)
     token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
+    hook = sub.add_parser("dev-webhook", help="development: sign and send a payment webhook for an order "
+                          "(checkout's JSON on stdin), completing a purchase without a payment provider")
+    hook.add_argument("--url", default="http://127.0.0.1:8000", help="the learner-api to send it to")
+    hook.add_argument("--tenant", default="default", type=_tenant, help="the tenant of the order")
+    hook.add_argument("--order", help="the order id (instead of checkout's answer on stdin)")
+    hook.add_argument("--amount-cents", type=int)
+    hook.add_argument("--currency")
+    hook.add_argument("--failed", action="store_true", help="send payment.failed instead of payment.succeeded")
     args = parser.parse_args(argv)
+    try:
+        return _dispatch(args)
+    except KeyboardInterrupt:
+        return 130  # Ctrl-C: the command stopped as asked, no traceback
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, RedisError) as exc:
+        # a database or Redis that is down, refuses the role, or a URL it cannot parse: the user's to fix
+        print(f"learner-api {args.command}: {' '.join(_unreachable(exc).split())}", file=sys.stderr)
+        return 2
+
+
+def dev_webhook_command(args: argparse.Namespace) -> int:
+    from learner_api import dev_webhook
+
+    try:
+        return dev_webhook.run(args.url, args.tenant, order_id=args.order, amount_cents=args.amount_cents,
+                               currency=args.currency, failed=args.failed)
+    except dev_webhook.WebhookError as exc:
+        print(f"learner-api dev-webhook: {exc}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "dev-webhook":
+        return dev_webhook_command(args)
     if args.command == "token":
         return token_command(args.learner, args.tenant, args.ttl)
     if args.command == "seed":

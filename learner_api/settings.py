@@ -8,7 +8,7 @@ values never appear in messages or logs.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from pydantic import Field, SecretStr, model_validator
@@ -25,8 +25,32 @@ def _is_placeholder(value: str) -> bool:
     return value.strip().lower() in _PLACEHOLDERS or value.strip().lower().startswith(("changeme", "your-"))
 
 
+def _require_tls(name: str, url: str) -> None:
+    modes = parse_qs(urlsplit(url).query).get("sslmode", [""])
+    if modes[-1] not in ("require", "verify-ca", "verify-full"):
+        raise ConfigError(f"{name} must use TLS outside development: add ?sslmode=require "
+                          "(or set ALLOW_INSECURE_CONNECTIONS=true for a private network)")
+
+
+def _check_url(name: str, url: str, schemes: tuple[str, ...]) -> None:
+    """A URL the client library would choke on (with a traceback, or the URL in its message) is refused
+    here, naming the variable and never repeating the value."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  # raises ValueError for a port that is not a number in range
+    except ValueError:
+        raise ConfigError(f"{name} is not a valid URL (check the host and port)") from None
+    if parts.scheme not in schemes:
+        raise ConfigError(f"{name} must start with {' or '.join(s + '://' for s in schemes)}")
+
+
+#: An empty variable is not set: `.env.example` filled in with its optional keys left blank makes a
+#: Secret with empty values, and those must mean "not configured", never "a placeholder".
+_ENV = SettingsConfigDict(extra="ignore", frozen=True, env_ignore_empty=True)
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+    model_config = _ENV
 
     database_url: SecretStr = Field(description="postgresql://... of the managed PostgreSQL")
     redis_url: SecretStr = Field(description="redis:// or rediss://... of the managed Redis")
@@ -81,30 +105,61 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _safe_outside_development(self) -> Settings:
-        if self.development:
-            return self
         for name in ("database_url", "database_migration_url", "redis_url", "jwt_secret", "payment_webhook_secret"):
             value = getattr(self, name)
-            if value is not None and _is_placeholder(value.get_secret_value()):
+            if not self.development and value is not None and _is_placeholder(value.get_secret_value()):
                 raise ConfigError(f"{name.upper()} is a placeholder; set the real value (NODE_ENV={self.node_env})")
+        _check_url("DATABASE_URL", self.database_url.get_secret_value(), ("postgresql", "postgres"))
+        _check_url("REDIS_URL", self.redis_url.get_secret_value(), ("redis", "rediss", "unix"))
+        if self.development:
+            return self
         if not self.allow_insecure_connections:
-            database = urlsplit(self.database_url.get_secret_value())
-            modes = parse_qs(database.query).get("sslmode", [""])
-            if modes[-1] not in ("require", "verify-ca", "verify-full"):
-                raise ConfigError("DATABASE_URL must use TLS outside development: add ?sslmode=require "
-                                  "(or set ALLOW_INSECURE_CONNECTIONS=true for a private network)")
+            _require_tls("DATABASE_URL", self.database_url.get_secret_value())
             if urlsplit(self.redis_url.get_secret_value()).scheme != "rediss":
                 raise ConfigError("REDIS_URL must use TLS outside development: use rediss:// "
                                   "(or set ALLOW_INSECURE_CONNECTIONS=true for a private network)")
         return self
 
 
-def load_settings() -> Settings:
-    """Read the environment now; a missing or unsafe value is a ConfigError naming the variable."""
+_S = TypeVar("_S", bound=BaseSettings)
+
+
+class MigrationSettings(BaseSettings):
+    """What `learner-api migrate` (the pods' init container) needs, and no more: it is given only the
+    owner's DATABASE_MIGRATION_URL (or, without one, DATABASE_URL), never REDIS_URL or the JWT keys."""
+
+    model_config = _ENV
+
+    database_migration_url: SecretStr | None = None
+    database_url: SecretStr | None = None
+    node_env: Literal["production", "staging", "development"] = "production"
+    allow_insecure_connections: bool = False
+
+    @property
+    def url(self) -> SecretStr:
+        url = self.database_migration_url or self.database_url
+        assert url is not None  # the validator below makes sure
+        return url
+
+    @model_validator(mode="after")
+    def _one_url_safe_outside_development(self) -> MigrationSettings:
+        if self.database_migration_url is None and self.database_url is None:
+            raise ConfigError("DATABASE_MIGRATION_URL (the tables' owner) or DATABASE_URL: required but not set")
+        name = "DATABASE_MIGRATION_URL" if self.database_migration_url is not None else "DATABASE_URL"
+        _check_url(name, self.url.get_secret_value(), ("postgresql", "postgres"))
+        if self.node_env != "development":
+            if _is_placeholder(self.url.get_secret_value()):
+                raise ConfigError(f"{name} is a placeholder; set the real value (NODE_ENV={self.node_env})")
+            if not self.allow_insecure_connections:
+                _require_tls(name, self.url.get_secret_value())
+        return self
+
+
+def _load(kind: type[_S]) -> _S:
     from pydantic import ValidationError
 
     try:
-        return Settings()  # the environment supplies the required fields
+        return kind()  # the environment supplies the required fields
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
@@ -113,3 +168,13 @@ def load_settings() -> Settings:
                 str(error["msg"]).removeprefix("Value error, ")
             problems.append(f"{name}: {message}" if name else message)  # whole-settings rules name their variable
         raise ConfigError("; ".join(problems)) from None
+
+
+def load_settings() -> Settings:
+    """Read the environment now; a missing or unsafe value is a ConfigError naming the variable."""
+    return _load(Settings)
+
+
+def load_migration_settings() -> MigrationSettings:
+    """The environment of `learner-api migrate`; a ConfigError names what is missing or unsafe."""
+    return _load(MigrationSettings)

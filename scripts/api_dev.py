@@ -3,8 +3,12 @@
 Uses the PostgreSQL and Redis on 127.0.0.1 (scripts/lib.sh starts throwaway ones when none answer):
 makes the database `learner_dev` (superuser, as a DBA would), migrates it, makes the login role
 `learner_dev_app` (a member of learner_app: what the API really runs as, under row-level security),
-loads the demo content, prints a development token and curl commands, then serves the API on :8000 and
-runs the evaluator (metrics on :9102) until Ctrl-C. Development mode only: secrets are made up per run.
+loads the demo content, serves the API on :8000 and runs the evaluator (metrics on :9102), and once
+the API answers prints a development token and commands to try, a purchase included (checkout, then
+`learner-api dev-webhook` playing the payment provider). Ctrl-C stops both. Development mode only:
+secrets are made up per run.
+
+LEARNER_DEV_DATABASE, PORT and METRICS_PORT change the database and ports (the tests use their own).
 """
 
 from __future__ import annotations
@@ -13,8 +17,12 @@ import asyncio
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
+from pathlib import Path
 
 import asyncpg
 
@@ -25,8 +33,10 @@ from learner_api.settings import Settings
 
 ADMIN_URL = os.environ.get("LEARNER_DEV_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("LEARNER_DEV_REDIS_URL", "redis://127.0.0.1:6379/0")
-DATABASE = "learner_dev"
+DATABASE = os.environ.get("LEARNER_DEV_DATABASE", "learner_dev")
 APP_ROLE = "learner_dev_app"
+#: The console script next to this Python: printed commands work from any directory.
+LEARNER_API = str(Path(sys.executable).parent / "learner-api")
 
 
 async def prepare(database: str = DATABASE) -> str:
@@ -53,44 +63,91 @@ async def prepare(database: str = DATABASE) -> str:
     return app_url
 
 
+def port_in_use(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def try_it(base: str, token: str, webhook_secret: str) -> str:
+    """Commands to paste, one per line (no line continuations: a `\\` inside quoted JSON broke them)."""
+    auth = '-H "Authorization: Bearer $TOKEN"'
+    event = ('{"events":[{"id":"\'"$(python3 -c \'import uuid; print(uuid.uuid4())\')"\'",'
+             '"verb":"lesson_viewed","lesson_id":"python-101-hello","occurred_at":"\'"$(date -u +%FT%TZ)"\'"}]}')
+    return "\n".join(f"  {line}" for line in [
+        f"TOKEN={token}",
+        f"curl -s {base}/v1/courses {auth}; echo",
+        f"curl -s {base}/v1/lessons/python-101-hello {auth}; echo",
+        f"curl -s -X POST {base}/v1/progress {auth} -H 'Content-Type: application/json' -d '{event}'; echo",
+        f"curl -s {base}/v1/lessons/python-101-files {auth}; echo     # paid: 403 until bought",
+        "# buy it: checkout makes a pending order; dev-webhook plays the payment provider and confirms it",
+        f"curl -s -X POST {base}/v1/checkout {auth} -H \"Idempotency-Key: $(python3 -c 'import uuid; "
+        f"print(uuid.uuid4())')\" -H 'Content-Type: application/json' -d '{{\"product_id\":\"python-101-full\"}}'"
+        f" | PAYMENT_WEBHOOK_SECRET={webhook_secret} {LEARNER_API} dev-webhook --url {base}",
+        f"curl -s {base}/v1/lessons/python-101-files {auth}; echo     # now 200",
+    ])
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 60) -> bool:
+    """True once /readyz answers 200; False if the server exited (it said why on stderr)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=1) as response:  # noqa: S310  # our own
+                if response.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
 def main() -> int:
+    port, metrics_port = int(os.environ.get("PORT", "8000")), int(os.environ.get("METRICS_PORT", "9102"))
+    for name, number in (("PORT", port), ("METRICS_PORT", metrics_port)):
+        if port_in_use(number):
+            print(f"scripts/run api: port {number} is in use (another learner-api?): stop it, or choose "
+                  f"another with {name}={number + 1} scripts/run api", file=sys.stderr)
+            return 2
     database_url = asyncio.run(prepare())
     env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": REDIS_URL, "NODE_ENV": "development",
            "TENANT_MODE": "enabled", "JWT_SECRET": secrets.token_urlsafe(32),
-           "PAYMENT_WEBHOOK_SECRET": secrets.token_urlsafe(32), "PORT": os.environ.get("PORT", "8000"),
-           "METRICS_PORT": os.environ.get("METRICS_PORT", "9102")}
+           "PAYMENT_WEBHOOK_SECRET": secrets.token_urlsafe(32), "PORT": str(port), "METRICS_PORT": str(metrics_port)}
     settings = Settings(database_url=env["DATABASE_URL"], redis_url=env["REDIS_URL"],  # type: ignore[arg-type]
                         node_env="development", jwt_secret=env["JWT_SECRET"])  # type: ignore[arg-type]
     token = mint(settings, "ada", "default", ttl=8 * 3600)
-    base = f"http://127.0.0.1:{env['PORT']}"
-    print(f"""
-learner-api on {base} (OpenAPI: {base}/docs), evaluator metrics on :{env['METRICS_PORT']}/metrics
+    base = f"http://127.0.0.1:{port}"
+    processes = [subprocess.Popen([LEARNER_API, "evaluator"], env=env),  # noqa: S603  # our own console script
+                 subprocess.Popen([LEARNER_API, "serve", "--host", "127.0.0.1", "--drain-seconds", "0"],  # noqa: S603
+                                  env=env)]
+    api = processes[1]
+    try:
+        if not wait_ready(base, api):
+            print("scripts/run api: learner-api did not start (see above)", file=sys.stderr)
+            return api.poll() or 1
+        print(f"""
+learner-api on {base} (API docs: {base}/docs), evaluator metrics on :{metrics_port}/metrics
+Try it (in another terminal):
 
-  TOKEN={token}
-  curl -s {base}/v1/courses -H "Authorization: Bearer $TOKEN"
-  curl -s {base}/v1/lessons/python-101-hello -H "Authorization: Bearer $TOKEN"
-  curl -s {base}/v1/lessons/python-101-files -H "Authorization: Bearer $TOKEN"     # paid: 403
-  curl -s -X POST {base}/v1/progress -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \\
-       -d '{{"events":[{{"id":"'$(python3 -c 'import uuid;print(uuid.uuid4())')'","verb":"lesson_viewed",\\
-"lesson_id":"python-101-hello","occurred_at":"'$(date -u +%FT%TZ)'"}}]}}'
-  curl -s -X POST {base}/v1/checkout -H "Authorization: Bearer $TOKEN" -H "Idempotency-Key: $(date +%s)" \\
-       -H 'Content-Type: application/json' -d '{{"product_id":"python-101-full"}}'
+{try_it(base, token, env["PAYMENT_WEBHOOK_SECRET"])}
 
 Ctrl-C stops both.
 """, flush=True)
-    evaluator = subprocess.Popen([sys.executable, "-m", "learner_api.cli", "evaluator"], env=env)
-    try:
-        api = subprocess.Popen([sys.executable, "-m", "learner_api.cli", "serve", "--host", "127.0.0.1",
-                                "--drain-seconds", "0"], env=env)
         return api.wait()
-    except KeyboardInterrupt:
-        return 0
     finally:
-        for process in (evaluator, *([api] if "api" in locals() else [])):
+        for process in processes:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
-                process.wait(30)
+        for process in processes:
+            process.wait(30)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C reaches the servers too; they stop on their own, without a traceback
+        sys.exit(0)

@@ -42,7 +42,7 @@ def _print_conditions(cluster: Cluster) -> None:
 
 def _secret() -> dict[str, Any]:
     data = {"DATABASE_URL": "postgresql://learner:demo@db.invalid:5432/learn?sslmode=require",
-            "REDIS_URL": "rediss://:demo@cache.invalid:6380/0"}
+            "REDIS_URL": "rediss://:demo@cache.invalid:6380/0", "JWT_SECRET": "demo-signing-key-0123456789abcdef"}
     return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "ai-platform-secrets", "namespace": NS},
             "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}}
 

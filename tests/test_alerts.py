@@ -17,7 +17,7 @@ from learner_api.evaluator.metrics import EvaluatorMetrics
 from learner_api.metrics import BusinessMetrics, HttpMetrics
 from learner_operator.metrics import Metrics
 from tests.conftest import ROOT
-from tests.test_chart import CHART, of_kind, render
+from tests.test_chart import CHART, PROMETHEUS_OPERATOR, of_kind, render
 
 PROMQL_FUNCTIONS = {"absent", "sum", "rate", "max", "by", "histogram_quantile", "le"}
 #: Series Prometheus itself makes (not exported by us).
@@ -25,7 +25,7 @@ PROMETHEUS_OWN = {"up"}
 
 
 def rules() -> list[dict[str, Any]]:
-    docs = render(CHART / "values-prod.yaml")
+    docs = render(CHART / "values-prod.yaml", extra=PROMETHEUS_OPERATOR)  # a cluster with the Prometheus Operator
     [rule] = of_kind(docs, "PrometheusRule")
     return list(rule["spec"]["groups"])
 
@@ -89,7 +89,7 @@ def test_every_alert_has_a_runbook_section() -> None:
 
 
 def test_the_dashboard_parses_and_queries_only_exported_metrics() -> None:
-    docs = render(CHART / "values-prod.yaml")
+    docs = render(CHART / "values-prod.yaml", extra=PROMETHEUS_OPERATOR)  # a cluster with the Prometheus Operator
     [config] = [doc for doc in of_kind(docs, "ConfigMap") if doc["metadata"]["name"].endswith("-dashboard")]
     assert config["metadata"]["labels"]["grafana_dashboard"] == "1"
     dashboard = json.loads(config["data"]["learner-platform.json"])

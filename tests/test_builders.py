@@ -253,3 +253,69 @@ def test_every_child_kind_is_in_exactly_one_apply_wave() -> None:
 
     waves = [kind for wave in APPLY_WAVES for kind in wave]
     assert sorted(waves) == sorted(kind.kind for kind in CHILD_KINDS)
+
+
+#: Which Secret keys reach which container (and nothing else). Written out here on purpose: changing
+#: the builders' table must be a decision that changes this test too.
+SECRET_KEYS_BY_CONTAINER = {
+    "migrate": {"DATABASE_MIGRATION_URL", "DATABASE_URL"},
+    "learner-api": {"DATABASE_URL", "REDIS_URL", "JWT_SECRET", "JWT_PUBLIC_KEY", "PAYMENT_WEBHOOK_SECRET"},
+    "evaluator": {"DATABASE_URL", "REDIS_URL", "ALERTMANAGER_URL"},
+    "pushgateway": set(),
+}
+
+
+def containers(manifests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [c for t in pod_templates(manifests) for c in (*t["spec"].get("initContainers", []),
+                                                           *t["spec"]["containers"])]
+
+
+@pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: p.name)
+def test_each_container_gets_only_its_own_secret_keys(path: Path) -> None:
+    seen = set()
+    for container in containers(builders.children(platform(load(path)["spec"]))):
+        refs = {e["valueFrom"]["secretKeyRef"]["key"]: e["valueFrom"]["secretKeyRef"]
+                for e in container.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})}
+        assert set(refs) == SECRET_KEYS_BY_CONTAINER[container["name"]], container["name"]
+        # every value comes from the Secret under its own name, and only the required ones are mandatory
+        assert all(e["name"] == e["valueFrom"]["secretKeyRef"]["key"] for e in container.get("env", [])
+                   if "secretKeyRef" in e.get("valueFrom", {}))
+        assert {k for k, ref in refs.items() if not ref.get("optional")} == \
+            set(refs) & {"DATABASE_URL", "REDIS_URL"}
+        assert "envFrom" not in container or all("secretRef" not in s for s in container["envFrom"])
+        seen.add(container["name"])
+    assert {"migrate", "learner-api"} <= seen
+
+
+@pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: p.name)
+def test_every_container_reports_why_it_died(path: Path) -> None:
+    for container in containers(builders.children(platform(load(path)["spec"]))):
+        assert container["terminationMessagePolicy"] == "FallbackToLogsOnError", container["name"]
+
+
+def test_a_digest_pins_the_image_and_the_tag_still_labels_it() -> None:
+    digest = "sha256:" + "0123456789abcdef" * 4
+    manifests = builders.children(platform({"image": {"tag": "1234567", "digest": digest}}))
+    for container in containers(manifests):
+        if container["name"] != "pushgateway":
+            assert container["image"] == f"ghcr.io/ai-platform/learner-api@{digest}"
+    api = by_kind(manifests)[("Deployment", "ai-platform-learner-api")]
+    assert api["metadata"]["labels"]["app.kubernetes.io/version"] == "1234567"
+    unpinned = containers(builders.children(platform({"image": {"tag": "1234567"}})))
+    assert unpinned[0]["image"] == "ghcr.io/ai-platform/learner-api:1234567"
+
+
+@pytest.mark.parametrize(("spec", "data", "unmet"), [
+    ({}, {"DATABASE_URL": b"x", "REDIS_URL": b"y", "JWT_SECRET": b"z"}, []),
+    ({}, {"DATABASE_URL": b"x", "REDIS_URL": b"y", "JWT_PUBLIC_KEY": b"z"}, []),
+    ({}, {"DATABASE_URL": b"x", "REDIS_URL": b"y", "JWT_SECRET": b""},
+     ["JWT_SECRET or JWT_PUBLIC_KEY (for learner-api)"]),
+    ({"environment": "development"}, {"DATABASE_URL": b"x", "REDIS_URL": b"y"}, []),
+    ({}, {"DATABASE_URL": b"x", "JWT_SECRET": b"z"}, ["REDIS_URL (for learner-api, evaluator)"]),
+    ({"evaluator": {"enabled": False}}, {"JWT_SECRET": b"z"},
+     ["DATABASE_URL (for learner-api)", "REDIS_URL (for learner-api)"]),
+])
+def test_the_secret_needs_follow_the_enabled_components(spec: dict[str, Any], data: dict[str, bytes],
+                                                        unmet: list[str]) -> None:
+    parsed = parse_spec({"image": {"tag": "abc"}, **spec})
+    assert [str(need) for need in builders.unmet_secret_needs(parsed, data)] == unmet

@@ -33,9 +33,15 @@ def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run([helm_binary(), *args], capture_output=True, text=True, check=check)
 
 
-def render(values: Path | None = None, *sets: str, namespace: str = "learning") -> list[dict[str, Any]]:
-    args = ["template", "ai-platform", str(CHART), "--namespace", namespace, "--include-crds",
-            "--set", "image.tag=0123456789abcdef"]
+#: What `helm template` must be told to render the Prometheus Operator's kinds (a cluster tells helm itself).
+PROMETHEUS_OPERATOR = ("--api-versions", "monitoring.coreos.com/v1/ServiceMonitor",
+                       "--api-versions", "monitoring.coreos.com/v1/PrometheusRule")
+
+
+def render(values: Path | None = None, *sets: str, namespace: str = "learning", release: str = "ai-platform",
+           extra: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    args = ["template", release, str(CHART), "--namespace", namespace, "--include-crds",
+            "--set", "image.tag=0123456789abcdef", *extra]
     if values is not None:
         args += ["-f", str(values)]
     for item in sets:
@@ -138,7 +144,7 @@ def test_watch_namespaces_get_roles_instead_of_a_cluster_role() -> None:
     docs = render(None, "operator.watchNamespaces={learning,learning-staging}")
     assert sorted(role["metadata"]["namespace"] for role in of_kind(docs, "Role")
                   if not role["metadata"]["name"].endswith("leader-election")) == ["learning", "learning-staging"]
-    assert [r["metadata"]["name"] for r in of_kind(docs, "ClusterRole")] == ["ai-platform-operator-discovery"]
+    assert [r["metadata"]["name"] for r in of_kind(docs, "ClusterRole")] == ["learning-ai-platform-operator-discovery"]
     args = of_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--namespace=learning" in args
     assert "--namespace=learning-staging" in args
@@ -219,3 +225,126 @@ def test_alert_rules_and_egress_ports_reach_the_platform(tmp_path: Path, crd: di
     bad = helm("template", "ai-platform", str(CHART), "--set", "image.tag=abc",
                "--set", "evaluator.alertRules[0].severity=page", check=False)
     assert bad.returncode != 0
+
+
+def refusal(*args: str) -> str:
+    result = helm("template", "ai-platform", str(CHART), "--namespace", "learning", *args, check=False)
+    assert result.returncode != 0, "helm rendered what it should refuse"
+    return result.stderr
+
+
+def test_an_all_digit_sha_is_taken_as_written(tmp_path: Path) -> None:
+    for sha in ("1234567", "0123456", "1234567890123456789012345678901234567890"):
+        docs = render(None, f"image.tag={sha}")
+        [platform] = of_kind(docs, "LearnerPlatform")
+        assert platform["spec"]["image"]["tag"] == sha
+        assert of_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["image"] == \
+            f"ghcr.io/ai-platform/learner-operator:{sha}"
+    # in a values file YAML has made a number of it already: refused with the fix, not guessed at
+    values = tmp_path / "digits.yaml"
+    values.write_text("image: {tag: 1234567}\n")
+    assert "image.tag is a number in a values file: quote it" in refusal("-f", str(values))
+
+
+def test_a_digest_pins_both_images(crd: dict[str, Any]) -> None:
+    operator, api = "sha256:" + "ab" * 32, "sha256:" + "cd" * 32
+    docs = render(None, f"image.digest.operator={operator}", f"image.digest.learnerApi={api}")
+    container = of_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == f"ghcr.io/ai-platform/learner-operator@{operator}"
+    [platform] = of_kind(docs, "LearnerPlatform")
+    defaulted, errors = admit(crd, platform)
+    assert errors == []
+    assert parse_spec(defaulted["spec"]).image.digest == api
+    assert "digest" not in of_kind(render(), "LearnerPlatform")[0]["spec"]["image"]
+    assert "/image/digest/operator" in refusal("--set", "image.tag=abc", "--set", "image.digest.operator=latest")
+
+
+CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "Namespace"}
+
+
+def identities(docs: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    return {(d["kind"], d["metadata"].get("namespace", ""), d["metadata"]["name"])
+            for d in docs if d["kind"] != "CustomResourceDefinition"}
+
+
+def test_staging_and_prod_side_by_side_in_one_cluster() -> None:
+    """Two releases, the docs' commands, one cluster: disjoint watchNamespaces, nothing they both write."""
+    staging = render(CHART / "values-staging.yaml", "operator.watchNamespaces={learning-staging}",
+                     namespace="learning-staging")
+    prod = render(CHART / "values-prod.yaml", "operator.watchNamespaces={learning}", namespace="learning")
+    assert identities(staging) & identities(prod) == set()
+    for docs, namespace in ((staging, "learning-staging"), (prod, "learning")):
+        assert {r["metadata"]["namespace"] for r in of_kind(docs, "Role")} == {namespace}
+        args = of_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert [a for a in args if a.startswith(("--namespace", "--all-namespaces"))] == [f"--namespace={namespace}"]
+    # even two every-namespace releases would not overwrite each other's cluster-wide RBAC
+    assert identities(render(namespace="a")) & identities(render(namespace="b")) == set()
+
+
+def test_watch_namespaces_must_include_the_releases_own_platform() -> None:
+    message = refusal("--set", "image.tag=abc", "--set", "operator.watchNamespaces={team-a}")
+    assert "operator.watchNamespaces (team-a) leaves this release's LearnerPlatform in namespace learning " \
+           "unwatched: add learning, or set platform.enabled=false" in message
+    assert of_kind(render(None, "operator.watchNamespaces={team-a}", "platform.enabled=false"), "Role")
+
+
+def notes(*args: str) -> str:
+    """NOTES.txt as `helm install` prints it, offline (--dry-run=client needs no cluster)."""
+    result = helm("install", "ai-platform", str(CHART), "--namespace", "learning", "--dry-run=client",
+                  "--set", "image.tag=abc", *args)
+    return result.stdout.split("NOTES:", 1)[1]
+
+
+def test_prometheus_operator_objects_only_where_the_cluster_serves_them() -> None:
+    monitoring = {"ServiceMonitor", "PrometheusRule"}
+    without = render(CHART / "values-prod.yaml")
+    assert not {d["kind"] for d in without} & monitoring
+    assert of_kind(without, "LearnerPlatform")[0]["spec"]["observability"]["serviceMonitor"] is False
+    assert "Skipped: the ServiceMonitor/PrometheusRule objects you turned on" in \
+        notes("-f", str(CHART / "values-prod.yaml"))
+    served = render(CHART / "values-prod.yaml", extra=PROMETHEUS_OPERATOR)
+    assert monitoring <= {d["kind"] for d in served}
+    assert of_kind(served, "LearnerPlatform")[0]["spec"]["observability"]["serviceMonitor"] is True
+    assert "Skipped" not in notes()
+
+
+@pytest.mark.parametrize("values", VALUES_FILES, ids=lambda v: v.name if v else "values.yaml")
+def test_every_namespaced_object_names_its_namespace(values: Path | None) -> None:
+    for doc in render(values, "operator.watchNamespaces={learning,other}", extra=PROMETHEUS_OPERATOR):
+        if doc["kind"] not in CLUSTER_SCOPED:
+            assert doc["metadata"].get("namespace"), f"{doc['kind']}/{doc['metadata']['name']}"
+
+
+def crd_upgrade_command(text: str) -> str:
+    [command] = [line.strip() for line in text.splitlines() if "kubectl apply" in line and "crd" in line.lower()]
+    return command
+
+
+def test_one_crd_upgrade_command_that_helm_v4_can_live_with() -> None:
+    """Helm v4 applies crds/ server-side as field manager `helm` on install; a CRD last applied by another
+    manager (plain `kubectl apply --server-side` is `kubectl`) makes that install fail with a conflict. The
+    documented command applies as `helm` too, taking over any field another manager holds."""
+    install = (ROOT / "docs" / "install.md").read_text()
+    command = crd_upgrade_command(install.split("## 5.", 1)[1].split("## 6.", 1)[0])
+    assert command == crd_upgrade_command(notes())
+    assert command == ("helm show crds ./helm/ai-platform | kubectl apply --server-side --field-manager=helm "
+                       "--force-conflicts -f -")
+    assert crd_upgrade_command(install) == command  # the only one in the docs
+    shown = helm("show", "crds", str(CHART)).stdout
+    assert [doc for doc in yaml.safe_load_all(shown) if doc] == [yaml.safe_load(CRD_FILE.read_text())]
+
+
+def test_the_readmes_own_platform_flow_starts_the_operator(crd: dict[str, Any]) -> None:
+    """The README's flow for teams with their own LearnerPlatform installs the CRD and the operator (no
+    platform of the chart's), and the platform it applies is one the API server admits."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("Or with your own LearnerPlatform objects", 1)[1].split("```sh\n", 1)[1].split("```")[0]
+    [install] = [line for line in block.splitlines() if line.startswith("helm upgrade --install")]
+    args = install.replace("$GIT_SHA", "abc").split()[3:]  # after `helm upgrade --install`
+    docs = [d for d in yaml.safe_load_all(helm("template", *args, "--include-crds").stdout) if d]
+    kinds = {d["kind"] for d in docs}
+    assert {"CustomResourceDefinition", "Deployment", "ClusterRole", "ServiceAccount"} <= kinds
+    assert "LearnerPlatform" not in kinds
+    [applied] = [line.split()[-1] for line in block.splitlines() if line.startswith("kubectl apply -f")]
+    _, errors = admit(crd, load(ROOT / applied))
+    assert errors == []

@@ -21,6 +21,7 @@ EVALUATOR = "ai-platform-evaluator"
 
 def secret(name: str = "ai-platform-secrets", **data: str) -> dict[str, Any]:
     values = data or {"DATABASE_URL": "postgresql://app:pw@db:5432/learn", "REDIS_URL": "redis://cache:6379/0"}
+    values = {"JWT_SECRET": "jwt-signing-key", **values}  # learner-api needs one outside development
     return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": NS},
             "type": "Opaque", "data": {k: base64.b64encode(v.encode()).decode() for k, v in values.items()}}
 
@@ -352,6 +353,7 @@ async def test_the_operator_applies_exactly_what_render_prints(cluster: Cluster,
     applied = {(r.data["kind"], r.data["metadata"]["name"]): r.data for r in cluster.mutating_requests(start)
                if r.headers.get("Content-Type", "").startswith("application/apply-patch")}
     cr = cluster.get("learner.dev/v1alpha1", "learnerplatforms", NS, "ai-platform")
-    data = {"DATABASE_URL": b"postgresql://app:pw@db:5432/learn", "REDIS_URL": b"redis://cache:6379/0"}
+    data = {"DATABASE_URL": b"postgresql://app:pw@db:5432/learn", "REDIS_URL": b"redis://cache:6379/0",
+            "JWT_SECRET": b"jwt-signing-key"}
     rendered = {(m["kind"], m["metadata"]["name"]): m for m in render([cr], data)}
     assert applied == rendered

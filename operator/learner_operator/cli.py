@@ -4,44 +4,92 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
 from learner_operator import __version__, yamlio
-from learner_operator.builders import Platform, children, secret_digest
+from learner_operator.builders import Platform, children, secret_digest, unmet_secret_needs
 from learner_operator.drift import with_digest
-from learner_operator.models import API_VERSION, KIND, InvalidSpec, parse_spec
+from learner_operator.models import InvalidSpec, ParsedPlatform, parse_object
 from learner_operator.models.crd import custom_resource_definition
 
 _PLACEHOLDER_UID = "00000000-0000-0000-0000-000000000000"
+#: What `kubectl create secret --from-env-file` accepts as a key (an environment variable name).
+_ENV_KEY = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 
 
-def _read_env_file(path: Path) -> dict[str, bytes]:
-    """The same format as `kubectl create secret generic --from-env-file` (KEY=value lines)."""
+class UsageError(Exception):
+    """A mistake in what the user gave us; the message is the one line printed (exit code 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's usage errors in one line; the full usage is one ``--help`` away."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _read_text(path: str) -> str:
+    try:
+        return sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8-sig")
+    except IsADirectoryError:
+        raise UsageError(f"{path}: is a directory; give a YAML file") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read it: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: not a text file (not UTF-8)") from None
+
+
+def _read_env_file(path: str) -> dict[str, bytes]:
+    """Read like `kubectl create secret generic --from-env-file`: KEY=value lines, the value taken as it
+    stands (no quotes removed), `#` comments, a KEY alone taken from the environment when set there."""
     data: dict[str, bytes] = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#") and "=" in line:
-            key, value = line.split("=", 1)
-            data[key.strip()] = value.encode()
+    for number, raw in enumerate(_read_text(path).splitlines(), 1):
+        line = raw.lstrip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not _ENV_KEY.match(key):
+            raise UsageError(f"{path}:{number}: {key!r} is not a valid key; kubectl create secret "
+                             "--from-env-file would refuse this file")
+        if sep:
+            data[key] = value.encode()
+        elif key in os.environ:
+            data[key] = os.environ[key].encode()
     return data
 
 
-def render(documents: Sequence[dict[str, Any]], secret_data: dict[str, bytes] | None) -> list[dict[str, Any]]:
+def platforms(documents: Sequence[Any], namespace: str | None = None) -> list[tuple[ParsedPlatform, str]]:
+    """Each document checked as the API server would admit it, with the namespace it lands in: ``-n``,
+    else its own metadata.namespace, else ``default``. Raises InvalidSpec naming the document."""
+    out: list[tuple[ParsedPlatform, str]] = []
+    for index, doc in enumerate(documents, 1):
+        which = f"document {index}: " if len(documents) > 1 else ""
+        try:
+            parsed = parse_object(doc)
+        except InvalidSpec as exc:
+            raise InvalidSpec(f"{which}{exc}") from None
+        if namespace and parsed.namespace and parsed.namespace != namespace:
+            raise InvalidSpec(f"{which}{parsed.name}: its metadata.namespace {parsed.namespace!r} is not "
+                              f"-n {namespace!r} (kubectl apply refuses that too)")
+        out.append((parsed, namespace or parsed.namespace or "default"))
+    return out
+
+
+def render(documents: Sequence[Any], secret_data: dict[str, bytes] | None,
+           namespace: str | None = None) -> list[dict[str, Any]]:
+    """Exactly what the operator would apply for these LearnerPlatforms (InvalidSpec if admission or the
+    operator would refuse one)."""
     out: list[dict[str, Any]] = []
-    for doc in documents:
-        if doc.get("apiVersion") != API_VERSION or doc.get("kind") != KIND:
-            raise InvalidSpec(f"expected apiVersion {API_VERSION} and kind {KIND}, got "
-                              f"{doc.get('apiVersion')}/{doc.get('kind')}")
-        meta = doc.get("metadata") or {}
-        spec = parse_spec(doc.get("spec"))
-        uid = str(meta.get("uid") or _PLACEHOLDER_UID)
+    for parsed, target in platforms(documents, namespace):
+        uid = parsed.uid or _PLACEHOLDER_UID
         platform = Platform(
-            name=str(meta.get("name", "")), namespace=str(meta.get("namespace") or "default"), uid=uid, spec=spec,
+            name=parsed.name, namespace=target, uid=uid, spec=parsed.spec,
             secret_hash=secret_digest(uid, secret_data) if secret_data is not None else "unknown",
         )
         out += [with_digest(manifest) for manifest in children(platform)]
@@ -49,13 +97,26 @@ def render(documents: Sequence[dict[str, Any]], secret_data: dict[str, bytes] | 
 
 
 def _cmd_render(args: argparse.Namespace) -> int:
-    text = sys.stdin.read() if args.filename == "-" else Path(args.filename).read_text()
-    secret = _read_env_file(Path(args.secret_env_file)) if args.secret_env_file else None
+    source = "<stdin>" if args.filename == "-" else args.filename
+    text = _read_text(args.filename)
+    secret = _read_env_file(args.secret_env_file) if args.secret_env_file else None
     try:
-        manifests = render(yamlio.load_all(text), secret)
-    except InvalidSpec as exc:
-        print(f"error: {args.filename}: {exc}", file=sys.stderr)
-        return 2
+        documents = yamlio.load_all(text)
+        if not documents:
+            raise InvalidSpec("no LearnerPlatform in it (the file is empty)")
+        checked = platforms(documents, args.namespace)
+        manifests = render(documents, secret, args.namespace)
+    except (yamlio.NotYaml, InvalidSpec) as exc:
+        raise UsageError(f"{source}: {exc}") from None
+    for parsed, target in checked:
+        if not args.namespace and not parsed.namespace:
+            print(f"notice: {source}: {parsed.name} has no metadata.namespace; rendered for namespace "
+                  f"{target!r} (kubectl apply would use your context's); pass -n NAMESPACE to choose",
+                  file=sys.stderr)
+        if secret is not None and (unmet := unmet_secret_needs(parsed.spec, secret)):
+            print(f"warning: {args.secret_env_file} lacks {'; '.join(map(str, unmet))}: the operator would "
+                  f"report SecretReady=False (SecretKeysMissing) for {parsed.name} and create nothing",
+                  file=sys.stderr)
     sys.stdout.write(yamlio.dump_all(manifests))
     return 0
 
@@ -69,9 +130,22 @@ def _cmd_crd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_cluster_config() -> None:
+    """Without a kubeconfig or an in-cluster service account kopf would retry its login every minute with
+    a traceback each time: say it once instead."""
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return
+    configured = os.environ.get("KUBECONFIG")
+    paths = [p for p in (configured or "").split(os.pathsep) if p] or [str(Path.home() / ".kube" / "config")]
+    if not any(Path(p).is_file() for p in paths):
+        raise UsageError(f"no cluster to run against: {' nor '.join(paths)} exists and this is not a pod; "
+                         "set KUBECONFIG (or try `scripts/run --demo`, which needs no cluster)")
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from learner_operator.runner import run  # imports kopf: only the `run` command needs it
 
+    _check_cluster_config()
     return run(
         namespaces=args.namespace, all_namespaces=args.all_namespaces, peering=args.peering,
         liveness=args.liveness, metrics_port=args.metrics_port,
@@ -81,7 +155,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="learner-operator", description=__doc__)
+    top = _Parser(prog="learner-operator", description=__doc__)
     top.add_argument("--version", action="version", version=__version__)
     sub = top.add_subparsers(dest="command", required=True)
 
@@ -105,7 +179,10 @@ def parser() -> argparse.ArgumentParser:
 
     rend = sub.add_parser("render", help="print the manifests a LearnerPlatform turns into (no cluster)")
     rend.add_argument("-f", "--filename", required=True, help="a LearnerPlatform YAML file, or - for stdin")
-    rend.add_argument("--secret-env-file", help="the env file the Secret is made from, for the rollout hash")
+    rend.add_argument("-n", "--namespace", help="the namespace to render for (default: the object's own, else "
+                      "'default', with a notice)")
+    rend.add_argument("--secret-env-file", help="the env file the Secret is made from: the rollout hash, and a "
+                      "warning for keys the platform needs that it lacks")
     rend.set_defaults(func=_cmd_render)
 
     crd = sub.add_parser("crd", help="print the CustomResourceDefinition generated from the models")
@@ -118,9 +195,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         code: int = args.func(args)
-    except (OSError, ValidationError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except UsageError as exc:
+        print(f"learner-operator {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except (OSError, ValidationError) as exc:
+        print(f"learner-operator {args.command}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
     return code
 
 

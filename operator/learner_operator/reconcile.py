@@ -42,11 +42,12 @@ class Deps:
     now: Callable[[], str] = lambda: datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-async def check_secret(api: KubeApi, namespace: str, name: str, uid: str) -> tuple[Verdict, str]:
-    """Is the referenced Secret there with the required keys? Returns the verdict and the data digest.
+async def check_secret(api: KubeApi, namespace: str, spec: LearnerPlatformSpec, uid: str) -> tuple[Verdict, str]:
+    """Does the referenced Secret hold what the enabled components need? Returns the verdict and the digest.
 
     Only key names ever appear in messages; the values are decoded for the digest and dropped.
     """
+    name = spec.secret_ref.name
     secret = await api.get(ResourceRef("v1", "secrets", namespace, name))
     if secret is None:
         return Verdict("False", "SecretNotFound", (
@@ -61,13 +62,13 @@ async def check_secret(api: KubeApi, namespace: str, name: str, uid: str) -> tup
             data[key] = b""
     for key, value in (secret.get("stringData") or {}).items():
         data.setdefault(key, str(value).encode())
-    missing = [key for key in builders.REQUIRED_SECRET_KEYS if not data.get(key)]
-    if missing:
+    if unmet := builders.unmet_secret_needs(spec, data):
         return Verdict("False", "SecretKeysMissing", (
-            f"Secret {namespace}/{name} lacks {', '.join(missing)} (or they are empty); "
+            f"Secret {namespace}/{name} lacks {'; '.join(map(str, unmet))} (or they are empty); "
             f"add them to the env file and recreate the Secret"
         )), ""
-    return Verdict("True", "SecretFound", f"Secret {name} holds {', '.join(builders.REQUIRED_SECRET_KEYS)}"), \
+    wanted = sorted({key for need in builders.secret_needs(spec) for key in need.keys if data.get(key)})
+    return Verdict("True", "SecretFound", f"Secret {name} holds {', '.join(wanted)}"), \
         builders.secret_digest(uid, data)
 
 
@@ -177,7 +178,7 @@ async def reconcile(deps: Deps, cr: Snapshot, logger: Logger) -> float | None:
         await _report(deps, cr, Observation(cr.generation, paused=True), logger)
         return None
 
-    secret, secret_hash = await check_secret(deps.api, cr.namespace, spec.secret_ref.name, cr.uid)
+    secret, secret_hash = await check_secret(deps.api, cr.namespace, spec, cr.uid)
     live = deps.live.children_of(cr.uid)
     synced = SyncResult()
     if secret.status == "True":

@@ -8,6 +8,10 @@ from typing import Any
 import yaml
 
 
+class NotYaml(ValueError):
+    """The text is not YAML; the message is one line with the place (``line L, column C``) and the problem."""
+
+
 class _Dumper(yaml.SafeDumper):
     """Never writes anchors/aliases: manifests must read the same to every tool and person."""
 
@@ -23,5 +27,14 @@ def dump_all(documents: Iterable[Any]) -> str:
     return "".join("---\n" + dump(doc) for doc in documents)
 
 
-def load_all(text: str) -> list[dict[str, Any]]:
-    return [doc for doc in yaml.safe_load_all(text) if doc is not None]
+def load_all(text: str) -> list[Any]:
+    """Every non-empty document, whatever its shape (the caller says what it expected)."""
+    try:
+        return [doc for doc in yaml.safe_load_all(text) if doc is not None]
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = " ".join(str(part) for part in (exc.context, exc.problem) if part)
+        raise NotYaml(f"not valid YAML: {where}{problem}") from None
+    except yaml.YAMLError as exc:
+        raise NotYaml(f"not valid YAML: {' '.join(str(exc).split())}") from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -13,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from learner_api.settings import ConfigError, load_settings
+from learner_api.settings import ConfigError, load_migration_settings, load_settings
 from tests.api.conftest import REDIS_URL
 
 SAFE = {"DATABASE_URL": "postgresql://app:pw@db.example:5432/learn?sslmode=require",
@@ -120,3 +121,65 @@ async def test_openapi_documents_every_learner_route(client: httpx.AsyncClient) 
     assert {"/v1/courses", "/v1/courses/{course_id}", "/v1/lessons/{lesson_id}", "/v1/progress", "/v1/enrollments",
             "/v1/products", "/v1/checkout", "/v1/entitlements", "/v1/webhooks/payments"} <= set(paths)
     assert "409" in paths["/v1/checkout"]["post"]["responses"]
+
+
+def _environment(monkeypatch: pytest.MonkeyPatch, env: dict[str, str | None]) -> None:
+    for key in ("DATABASE_URL", "REDIS_URL", "DATABASE_MIGRATION_URL", "JWT_SECRET", "JWT_PUBLIC_KEY",
+                "PAYMENT_WEBHOOK_SECRET", "ALERTMANAGER_URL", "NODE_ENV", "ALLOW_INSECURE_CONNECTIONS"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        if value is not None:
+            monkeypatch.setenv(key, value)
+
+
+def test_a_blank_optional_key_is_not_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`.env.example` filled in with the optional keys left blank: empty values, never a placeholder error."""
+    _environment(monkeypatch, {**SAFE, "JWT_SECRET": "a-real-signing-key-0123456789", "JWT_PUBLIC_KEY": "",
+                               "PAYMENT_WEBHOOK_SECRET": "", "ALERTMANAGER_URL": "", "DATABASE_MIGRATION_URL": ""})
+    settings = load_settings()
+    assert (settings.jwt_public_key, settings.payment_webhook_secret, settings.alertmanager_url,
+            settings.database_migration_url) == (None, None, None, None)
+    monkeypatch.setenv("DATABASE_URL", "")
+    with pytest.raises(ConfigError, match="DATABASE_URL: required but not set"):
+        load_settings()
+
+
+def test_migrate_needs_only_the_owners_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The init container gets DATABASE_MIGRATION_URL (and DATABASE_URL as a fallback), no REDIS_URL or JWT."""
+    owner = "postgresql://owner:pw@db.example:5432/learn?sslmode=require"
+    _environment(monkeypatch, {"DATABASE_MIGRATION_URL": owner, "DATABASE_URL": SAFE["DATABASE_URL"]})
+    assert load_migration_settings().url.get_secret_value() == owner
+    _environment(monkeypatch, {"DATABASE_URL": SAFE["DATABASE_URL"], "DATABASE_MIGRATION_URL": ""})
+    assert load_migration_settings().url.get_secret_value() == SAFE["DATABASE_URL"]
+    _environment(monkeypatch, {})
+    with pytest.raises(ConfigError, match=r"DATABASE_MIGRATION_URL .* or DATABASE_URL: required but not set"):
+        load_migration_settings()
+    _environment(monkeypatch, {"DATABASE_MIGRATION_URL": "postgresql://owner:pw@db.example/learn"})
+    with pytest.raises(ConfigError, match="DATABASE_MIGRATION_URL must use TLS"):
+        load_migration_settings()
+
+
+@pytest.mark.parametrize(("env", "complaint"), [
+    ({"DATABASE_URL": "db.example:5432/learn"}, "DATABASE_URL must start with postgresql:// or postgres://"),
+    ({"DATABASE_URL": "postgresql://app:pw@db.example:99999/learn"}, "DATABASE_URL is not a valid URL"),
+    ({"REDIS_URL": "cache.example:6379"}, "REDIS_URL must start with redis://"),
+])
+def test_a_url_the_client_cannot_use_is_refused_by_name(monkeypatch: pytest.MonkeyPatch, env: dict[str, str],
+                                                         complaint: str) -> None:
+    _environment(monkeypatch, {**SAFE, **env})
+    with pytest.raises(ConfigError, match=re.escape(complaint)) as refused:
+        load_settings()
+    assert "pw@" not in str(refused.value)
+
+
+async def test_the_api_docs_need_nothing_from_the_internet(client: httpx.AsyncClient) -> None:
+    for page in ("/docs", "/redoc"):
+        html = (await client.get(page)).text
+        assert not re.search(r"https?://", html), f"{page} loads something from elsewhere"
+        assets = re.findall(r"""(?:src|href)=["']([^"']+)["']""", html)
+        assert assets
+        for asset in assets:
+            answer = await client.get(asset)
+            assert answer.status_code == 200, asset
+            assert len(answer.content) > 1000, asset
+    assert "url: '/openapi.json'" in (await client.get("/docs")).text

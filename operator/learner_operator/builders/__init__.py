@@ -11,12 +11,16 @@ from typing import NamedTuple
 from learner_operator.builders import common as c
 from learner_operator.builders import config, evaluator, learner_api, network, observability
 from learner_operator.builders.common import (
+    CONTAINER_SECRET_KEYS,
     OPTIONAL_SECRET_KEYS,
     REQUIRED_SECRET_KEYS,
     SECRET_HASH_ANNOTATION,
     Manifest,
     Platform,
+    SecretNeed,
     secret_digest,
+    secret_needs,
+    unmet_secret_needs,
 )
 from learner_operator.models import FIELD_MANAGER
 
@@ -98,6 +102,7 @@ def children(p: Platform) -> list[Manifest]:
 __all__ = [
     "APPLY_WAVES",
     "CHILD_KINDS",
+    "CONTAINER_SECRET_KEYS",
     "FIELD_MANAGER",
     "OPTIONAL_KINDS",
     "OPTIONAL_SECRET_KEYS",
@@ -106,6 +111,9 @@ __all__ = [
     "ChildKind",
     "Manifest",
     "Platform",
+    "SecretNeed",
     "children",
     "secret_digest",
+    "secret_needs",
+    "unmet_secret_needs",
 ]

@@ -29,6 +29,47 @@ REQUIRED_SECRET_KEYS = ("DATABASE_URL", "REDIS_URL")
 OPTIONAL_SECRET_KEYS = ("JWT_SECRET", "JWT_PUBLIC_KEY", "PAYMENT_WEBHOOK_SECRET", "ALERTMANAGER_URL",
                         "DATABASE_MIGRATION_URL")
 
+MIGRATE_CONTAINER = "migrate"
+#: Which of the Secret's keys each container gets (by secretKeyRef), and nothing else: the table owner's
+#: DATABASE_MIGRATION_URL reaches only the migrate init container, the JWT and webhook keys only the
+#: server. Kubernetes has no "this key, else that one", so migrate gets DATABASE_URL as its fallback too
+#: (`learner-api migrate` prefers DATABASE_MIGRATION_URL).
+CONTAINER_SECRET_KEYS: dict[str, tuple[str, ...]] = {
+    MIGRATE_CONTAINER: ("DATABASE_MIGRATION_URL", "DATABASE_URL"),
+    "learner-api": ("DATABASE_URL", "REDIS_URL", "JWT_SECRET", "JWT_PUBLIC_KEY", "PAYMENT_WEBHOOK_SECRET"),
+    "evaluator": ("DATABASE_URL", "REDIS_URL", "ALERTMANAGER_URL"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class SecretNeed:
+    """One thing the Secret must hold: any one of ``keys``, non-empty, for the containers in ``needed_by``."""
+
+    keys: tuple[str, ...]
+    needed_by: tuple[str, ...]
+
+    def met_by(self, data: Mapping[str, bytes]) -> bool:
+        return any(data.get(key) for key in self.keys)
+
+    def __str__(self) -> str:
+        return f"{' or '.join(self.keys)} (for {', '.join(self.needed_by)})"
+
+
+def secret_needs(spec: LearnerPlatformSpec) -> list[SecretNeed]:
+    """What the enabled components cannot start without. Outside development learner-api refuses to
+    start without a JWT key (every route would answer 503), so that is a need there, not an option."""
+    components = ["learner-api", *(["evaluator"] if spec.evaluator.enabled else [])]
+    needs = [SecretNeed((key,), tuple(components)) for key in REQUIRED_SECRET_KEYS]
+    if spec.environment != "development":
+        needs.append(SecretNeed(("JWT_SECRET", "JWT_PUBLIC_KEY"), ("learner-api",)))
+    return needs
+
+
+def unmet_secret_needs(spec: LearnerPlatformSpec, data: Mapping[str, bytes]) -> list[SecretNeed]:
+    """The needs an env file or Secret leaves unmet (an empty value, as a blank line in the env file
+    makes, counts as missing)."""
+    return [need for need in secret_needs(spec) if not need.met_by(data)]
+
 
 @dataclasses.dataclass(frozen=True)
 class Platform:
@@ -155,13 +196,13 @@ def topology_spread(p: Platform, app: str) -> list[dict[str, Any]]:
     ]
 
 
-def secret_env(p: Platform) -> list[dict[str, Any]]:
-    """The Secret's keys wired by reference: the values never leave the Secret."""
+def secret_env(p: Platform, container: str) -> list[dict[str, Any]]:
+    """The container's own keys of the Secret (CONTAINER_SECRET_KEYS), wired by reference: the values
+    never leave the Secret. Optional keys are optional references, so a Secret without them starts."""
     return [
         {"name": key, "valueFrom": {"secretKeyRef": {"name": p.spec.secret_ref.name, "key": key,
-                                                      **({"optional": True} if optional else {})}}}
-        for keys, optional in ((REQUIRED_SECRET_KEYS, False), (OPTIONAL_SECRET_KEYS, True))
-        for key in keys
+                                                      **({"optional": True} if key in OPTIONAL_SECRET_KEYS else {})}}}
+        for key in CONTAINER_SECRET_KEYS[container]
     ]
 
 
@@ -171,6 +212,9 @@ def resources(spec_resources: Any) -> dict[str, Any]:
 
 
 def image(p: Platform) -> str:
+    """Pinned by digest when the spec has one (what runs is then exactly what was scanned and signed)."""
+    if p.spec.image.digest:
+        return f"{p.spec.image.repository}@{p.spec.image.digest}"
     return f"{p.spec.image.repository}:{p.spec.image.tag}"
 
 
@@ -205,14 +249,17 @@ def pod_template(
     every workload, so they are filled in here once.
     """
     volume, mount = tmp_volume()
-    same = {"image": image(p), "imagePullPolicy": p.spec.image.pull_policy, "command": ["learner-api"]}
-    wiring = {"envFrom": [{"configMapRef": {"name": config_name(p)}}], "env": secret_env(p),
+    same = {"image": image(p), "imagePullPolicy": p.spec.image.pull_policy, "command": ["learner-api"],
+            # A fatal start-up error is one line in /dev/termination-log (or, failing that, the log's
+            # tail): `kubectl describe pod` and the operator's conditions can quote it.
+            "terminationMessagePolicy": "FallbackToLogsOnError"}
+    wiring = {"envFrom": [{"configMapRef": {"name": config_name(p)}}], "env": secret_env(p, MIGRATE_CONTAINER),
               "securityContext": container_security_context(), "volumeMounts": [mount]}
     init = [{
         # `learner-api migrate` before the server starts: safe when every replica runs it at once (an
         # advisory lock), a no-op when the schema is current, and a failed migration stops the rollout
         # (maxUnavailable 0) instead of serving against a schema the code does not know.
-        "name": "migrate", **same, "args": list(init_args), **wiring,
+        "name": MIGRATE_CONTAINER, **same, "args": list(init_args), **wiring,
         "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"cpu": "500m", "memory": "128Mi"}},
     }] if init_args else []
     return {
@@ -239,7 +286,7 @@ def pod_template(
                 **same,
                 **container,
                 "envFrom": [{"configMapRef": {"name": config_name(p)}}],
-                "env": [*container.get("env", []), *secret_env(p)],
+                "env": [*container.get("env", []), *secret_env(p, app)],
                 "securityContext": container_security_context(),
                 "volumeMounts": [mount, *(m for _, m in mounts)],
             }],

@@ -46,6 +46,7 @@ def pushgateway_deployment(p: c.Platform) -> c.Manifest:
                     "containers": [{
                         "name": APP,
                         "image": p.spec.observability.pushgateway.image,
+                        "terminationMessagePolicy": "FallbackToLogsOnError",
                         "ports": [{"name": "http", "containerPort": c.PUSHGATEWAY_PORT, "protocol": "TCP"}],
                         "readinessProbe": probe,
                         "livenessProbe": {**probe, "httpGet": {"path": "/-/healthy", "port": "http"}},

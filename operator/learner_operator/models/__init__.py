@@ -1,6 +1,6 @@
 """Typed, versioned models of the LearnerPlatform API (one module per version)."""
 
-from learner_operator.models.parsing import InvalidSpec, parse_spec
+from learner_operator.models.parsing import InvalidSpec, ParsedPlatform, parse_object, parse_spec
 from learner_operator.models.v1alpha1 import (
     API_VERSION,
     CONDITION_TYPES,
@@ -28,7 +28,9 @@ __all__ = [
     "InvalidSpec",
     "LearnerPlatformSpec",
     "LearnerPlatformStatus",
+    "ParsedPlatform",
     "WorkloadStatus",
+    "parse_object",
     "parse_quantity",
     "parse_spec",
 ]

@@ -37,6 +37,7 @@ NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 SECRET_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 IMAGE_REPOSITORY_PATTERN = r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*$"
 IMAGE_TAG_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
+IMAGE_DIGEST_PATTERN = r"^sha256:[a-f0-9]{64}$"
 QUANTITY_PATTERN = (
     r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
@@ -133,6 +134,10 @@ class ImageSpec(_Model):
     )
     tag: str = Field(
         pattern=IMAGE_TAG_PATTERN, description="The image tag: the git SHA the image was built from."
+    )
+    digest: Annotated[str | None, WithJsonSchema({"type": "string", "pattern": IMAGE_DIGEST_PATTERN})] = Field(
+        default=None, pattern=IMAGE_DIGEST_PATTERN,
+        description="Pins the image: repository@digest is run instead of repository:tag (the tag still labels it).",
     )
     pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(default="IfNotPresent")
 
