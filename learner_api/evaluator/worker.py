@@ -144,7 +144,7 @@ class Worker:
 
     def stalled(self, limit: float) -> bool:
         """Entries are waiting and none has moved for ``limit`` seconds."""
-        return self.busy and time.monotonic() - self.last_progress > limit
+        return (self.busy or bool(self._inflight)) and time.monotonic() - self.last_progress > limit
 
     async def setup(self) -> None:
         try:
@@ -252,7 +252,7 @@ class Worker:
             entries += [(entry_id, fields) for entry_id, fields in messages if fields]
         if entries:
             self.busy = True
-        elif start == ">":
+        elif start == ">" and not self._inflight:
             self.busy, self.last_progress = False, time.monotonic()  # nothing waits: up to date
         return entries
 
