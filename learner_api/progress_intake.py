@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ClusterDownError, ClusterError, MasterDownError, NoScriptError, RedisError, TryAgainError
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from learner_api.streams import FIELD, TENANT_FIELD, ProgressStreams
 
@@ -115,10 +117,15 @@ class ProgressIntake:
             self._sending = False
 
     async def _pipeline(self, calls: list[tuple[list[str], list[bytes | int | str]]], retry: bool = True) -> list[Any]:
-        async with self.client.pipeline(transaction=False) as pipe:
-            for keys, args in calls:
-                pipe.evalsha(self._sha, len(keys), *keys, *args)
-            replies: list[Any] = await pipe.execute(raise_on_error=False)
+        if isinstance(self.client, RedisCluster):  # redis-py pipelines no scripts on a cluster: send them at once
+            replies: list[Any] = [_unavailable(reply) for reply in await asyncio.gather(
+                *(self.client.evalsha(self._sha, len(keys), *keys, *args) for keys, args in calls),
+                return_exceptions=True)]
+        else:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for keys, args in calls:
+                    pipe.evalsha(self._sha, len(keys), *keys, *args)
+                replies = await pipe.execute(raise_on_error=False)
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if missing and retry:
             await self.client.script_load(_ACCEPT)  # a restarted or failed-over Redis forgot it
@@ -127,3 +134,15 @@ class ProgressIntake:
             for i, reply in zip(missing, again, strict=True):
                 replies[i] = reply
         return replies
+
+
+def _unavailable(reply: Any) -> Any:
+    """A cluster that is moving a slot or electing a master is, for the caller, briefly unavailable:
+    learner-api answers 503 and the client sends the batch again, which is safe whether the script ran
+    or not (it runs whole or not at all, and a second run finds the first one's dedupe keys). That
+    includes errors of redis-py's own: its asyncio cluster client can trip over a connection that a
+    topology refresh closed under it (AttributeError, seen here while a slot migrated)."""
+    if isinstance(reply, ClusterDownError | ClusterError | MasterDownError | TryAgainError) or (
+            isinstance(reply, Exception) and not isinstance(reply, RedisError)):
+        return RedisConnectionError(f"Redis Cluster is reorganising: {type(reply).__name__}: {reply}")
+    return reply

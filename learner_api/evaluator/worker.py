@@ -175,13 +175,18 @@ class Worker:
                         await self.setup()
                         self._own_pending = True
                         continue
-                    logger.error("Redis refused a command (%s); retrying in %.1fs", exc, backoff)
+                    if "UNBLOCKED" in str(exc) or "MOVED" in str(exc):  # a cluster failing over or resharding
+                        logger.warning("Redis interrupted a read (%s); retrying in %.1fs", exc, backoff)
+                    else:
+                        logger.error("Redis refused a command (%s); retrying in %.1fs", exc, backoff)
                 except (*REDIS_DOWN, *POSTGRES_DOWN, asyncpg.PostgresError) as exc:
                     if isinstance(exc, asyncpg.PostgresError) and not isinstance(exc, POSTGRES_DOWN):
                         logger.error("PostgreSQL refused a batch for a reason that is not the entries' (%s: %s); "
                                      "is the database migrated? retrying in %.1fs", type(exc).__name__, exc, backoff)
                     else:
                         logger.warning("dependency unavailable (%s); retrying in %.1fs", type(exc).__name__, backoff)
+                except Exception:  # a bug here or in a client library: the entries stay pending, /livez watches
+                    logger.exception("unexpected error; retrying in %.1fs", backoff)
                 await self.quiesce()
                 self._failure = None
                 self._own_pending = True
@@ -239,7 +244,7 @@ class Worker:
         """Reading and parsing the next batch overlaps PostgreSQL writing this one."""
         try:
             await self.handle(entries, fresh=True)
-        except (*REDIS_DOWN, *POSTGRES_DOWN, asyncpg.PostgresError, ResponseError) as exc:
+        except Exception as exc:  # handed to run(), which decides
             self._failure = exc  # the entries stay pending; run() backs off and reads them again
         finally:
             self._slots.release()
