@@ -17,6 +17,7 @@ It uses its own database (learner_evaluator_bench, emptied at the start) and str
 
 Usage: .venv/bin/python -m bench.evaluator_bench [--events 60000] [--batch 2000] [--processes 1,2,4]
        [--concurrency 2] [--rounds 2] [--rate 5000] [--pairs repeat|new] [--profile]
+       .venv/bin/python -m bench.evaluator_bench --hot-slot 1,3,12   (Redis Cluster: one stream or shards)
 """
 
 from __future__ import annotations
@@ -288,7 +289,45 @@ async def lag_at_rate(rate: int, seconds: float, processes: int, *, client: aior
         await client.delete(stream)
 
 
+async def hot_slot(shard_counts: list[int], seconds: float) -> None:
+    """The accept script on a three-master Redis Cluster (started here, as the tests do) with every tenant
+    in one stream (one slot) or spread over shards: events/s and how the masters' CPU divides."""
+    import tempfile
+    from pathlib import Path
+
+    from redis.asyncio.cluster import RedisCluster
+
+    from learner_api.streams import ProgressStreams
+    from tests.evaluator.redis_cluster import redis_cluster
+
+    with tempfile.TemporaryDirectory() as directory, redis_cluster(Path(directory)) as cluster:
+        masters = [port for port, _ in cluster.masters()]
+        print(f"\naccept script on a Redis Cluster of {len(masters)} masters, 40 tenants, 10 events a request, "
+              f"{seconds:.0f} s each")
+        for shards in shard_counts:
+            client = RedisCluster.from_url(cluster.url)
+            intake = ProgressIntake(client, ProgressStreams(f"bench:{shards}", shards, cluster=True),  # type: ignore[arg-type]
+                                    ttl=120)
+            tenants = [f"tenant-{i}" for i in range(40)]
+            cpu = {port: await redis_cpu(aioredis.Redis(port=port)) for port in masters}
+            sent, begin = 0, time.perf_counter()
+            while time.perf_counter() - begin < seconds:
+                batch = [(tenant, events(10, "new", salt=secrets.token_hex(2))) for tenant in tenants]
+                await asyncio.gather(*(intake.accept(tenant, [(event_id, body_hash(data), data)
+                                                              for event_id, data in items]) for tenant, items in batch))
+                sent += 10 * len(tenants)
+            elapsed = time.perf_counter() - begin
+            used = [await redis_cpu(aioredis.Redis(port=port)) - cpu[port] for port in masters]
+            share = ", ".join(f"{100 * u / sum(used):.0f}%" for u in sorted(used, reverse=True))
+            print(f"  {shards:2d} shard(s): {sent / elapsed:8.0f} events/s; masters' Redis CPU split {share}; "
+                  f"busiest master {max(used) / elapsed * 100:.0f}% of a core")
+            await client.aclose()
+
+
 async def main(args: argparse.Namespace) -> None:
+    if args.hot_slot:
+        await hot_slot([int(n) for n in args.hot_slot.split(",")], args.seconds)
+        return
     database_url = await prepare(DATABASE)
     admin_url = ADMIN_URL.rsplit("/", 1)[0] + "/" + DATABASE
     admin = await asyncpg.connect(admin_url)
@@ -352,5 +391,7 @@ if __name__ == "__main__":
     parser.add_argument("--lag-processes", type=int, default=1)
     parser.add_argument("--pairs", choices=("repeat", "new"), default="repeat")
     parser.add_argument("--profile", action="store_true", help="cProfile one evaluator process in the last run")
+    parser.add_argument("--hot-slot", metavar="SHARDS", help="only: the accept script on a local Redis Cluster "
+                        "with these shard counts (e.g. 1,3,12)")
     asyncio.run(main(parser.parse_args()))
     sys.exit(0)

@@ -118,6 +118,9 @@ class ProgressIntake:
 
     async def _pipeline(self, calls: list[tuple[list[str], list[bytes | int | str]]], retry: bool = True) -> list[Any]:
         if isinstance(self.client, RedisCluster):  # redis-py pipelines no scripts on a cluster: send them at once
+            # Learn the slot map first (again, after a failover or a moved slot): left to the concurrent
+            # calls, redis-py's first use closes connections under some of them.
+            await self.client.initialize()
             replies: list[Any] = [_unavailable(reply) for reply in await asyncio.gather(
                 *(self.client.evalsha(self._sha, len(keys), *keys, *args) for keys, args in calls),
                 return_exceptions=True)]

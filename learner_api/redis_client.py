@@ -27,5 +27,12 @@ def connect_redis(settings: Settings, *, socket_timeout: float, socket_connect_t
     return aioredis.from_url(url, socket_timeout=socket_timeout, socket_connect_timeout=socket_connect_timeout)
 
 
+#: Shards on a cluster unless PROGRESS_STREAM_SHARDS says otherwise: with one stream, one master holds
+#: every dedupe key and runs every accept script; 12 spread them over three masters within about 1.8:1
+#: (bench/evaluator_bench.py --hot-slot; docs/install.md, "Redis Cluster").
+CLUSTER_SHARDS = 12
+
+
 def progress_streams(settings: Settings) -> ProgressStreams:
-    return ProgressStreams(settings.progress_stream, settings.progress_stream_shards, settings.redis_cluster)
+    shards = settings.progress_stream_shards or (CLUSTER_SHARDS if settings.redis_cluster else 1)
+    return ProgressStreams(settings.progress_stream, shards, settings.redis_cluster)

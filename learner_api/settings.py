@@ -51,8 +51,9 @@ class Settings(BaseSettings):
     progress_stream: str = Field(default="lp:progress", pattern=r"^[A-Za-z0-9:_.-]{1,100}$")
     #: REDIS_URL is a Redis Cluster (ElastiCache cluster mode, say): keys carry hash tags (streams.py).
     redis_cluster: bool = False
-    #: Cluster mode: progress streams, each with its tenants' dedupe keys in one hash slot; only increase it.
-    progress_stream_shards: int = Field(default=1, ge=1, le=1024)
+    #: Cluster mode: progress streams, each with its tenants' dedupe keys in one hash slot (unset: 12 on a
+    #: cluster, 1 on one server); only ever increase it.
+    progress_stream_shards: int | None = Field(default=None, ge=1, le=1024)
     #: Evaluator: entries per batch, how long an entry may sit with a dead consumer before another
     #: claims it, and how many deliveries before an entry goes to the dead-letter stream.
     evaluator_batch_size: int = Field(default=2000, ge=1, le=10000)
@@ -87,7 +88,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _shards_need_a_cluster(self) -> Settings:
-        if self.progress_stream_shards > 1 and not self.redis_cluster:
+        if (self.progress_stream_shards or 1) > 1 and not self.redis_cluster:
             raise ConfigError("PROGRESS_STREAM_SHARDS above 1 needs REDIS_CLUSTER=true (one server gains nothing)")
         return self
 

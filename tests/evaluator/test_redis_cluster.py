@@ -10,7 +10,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import asyncpg
 import httpx
@@ -18,6 +17,7 @@ import pytest
 from redis.asyncio.cluster import RedisCluster
 
 from learner_api.app import create_app
+from learner_api.content_cache import document_key, version_key
 from learner_api.evaluator import service
 from learner_api.redis_client import progress_streams
 from learner_api.settings import Settings
@@ -163,5 +163,25 @@ async def test_progress_is_stored_exactly_once_while_a_master_fails_over(
     await exercise(cluster, cluster_settings(database_url, cluster), admin_database_url, cluster.fail_over)
 
 
-def test_the_cluster_fixture_cleans_up(cluster: Cluster, tmp_path: Path) -> None:
-    assert cluster.masters()  # (the processes end with the session)
+def test_one_redis_keeps_the_key_names_it_always_had(database_url: str) -> None:
+    streams = progress_streams(settings_for(database_url, progress_stream="lp:progress"))
+    assert streams.streams == ["lp:progress"]
+    assert streams.stream_for("acme") == "lp:progress"
+    assert streams.dedupe_key("acme", "e1") == "t:acme:pe:e1"
+    clustered = progress_streams(settings_for(database_url, progress_stream="lp:progress", redis_cluster=True))
+    assert len(clustered.streams) == 12
+    assert clustered.streams[0] == "lp:progress:{p0}"
+
+
+def test_shards_without_a_cluster_are_refused(database_url: str) -> None:
+    with pytest.raises(ValueError, match="PROGRESS_STREAM_SHARDS above 1 needs REDIS_CLUSTER=true"):
+        settings_for(database_url, progress_stream_shards=4)
+
+
+async def test_a_tenants_content_keys_share_its_slot(cluster_client: RedisCluster) -> None:
+    for tenant in ("acme", "globex"):
+        keys = [version_key(tenant), document_key(tenant, 3, "lesson:intro"), document_key(tenant, 4, "courses")]
+        assert len({cluster_client.keyslot(key) for key in keys}) == 1
+        await cluster_client.set(keys[0], b"3")
+        assert await cluster_client.get(keys[0]) == b"3"
+        await cluster_client.delete(keys[0])
