@@ -29,7 +29,7 @@ class EntryLag(Collector):
         for index, bound in enumerate(self.bounds):  # lag <= bound  <=>  time >= now - bound
             self.cumulative[index] += len(times) - bisect_left(times, now - bound)
         self.count += len(times)
-        self.sum += sum(max(0.0, now - t) for t in times)
+        self.sum += max(0.0, now * len(times) - sum(times))
 
     def collect(self) -> Iterator[HistogramMetricFamily]:
         buckets = [(repr(float(bound)), count) for bound, count in zip(self.bounds, self.cumulative, strict=True)]
