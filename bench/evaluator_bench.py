@@ -98,14 +98,16 @@ async def redis_cpu(client: aioredis.Redis) -> float:
 
 
 class LagWorker(Worker):
-    """The real worker, noting each entry's lag when its batch is acknowledged."""
+    """The real worker, noting each entry's lag when its batch is acknowledged (in the lag run only: it
+    costs CPU of its own)."""
 
-    lags: list[float]
+    lags: list[float] | None
 
-    async def _acknowledge(self, ids: list[str], written: Written, handled: int) -> None:
+    async def _acknowledge(self, ids: list[bytes], written: Written, handled: int) -> None:
         await super()._acknowledge(ids, written, handled)
-        now = time.time()
-        self.lags.extend(now - entry_time(entry_id) for entry_id in ids)
+        if self.lags is not None:
+            now = time.time()
+            self.lags.extend(now - entry_time(entry_id) for entry_id in ids)
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,7 @@ class Child:
     batch: int
     concurrency: int
     profile: bool
+    lags: bool = False
 
 
 def child_main(child: Child, ready: Any, go: ProcessEvent, stop: ProcessEvent, results: Any) -> None:
@@ -129,7 +132,7 @@ async def _child(child: Child, ready: Any, go: ProcessEvent, stop: ProcessEvent,
     worker = LagWorker(client, Database(pool, 10), EvaluatorMetrics(), stream=child.stream,
                        consumer=f"bench-{child.index}", batch_size=child.batch, block_ms=20, claim_interval=3600,
                        trim_interval=3600, concurrency=child.concurrency)
-    worker.lags = []
+    worker.lags = [] if child.lags else None
     await worker.setup()
     ready.put(os.getpid())
     await asyncio.to_thread(go.wait)
@@ -143,7 +146,7 @@ async def _child(child: Child, ready: Any, go: ProcessEvent, stop: ProcessEvent,
     if profiler:
         profiler.disable()
         profiler.dump_stats(f"/tmp/evaluator-bench-{child.index}.prof")  # noqa: S108
-    results.put((child.index, time.process_time() - cpu, worker.lags))
+    results.put((child.index, time.process_time() - cpu, worker.lags or []))
     await client.aclose()
     await pool.close()
 
@@ -156,7 +159,8 @@ class Evaluators:
         self.ready, self.results = context.Queue(), context.Queue()
         self.go, self.stop = context.Event(), context.Event()
         self.processes = [context.Process(target=child_main, args=(
-            Child(child.database_url, child.stream, i, child.batch, child.concurrency, child.profile and i == 0),
+            Child(child.database_url, child.stream, i, child.batch, child.concurrency, child.profile and i == 0,
+                  child.lags),
             self.ready, self.go, self.stop, self.results)) for i in range(n)]
 
     async def __aenter__(self) -> Evaluators:
@@ -269,7 +273,8 @@ async def lag_at_rate(rate: int, seconds: float, processes: int, *, client: aior
     items = events(int(rate * seconds), pairs, salt=stream[-8:])
     requests = [items[at:at + 10] for at in range(0, len(items), 10)]
     try:
-        async with Evaluators(processes, Child(database_url, stream, 0, batch, concurrency, False)) as evaluators:
+        async with Evaluators(processes, Child(database_url, stream, 0, batch, concurrency, False, lags=True)) \
+                as evaluators:
             evaluators.go.set()
             per_tick = max(1, len(requests) // int(seconds * 100))
             begin = time.perf_counter()

@@ -283,7 +283,8 @@ class Worker:
             known = mapping(fields)
             data, tenant = known.get(_FIELD), known.get(_TENANT)
             try:  # written before the tenant had its own field, or not by learner-api
-                items.append((entry_id, tenant if tenant is not None else parse(known).encode(), data or b""))
+                tenant = tenant if tenant is not None and data is not None else parse(known).encode()
+                items.append((entry_id, tenant, data or b""))
             except ValueError as exc:
                 await self._dead_letter(entry_id, known, str(exc))
         if not items:
