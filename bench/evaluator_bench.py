@@ -1,59 +1,70 @@
 """Evaluator benchmark, each number against its baseline in the same run.
 
-1. Throughput: N progress events already in a Redis Stream, drained by the real worker (parse, unnest +
-   ON CONFLICT with the projection, XACK) vs raw asyncpg ``copy_records_to_table`` of the same rows into
-   the same table (goal >= 0.5x). The baseline runs as the superuser: PostgreSQL refuses COPY FROM into a
-   table under row-level security, which is one reason the worker uses unnest. Also printed: the write
-   statement alone, the ceiling for the worker.
-2. End-to-end lag: events XADDed at a fixed rate while the worker runs; p50/p99 from XADD (the entry id's
-   time) to the committed row (measured right after each commit).
+1. Throughput: N progress events already in a Redis Stream (as learner-api writes them), drained by 1, 2
+   and 4 evaluator processes (the real Worker: read, PostgreSQL parses and writes events and projection
+   under row-level security, XACK), against raw asyncpg ``copy_records_to_table`` of as many rows into the
+   same table (goal >= 0.5x). The baseline runs as the superuser: PostgreSQL refuses COPY FROM into a
+   table under row-level security. Rounds alternate baseline and workers, so that the shared machine's
+   load hits both alike; the ratio is the median of the workers' runs over the median of the baselines
+   measured between them (one COPY of 60,000 rows takes a fraction of a second, so one is noise).
+   CPU per row: the evaluator processes, their PostgreSQL backends, and Redis (shared with whoever else
+   uses it: approximate).
+2. Lag at a fixed rate: an open-loop producer sends events through the real accept script
+   (ProgressIntake: dedupe keys and XADD) at ``--rate`` events/s, 10 per request, while evaluator
+   processes consume; p50/p99 from XADD (the entry id's time) to the committed row.
 
-Usage: .venv/bin/python -m bench.evaluator_bench [--events 50000] [--rate 5000] [--batch 1000]
+It uses its own database (learner_evaluator_bench, emptied at the start) and streams of its own.
+
+Usage: .venv/bin/python -m bench.evaluator_bench [--events 60000] [--batch 2000] [--processes 1,2,4]
+       [--concurrency 2] [--rounds 2] [--rate 5000] [--pairs repeat|new] [--profile]
+       .venv/bin/python -m bench.evaluator_bench --hot-slot 1,3,12   (Redis Cluster: one stream or shards)
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
+import multiprocessing
+import os
+import pstats
 import secrets
+import statistics
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from multiprocessing.synchronize import Event as ProcessEvent
+from typing import Any
 
 import asyncpg
 import redis.asyncio as aioredis
 
-from learner_api.data.progress import Event, Written, write_events
+from learner_api.data.progress import Written, write_entries
 from learner_api.dependencies import Database
 from learner_api.evaluator.metrics import EvaluatorMetrics
 from learner_api.evaluator.worker import Worker, entry_time
-from learner_api.progress_intake import stream_entry
-from learner_api.streams import FIELD
+from learner_api.progress_intake import ProgressIntake, body_hash, stream_entry
+from learner_api.streams import FIELD, TENANT_FIELD
 from scripts.api_dev import ADMIN_URL, REDIS_URL, prepare
 
 TENANT = "default"
+DATABASE = "learner_evaluator_bench"
+APPLICATION = "evaluator-bench"
+TICK = os.sysconf("SC_CLK_TCK")
 
 
-class TimedWorker(Worker):
-    """The real worker, noting when each entry's batch committed."""
-
-    lags: list[float]
-
-    async def _acknowledge(self, ids: list[str], written: Written, handled: int) -> None:
-        now = time.time()
-        self.lags.extend(now - entry_time(entry_id) for entry_id in ids)
-        await super()._acknowledge(ids, written, handled)
-
-
-def entries(n: int) -> list[tuple[str, bytes]]:
-    """(event id, stream entry) exactly as learner-api writes them."""
+def events(n: int, pairs: str, salt: str = "") -> list[tuple[str, bytes]]:
+    """(event id, stream entry) exactly as learner-api writes them. ``repeat``: 1,000 learner/lesson pairs
+    over and over (the projection mostly learns nothing new); ``new``: every event a new pair."""
     now = datetime.now(UTC).isoformat()
     out = []
     for i in range(n):
         event_id = str(uuid.uuid4())
+        learner = f"learner-{i % 1000}" if pairs == "repeat" else f"learner-{salt}{i}"
         out.append((event_id, stream_entry(
-            tenant=TENANT, learner=f"learner-{i % 1000}", event_id=event_id,
+            tenant=TENANT, learner=learner, event_id=event_id,
             verb="lesson_completed" if i % 5 == 0 else "lesson_viewed", lesson_id=f"lesson-{i % 50}",
             occurred_at=now)))
     return out
@@ -63,106 +74,329 @@ async def fill(client: aioredis.Redis, stream: str, items: list[tuple[str, bytes
     for start in range(0, len(items), 5000):
         async with client.pipeline(transaction=False) as pipe:
             for _, data in items[start:start + 5000]:
-                pipe.xadd(stream, {FIELD: data})
+                pipe.xadd(stream, {TENANT_FIELD: TENANT, FIELD: data})
             await pipe.execute()
 
 
-async def drain(worker: TimedWorker, total: int) -> float:
+def process_cpu(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+async def backend_pids(admin: asyncpg.Connection) -> list[int]:
+    return list(await admin.fetchval("SELECT array_agg(pid) FROM pg_stat_activity WHERE application_name = $1",
+                                     APPLICATION) or [])
+
+
+async def redis_cpu(client: aioredis.Redis) -> float:
+    info = await client.info("cpu")
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+
+class LagWorker(Worker):
+    """The real worker, noting each entry's lag when its batch is acknowledged (in the lag run only: it
+    costs CPU of its own)."""
+
+    lags: list[float] | None
+
+    async def _acknowledge(self, ids: list[bytes], written: Written, handled: int) -> None:
+        await super()._acknowledge(ids, written, handled)
+        if self.lags is not None:
+            now = time.time()
+            self.lags.extend(now - entry_time(entry_id) for entry_id in ids)
+
+
+@dataclass(frozen=True)
+class Child:
+    database_url: str
+    stream: str
+    index: int
+    batch: int
+    concurrency: int
+    profile: bool
+    lags: bool = False
+
+
+def child_main(child: Child, ready: Any, go: ProcessEvent, stop: ProcessEvent, results: Any) -> None:
+    asyncio.run(_child(child, ready, go, stop, results))
+
+
+async def _child(child: Child, ready: Any, go: ProcessEvent, stop: ProcessEvent, results: Any) -> None:
+    pool = await asyncpg.create_pool(child.database_url, min_size=child.concurrency, max_size=child.concurrency + 1,
+                                     statement_cache_size=0, server_settings={"application_name": APPLICATION})
+    client = aioredis.from_url(REDIS_URL)
+    worker = LagWorker(client, Database(pool, 10), EvaluatorMetrics(), stream=child.stream,
+                       consumer=f"bench-{child.index}", batch_size=child.batch, block_ms=20, claim_interval=3600,
+                       trim_interval=3600, concurrency=child.concurrency)
+    worker.lags = [] if child.lags else None
     await worker.setup()
-    start = time.perf_counter()
-    while len(worker.lags) < total:
+    ready.put(os.getpid())
+    await asyncio.to_thread(go.wait)
+    profiler = cProfile.Profile() if child.profile else None
+    cpu = time.process_time()
+    if profiler:
+        profiler.enable()
+    while not stop.is_set():
         await worker.step()
     await worker.quiesce()
-    return time.perf_counter() - start
+    if profiler:
+        profiler.disable()
+        profiler.dump_stats(f"/tmp/evaluator-bench-{child.index}.prof")  # noqa: S108
+    results.put((child.index, time.process_time() - cpu, worker.lags or []))
+    await client.aclose()
+    await pool.close()
 
 
-async def main(events: int, rate: int, batch: int, concurrency: int) -> None:
-    database_url = await prepare("learner_bench")
-    admin_url = ADMIN_URL.rsplit("/", 1)[0] + "/learner_bench"
-    client = aioredis.from_url(REDIS_URL)
-    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
-    admin = await asyncpg.connect(admin_url)
+class Evaluators:
+    """``n`` evaluator processes on one stream, started (imports, connections) before the clock starts."""
+
+    def __init__(self, n: int, child: Child) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.ready, self.results = context.Queue(), context.Queue()
+        self.go, self.stop = context.Event(), context.Event()
+        self.processes = [context.Process(target=child_main, args=(
+            Child(child.database_url, child.stream, i, child.batch, child.concurrency, child.profile and i == 0,
+                  child.lags),
+            self.ready, self.go, self.stop, self.results)) for i in range(n)]
+
+    async def __aenter__(self) -> Evaluators:
+        for process in self.processes:
+            process.start()
+        for _ in self.processes:
+            await asyncio.to_thread(self.ready.get, True, 60)
+        return self
+
+    async def finish(self) -> tuple[float, list[float]]:
+        """Stop them; their CPU seconds while running and every entry's lag."""
+        self.stop.set()
+        cpu, lags = 0.0, []
+        for _ in self.processes:
+            _, seconds, entry_lags = await asyncio.to_thread(self.results.get, True, 60)
+            cpu += seconds
+            lags += entry_lags
+        return cpu, lags
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.stop.set()
+        for process in self.processes:
+            await asyncio.to_thread(process.join, 30)
+            if process.is_alive():
+                process.kill()
+
+
+async def drained(client: aioredis.Redis, stream: str) -> bool:
+    for group in await client.xinfo_groups(stream):
+        return int(group["pending"]) == 0 and int(group.get("lag") or 0) == 0
+    return False
+
+
+@dataclass
+class Run:
+    rows: int
+    seconds: float
+    cpu_client: float
+    cpu_postgres: float
+    cpu_redis: float
+
+    @property
+    def rate(self) -> float:
+        return self.rows / self.seconds
+
+    def per_row(self) -> str:
+        us = 1e6 / self.rows
+        total = (self.cpu_client + self.cpu_postgres + self.cpu_redis) * us
+        return (f"CPU/row {total:5.1f} us (client {self.cpu_client * us:4.1f}, PostgreSQL {self.cpu_postgres * us:4.1f}"
+                f", Redis {self.cpu_redis * us:4.1f})")
+
+
+async def copy_baseline(admin: asyncpg.Connection, n: int) -> Run:
+    rows = [(TENANT, uuid.uuid4(), f"learner-{i % 1000}", f"lesson-{i % 50}", "lesson_viewed", datetime.now(UTC))
+            for i in range(n)]
+    backend = await admin.fetchval("SELECT pg_backend_pid()")
+    server, client = process_cpu(backend), time.process_time()
+    start = time.perf_counter()
+    columns = ["tenant_id", "event_id", "learner_id", "lesson_id", "verb", "occurred_at"]
+    await admin.copy_records_to_table("progress_events", records=rows, columns=columns)
+    seconds = time.perf_counter() - start
+    return Run(n, seconds, time.process_time() - client, process_cpu(backend) - server, 0.0)
+
+
+async def drain_with(processes: int, *, client: aioredis.Redis, admin: asyncpg.Connection, database_url: str,
+                     n: int, batch: int, concurrency: int, pairs: str, profile: bool = False) -> Run:
     stream = f"bench:evaluator:{secrets.token_hex(4)}"
+    items = events(n, pairs, salt=stream[-8:])
     try:
-        # 1. throughput: worker vs COPY, same rows, same table
-        items = entries(events)
         await fill(client, stream, items)
-        worker = TimedWorker(client, Database(pool, 10), EvaluatorMetrics(), stream=stream, consumer="bench",
-                             batch_size=batch, block_ms=10, concurrency=concurrency)
-        worker.lags = []
-        worker_seconds = await drain(worker, events)
-        copy_rows = [(TENANT, uuid.uuid4(), f"learner-{i % 1000}", f"lesson-{i % 50}", "lesson_viewed",
-                      datetime.now(UTC)) for i in range(events)]
-        start = time.perf_counter()
-        await admin.copy_records_to_table(
-            "progress_events", records=copy_rows,
-            columns=["tenant_id", "event_id", "learner_id", "lesson_id", "verb", "occurred_at"])
-        copy_seconds = time.perf_counter() - start
-        # the write statement alone (parsed events, one connection, no Redis): the worker's ceiling
-        parsed = [Event(TENANT, uuid.uuid4(), f"learner-{i % 1000}", f"lesson-{i % 50}", "lesson_viewed",
-                        datetime.now(UTC)) for i in range(events)]
-        start = time.perf_counter()
-        async with pool.acquire() as connection:
-            for at in range(0, events, batch):
-                async with connection.transaction():
-                    await write_events(connection, parsed[at:at + batch])
-        statement_seconds = time.perf_counter() - start
+        async with Evaluators(processes, Child(database_url, stream, 0, batch, concurrency, profile)) as evaluators:
+            pids = await backend_pids(admin)
+            postgres, redis_before = sum(map(process_cpu, pids)), await redis_cpu(client)
+            start = time.perf_counter()
+            evaluators.go.set()
+            while not await drained(client, stream):  # noqa: ASYNC110  # polling Redis
+                await asyncio.sleep(0.01)
+            seconds = time.perf_counter() - start
+            postgres = sum(map(process_cpu, pids)) - postgres
+            redis_used = await redis_cpu(client) - redis_before
+            cpu, _ = await evaluators.finish()
         stored = await admin.fetchval("SELECT count(*) FROM progress_events WHERE event_id = ANY($1::uuid[])",
                                       [uuid.UUID(event_id) for event_id, _ in items])
-
-        # 2. lag at a fixed rate
-        await client.delete(stream)
-        lag_worker = TimedWorker(client, Database(pool, 10), EvaluatorMetrics(), stream=stream, consumer="bench",
-                                 batch_size=batch, block_ms=5, concurrency=concurrency)
-        lag_worker.lags = []
-        await lag_worker.setup()
-        stop = asyncio.Event()
-
-        async def run_worker() -> None:
-            while not stop.is_set():
-                await lag_worker.step()
-            await lag_worker.quiesce()
-
-        producer_items = entries(rate * 5)
-        task = asyncio.create_task(run_worker())
-        tick, per_tick, begin = 0.01, max(1, rate // 100), time.perf_counter()
-        for i in range(0, len(producer_items), per_tick):
-            async with client.pipeline(transaction=False) as pipe:
-                for _, data in producer_items[i:i + per_tick]:
-                    pipe.xadd(stream, {FIELD: data})
-                await pipe.execute()
-            await asyncio.sleep(max(0.0, begin + (i // per_tick + 1) * tick - time.perf_counter()))
-        while len(lag_worker.lags) < len(producer_items):  # noqa: ASYNC110  # polling a plain list
-            await asyncio.sleep(0.05)
-        stop.set()
-        await task
-        lags = sorted(lag_worker.lags)
+        if stored != n:
+            raise SystemExit(f"only {stored} of {n} events stored")
+        return Run(n, seconds, cpu, postgres, redis_used)
     finally:
         await client.delete(stream)
+
+
+async def statement_alone(pool: asyncpg.Pool, n: int, batch: int, pairs: str) -> float:
+    """The write statement alone (one connection, no Redis, entries already joined): the ceiling of one
+    transaction at a time."""
+    items = [data for _, data in events(n, pairs, salt="alone")]
+    payloads = [(b"[" + b",".join(items[at:at + batch]) + b"]").decode() for at in range(0, n, batch)]
+    start = time.perf_counter()
+    async with pool.acquire() as connection:
+        for payload in payloads:
+            async with connection.transaction():
+                await write_entries(connection, TENANT, payload, fresh=True)
+    return n / (time.perf_counter() - start)
+
+
+async def lag_at_rate(rate: int, seconds: float, processes: int, *, client: aioredis.Redis, database_url: str,
+                      batch: int, concurrency: int, pairs: str) -> list[float]:
+    """Open loop: each 10 ms tick sends its share of requests (10 events each) whatever the evaluator
+    does; every entry's lag is measured by the process that committed it."""
+    stream = f"bench:evaluator:{secrets.token_hex(4)}"
+    intake = ProgressIntake(client, stream, ttl=120)
+    items = events(int(rate * seconds), pairs, salt=stream[-8:])
+    requests = [items[at:at + 10] for at in range(0, len(items), 10)]
+    try:
+        async with Evaluators(processes, Child(database_url, stream, 0, batch, concurrency, False, lags=True)) \
+                as evaluators:
+            evaluators.go.set()
+            per_tick = max(1, len(requests) // int(seconds * 100))
+            begin = time.perf_counter()
+            for tick, at in enumerate(range(0, len(requests), per_tick)):
+                await asyncio.gather(*(intake.accept(TENANT, [(event_id, body_hash(data), data)
+                                                              for event_id, data in request])
+                                       for request in requests[at:at + per_tick]))
+                await asyncio.sleep(max(0.0, begin + (tick + 1) * 0.01 - time.perf_counter()))
+            offered = len(items) / (time.perf_counter() - begin)
+            while not await drained(client, stream):  # noqa: ASYNC110  # polling Redis
+                await asyncio.sleep(0.01)
+            _, lags = await evaluators.finish()
+        if offered < rate * 0.95:
+            print(f"  (the producer kept only {offered:.0f} events/s of {rate})")
+        return sorted(lags)
+    finally:
+        await client.delete(stream)
+
+
+async def hot_slot(shard_counts: list[int], seconds: float) -> None:
+    """The accept script on a three-master Redis Cluster (started here, as the tests do) with every tenant
+    in one stream (one slot) or spread over shards: events/s and how the masters' CPU divides."""
+    import tempfile
+    from pathlib import Path
+
+    from redis.asyncio.cluster import RedisCluster
+
+    from learner_api.streams import ProgressStreams
+    from tests.evaluator.redis_cluster import redis_cluster
+
+    with tempfile.TemporaryDirectory() as directory, redis_cluster(Path(directory)) as cluster:
+        masters = [port for port, _ in cluster.masters()]
+        print(f"\naccept script on a Redis Cluster of {len(masters)} masters, 40 tenants, 10 events a request, "
+              f"{seconds:.0f} s each")
+        for shards in shard_counts:
+            client = RedisCluster.from_url(cluster.url)
+            intake = ProgressIntake(client, ProgressStreams(f"bench:{shards}", shards, cluster=True),  # type: ignore[arg-type]
+                                    ttl=120)
+            tenants = [f"tenant-{i}" for i in range(40)]
+            cpu = {port: await redis_cpu(aioredis.Redis(port=port)) for port in masters}
+            sent, begin = 0, time.perf_counter()
+            while time.perf_counter() - begin < seconds:
+                batch = [(tenant, events(10, "new", salt=secrets.token_hex(2))) for tenant in tenants]
+                await asyncio.gather(*(intake.accept(tenant, [(event_id, body_hash(data), data)
+                                                              for event_id, data in items]) for tenant, items in batch))
+                sent += 10 * len(tenants)
+            elapsed = time.perf_counter() - begin
+            used = [await redis_cpu(aioredis.Redis(port=port)) - cpu[port] for port in masters]
+            share = ", ".join(f"{100 * u / sum(used):.0f}%" for u in sorted(used, reverse=True))
+            print(f"  {shards:2d} shard(s): {sent / elapsed:8.0f} events/s; masters' Redis CPU split {share}; "
+                  f"busiest master {max(used) / elapsed * 100:.0f}% of a core")
+            await client.aclose()
+
+
+async def main(args: argparse.Namespace) -> None:
+    if args.hot_slot:
+        await hot_slot([int(n) for n in args.hot_slot.split(",")], args.seconds)
+        return
+    database_url = await prepare(DATABASE)
+    admin_url = ADMIN_URL.rsplit("/", 1)[0] + "/" + DATABASE
+    admin = await asyncpg.connect(admin_url)
+    await admin.execute("TRUNCATE progress_events, lesson_progress")
+    client = aioredis.from_url(REDIS_URL)
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2, statement_cache_size=0)
+    common = {"client": client, "database_url": database_url, "batch": args.batch, "concurrency": args.concurrency,
+              "pairs": args.pairs}
+    counts = [int(p) for p in args.processes.split(",")]
+    print(f"\n{args.events} events a run, batches of {args.batch}, {args.concurrency} in flight per process, "
+          f"pairs: {args.pairs}; PostgreSQL and Redis on this machine ({os.cpu_count()} cores, shared)\n")
+    rates: dict[int, list[float]] = {p: [] for p in counts}
+    copies: list[float] = []
+    try:
+        for round_ in range(1, args.rounds + 1):
+            copy = await copy_baseline(admin, args.events)
+            copies.append(copy.rate)
+            print(f"round {round_}: copy_records_to_table {copy.rate:9.0f} rows/s  {copy.per_row()}")
+            for processes in counts:
+                run = await drain_with(processes, admin=admin, n=args.events,
+                                       profile=args.profile and round_ == args.rounds and processes == counts[-1],
+                                       **common)  # type: ignore[arg-type]
+                rates[processes].append(run.rate)
+                plural = "es" if processes > 1 else "  "
+                print(f"         {processes} evaluator process{plural}  {run.rate:9.0f} rows/s  {run.per_row()}")
+        copy = await copy_baseline(admin, args.events)
+        copies.append(copy.rate)
+        print(f"finally: copy_records_to_table {copy.rate:9.0f} rows/s  {copy.per_row()}")
+        alone = await statement_alone(pool, args.events, args.batch, args.pairs)
+        print(f"\nthe write statement alone (one connection, no Redis): {alone:9.0f} rows/s")
+        baseline = statistics.median(copies)
+        print(f"\nmedian rows/s over the runs; COPY {baseline:.0f} (the median of {len(copies)} runs between them). "
+              "Ratio to COPY (goal >= 0.5x):")
+        for processes, values in rates.items():
+            ratio = statistics.median(values) / baseline
+            print(f"  {processes} process{'es' if processes > 1 else '  '}: {statistics.median(values):9.0f} rows/s, "
+                  f"{ratio:.2f}x ({'met' if ratio >= 0.5 else 'MISSED'})")
+        lags = await lag_at_rate(args.rate, args.seconds, args.lag_processes, **common)  # type: ignore[arg-type]
+        print(f"\nend-to-end lag at {args.rate} events/s for {args.seconds:.0f} s through the accept script, "
+              f"{args.lag_processes} evaluator process(es), {len(lags)} events (XADD -> committed row): "
+              f"p50 {lags[len(lags) // 2] * 1000:.0f} ms, p99 {lags[int(len(lags) * 0.99)] * 1000:.0f} ms, "
+              f"max {lags[-1] * 1000:.0f} ms")
+        if args.profile:
+            print("\nprofile of evaluator process 0 in the last run (cProfile, by own time):")
+            pstats.Stats("/tmp/evaluator-bench-0.prof").sort_stats("tottime").print_stats(15)  # noqa: S108
+    finally:
         await client.aclose()
         await pool.close()
         await admin.close()
 
-    worker_rate, copy_rate = events / worker_seconds, events / copy_seconds
-    print(f"\n{events} events, batches of {batch}, {concurrency} in flight, one worker process, PostgreSQL and "
-          "Redis on this machine\n")
-    print(f"worker (parse, unnest + ON CONFLICT + projection, XACK): {worker_rate:9.0f} rows/s "
-          f"({worker_seconds:.2f} s; {stored} of {events} stored)")
-    print(f"baseline copy_records_to_table (superuser, no RLS):      {copy_rate:9.0f} rows/s ({copy_seconds:.2f} s)")
-    print(f"the write statement alone (no Redis, no parsing):        {events / statement_seconds:9.0f} rows/s")
-    ratio = worker_rate / copy_rate
-    print(f"ratio: {ratio:.2f}x (goal >= 0.5x: {'met' if ratio >= 0.5 else 'MISSED'})")
-    print(f"\nend-to-end lag at {rate} events/s for 5 s (XADD -> committed row), {len(lags)} events: "
-          f"p50 {lags[len(lags) // 2] * 1000:.0f} ms, p99 {lags[int(len(lags) * 0.99)] * 1000:.0f} ms, "
-          f"max {lags[-1] * 1000:.0f} ms")
-
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=int, default=50_000)
+    parser.add_argument("--events", type=int, default=60_000)
+    parser.add_argument("--batch", type=int, default=2000, help="EVALUATOR_BATCH_SIZE")
+    parser.add_argument("--processes", default="1,2,4", help="evaluator process counts to measure")
+    parser.add_argument("--concurrency", type=int, default=2, help="batches in flight per process")
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--rate", type=int, default=5_000)
-    parser.add_argument("--batch", type=int, default=1000)
-    parser.add_argument("--concurrency", type=int, default=2, help="batches in flight (EVALUATOR_CONCURRENCY)")
-    args = parser.parse_args()
-    asyncio.run(main(args.events, args.rate, args.batch, args.concurrency))
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--lag-processes", type=int, default=1)
+    parser.add_argument("--pairs", choices=("repeat", "new"), default="repeat")
+    parser.add_argument("--profile", action="store_true", help="cProfile one evaluator process in the last run")
+    parser.add_argument("--hot-slot", metavar="SHARDS", help="only: the accept script on a local Redis Cluster "
+                        "with these shard counts (e.g. 1,3,12)")
+    asyncio.run(main(parser.parse_args()))
     sys.exit(0)

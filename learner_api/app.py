@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import asyncpg
-import redis.asyncio as aioredis
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
@@ -17,6 +16,7 @@ from learner_api.auth import VerifiedTokens
 from learner_api.content_cache import ContentCache, lookups_counter
 from learner_api.dependencies import POSTGRES_DOWN, Database, RedisGuard
 from learner_api.progress_intake import ProgressIntake
+from learner_api.redis_client import connect_redis, progress_streams
 from learner_api.routes import content, enrollments, health, me, payments, progress, store
 from learner_api.settings import ConfigError, Settings
 
@@ -67,9 +67,8 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = await connect_postgres(settings)
-        client = aioredis.from_url(settings.redis_url.get_secret_value(),
-                                   socket_timeout=settings.readiness_timeout * 2,
-                                   socket_connect_timeout=settings.readiness_timeout * 2)
+        client = connect_redis(settings, socket_timeout=settings.readiness_timeout * 2,
+                               socket_connect_timeout=settings.readiness_timeout * 2)
         try:
             await check_role(pool, settings)
             app.state.pool, app.state.redis = pool, client
@@ -78,7 +77,7 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.content_cache = ContentCache(
                 app.state.database, app.state.redis_guard, cache_lookups, ttl=settings.content_cache_seconds,
                 version_ttl=settings.content_version_seconds)
-            app.state.progress_intake = ProgressIntake(client, settings.progress_stream,
+            app.state.progress_intake = ProgressIntake(client, progress_streams(settings),
                                                        ttl=settings.progress_dedupe_seconds)
             yield
         finally:

@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry, Counter
 from learner_api.data import content
 from learner_api.dependencies import REDIS_DOWN, Database, RedisGuard
 from learner_api.problems import Problem
+from learner_api.redis_keys import tenant_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +41,11 @@ def lookups_counter(registry: CollectorRegistry) -> Counter:
 
 
 def version_key(tenant: str) -> str:
-    return f"t:{tenant}:content-version"
+    return f"{tenant_prefix(tenant)}content-version"
+
+
+def document_key(tenant: str, version: int, name: str) -> str:
+    return f"{tenant_prefix(tenant)}v{version}:{name}"
 
 
 @dataclass(frozen=True)
@@ -103,7 +108,7 @@ class ContentCache:
                        paid_course: Callable[[dict[str, Any]], str | None] = lambda _: None) -> Document | None:
         """The cached document ``name`` (say ``lesson:intro``) of the tenant's current content, loading it
         with ``loader`` on a miss; None when it does not exist."""
-        key = f"t:{tenant}:v{await self.version(tenant)}:{name}"
+        key = document_key(tenant, await self.version(tenant), name)
         document = self._local.get(key)
         if document is not None:
             self._local.move_to_end(key)

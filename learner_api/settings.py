@@ -73,13 +73,20 @@ class Settings(BaseSettings):
     allow_insecure_connections: bool = False
     #: The Redis Stream progress goes through (its dead letters go to "<name>:dead").
     progress_stream: str = Field(default="lp:progress", pattern=r"^[A-Za-z0-9:_.-]{1,100}$")
+    #: REDIS_URL is a Redis Cluster (ElastiCache cluster mode, say): keys carry hash tags (streams.py).
+    redis_cluster: bool = False
+    #: Cluster mode: progress streams, each with its tenants' dedupe keys in one hash slot (unset: 12 on a
+    #: cluster, 1 on one server); only ever increase it.
+    progress_stream_shards: int | None = Field(default=None, ge=1, le=1024)
     #: Evaluator: entries per batch, how long an entry may sit with a dead consumer before another
     #: claims it, and how many deliveries before an entry goes to the dead-letter stream.
-    evaluator_batch_size: int = Field(default=500, ge=1, le=10000)
+    evaluator_batch_size: int = Field(default=2000, ge=1, le=10000)
     evaluator_claim_idle_seconds: float = Field(default=60.0, gt=0)
     evaluator_max_deliveries: int = Field(default=5, ge=1)
     #: Batches written at once by one evaluator process (reading overlaps writing).
     evaluator_concurrency: int = Field(default=2, ge=1, le=16)
+    #: Evaluator /livez fails when entries wait and none was stored for this long.
+    evaluator_stall_seconds: float = Field(default=300.0, gt=0)
     #: Evaluator: alert rules (YAML; the operator mounts them from a ConfigMap); unset: built-in defaults.
     alert_rules_file: str | None = None
     #: Alertmanager base URL (from the Secret: it may carry credentials); unset: alerts are only metrics.
@@ -102,6 +109,12 @@ class Settings(BaseSettings):
     @property
     def development(self) -> bool:
         return self.node_env == "development"
+
+    @model_validator(mode="after")
+    def _shards_need_a_cluster(self) -> Settings:
+        if (self.progress_stream_shards or 1) > 1 and not self.redis_cluster:
+            raise ConfigError("PROGRESS_STREAM_SHARDS above 1 needs REDIS_CLUSTER=true (one server gains nothing)")
+        return self
 
     @model_validator(mode="after")
     def _safe_outside_development(self) -> Settings:

@@ -2,7 +2,40 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections.abc import Iterator, Sequence
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+
+class EntryLag(Collector):
+    """A histogram of the time from XADD to commit, per entry, observed a batch at a time.
+
+    A batch's ids come from one stream read, so they are in order (oldest first): each bucket's count is
+    one binary search instead of one ``observe()`` per entry, which cost more than all the rest of the
+    evaluator's Python per entry."""
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry) -> None:
+        self.name, self.documentation, self.bounds = name, documentation, tuple(buckets)
+        self.cumulative = [0] * len(self.bounds)  # entries with lag <= bound
+        self.count, self.sum = 0, 0.0
+        registry.register(self)
+
+    def observe_entries(self, now: float, ids: Sequence[bytes]) -> None:
+        """``ids``: stream ids in order, so their XADD times rise."""
+        times = [int(entry_id.split(b"-", 1)[0]) / 1000 for entry_id in ids]
+        for index, bound in enumerate(self.bounds):  # lag <= bound  <=>  time >= now - bound
+            self.cumulative[index] += len(times) - bisect_left(times, now - bound)
+        self.count += len(times)
+        self.sum += max(0.0, now * len(times) - sum(times))
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        buckets = [(repr(float(bound)), count) for bound, count in zip(self.bounds, self.cumulative, strict=True)]
+        family = HistogramMetricFamily(self.name, self.documentation)
+        family.add_metric([], [*buckets, ("+Inf", self.count)], self.sum)
+        yield family
 
 
 class EvaluatorMetrics:
@@ -21,9 +54,8 @@ class EvaluatorMetrics:
         self.batch_seconds = Histogram("evaluator_batch_duration_seconds", "Time to write and acknowledge a batch.",
                                        registry=registry,
                                        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
-        self.commit_lag = Histogram("evaluator_commit_lag_seconds",
-                                    "From XADD by learner-api to the committed row.", registry=registry,
-                                    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
+        self.commit_lag = EntryLag("evaluator_commit_lag_seconds", "From XADD by learner-api to the committed row.",
+                                   (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300), registry)
         self.pending = Gauge("evaluator_pending_entries", "Entries delivered but not yet acknowledged.",
                              registry=registry)
         self.lag_entries = Gauge("evaluator_stream_lag_entries", "Entries not yet delivered to the group.",

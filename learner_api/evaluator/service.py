@@ -1,8 +1,10 @@
 """`learner-api evaluator`: the worker, the alert rules and the metrics endpoint in one process.
 
-Port METRICS_PORT serves /livez and /metrics. SIGTERM stops taking new entries, lets the batch in hand
-commit and be acknowledged (or, if it cannot, stay pending for the next consumer: nothing is lost either
-way), deletes this pod's Pushgateway group and exits.
+Port METRICS_PORT serves /livez and /metrics. /livez fails (503) when the worker has stopped, or when
+entries are waiting and none has been stored or dead-lettered for EVALUATOR_STALL_SECONDS (a hung
+connection, say): the kubelet then restarts the pod and another consumer claims its entries.
+SIGTERM stops taking new entries, lets the batch in hand commit and be acknowledged (or, if it cannot,
+stay pending for the next consumer: nothing is lost either way), deletes this pod's Pushgateway group and exits.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
-import redis.asyncio as aioredis
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import ResponseError
@@ -33,6 +34,7 @@ from learner_api.evaluator.alerting import AlertEngine, Alertmanager, Signals
 from learner_api.evaluator.metrics import EvaluatorMetrics
 from learner_api.evaluator.pushgateway import Pusher
 from learner_api.evaluator.worker import Worker
+from learner_api.redis_client import connect_redis, progress_streams
 from learner_api.settings import Settings
 
 logger = logging.getLogger("learner_api.evaluator")
@@ -46,10 +48,16 @@ class _QuietServer(uvicorn.Server):
         yield
 
 
-def health_app(metrics: EvaluatorMetrics, worker_task: asyncio.Task[None]) -> Starlette:
+def health_app(metrics: EvaluatorMetrics, worker_task: asyncio.Task[None], workers: list[Worker],
+               stall_seconds: float) -> Starlette:
     async def livez(request: Request) -> Response:
         if worker_task.done():
             return JSONResponse({"status": "worker stopped"}, status_code=503)
+        stalled = [worker.stream for worker in workers if worker.stalled(stall_seconds)]
+        if stalled:  # a restart is the one remedy left (a hung connection, a batch that never ends...)
+            return JSONResponse({"status": "stalled", "streams": stalled,
+                                 "detail": f"entries are waiting and none was stored for over {stall_seconds:.0f}s"},
+                                status_code=503)
         return JSONResponse({"status": "ok"})
 
     async def metrics_endpoint(request: Request) -> Response:
@@ -58,11 +66,24 @@ def health_app(metrics: EvaluatorMetrics, worker_task: asyncio.Task[None]) -> St
     return Starlette(routes=[Route("/livez", livez), Route("/metrics", metrics_endpoint)])
 
 
-async def measure(worker: Worker, database: Database) -> Signals:
+async def observe(workers: list[Worker], metrics: EvaluatorMetrics) -> dict[str, float]:
+    """The stream signals of all streams (shards) together, also set as the gauges."""
+    total = {"pending_entries": 0.0, "stream_lag_entries": 0.0, "dead_letters": 0.0, "ingest_lag_seconds": 0.0}
+    for worker in workers:
+        for name, value in (await worker.observe()).items():
+            total[name] = max(total[name], value) if name == "ingest_lag_seconds" else total[name] + value
+    metrics.pending.set(total["pending_entries"])
+    metrics.lag_entries.set(total["stream_lag_entries"])
+    metrics.dead_letters.set(total["dead_letters"])
+    metrics.ingest_lag.set(total["ingest_lag_seconds"])
+    return total
+
+
+async def measure(workers: list[Worker], database: Database) -> Signals:
     """Everything the alert rules can look at; a signal that cannot be measured now is left out."""
     signals: Signals = {}
     try:
-        signals.update(await worker.observe())
+        signals.update(await observe(workers, workers[0].metrics))
     except REDIS_DOWN:
         logger.warning("Redis unavailable: stream signals not measured")
     except ResponseError as exc:  # the stream or group was deleted under us; the worker makes them again
@@ -81,19 +102,34 @@ async def measure(worker: Worker, database: Database) -> Signals:
     return signals
 
 
+async def _run_all(workers: list[Worker], stop: asyncio.Event) -> None:
+    """One loop per stream; if one of them ends with an error, the others stop too."""
+    tasks = [asyncio.create_task(worker.run(stop), name=f"worker {worker.stream}") for worker in workers]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            task.result()
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def run(settings: Settings, stop: asyncio.Event, *, claim_interval: float | None = None,
               trim_interval: float = 30.0) -> None:
     rules = rule_files.load(Path(settings.alert_rules_file) if settings.alert_rules_file else None)
     consumer = settings.pod_name or socket.gethostname()
     metrics = EvaluatorMetrics()
     pool = await connect_postgres(settings)
-    client = aioredis.from_url(settings.redis_url.get_secret_value(), socket_timeout=10, socket_connect_timeout=5)
+    client = connect_redis(settings, socket_timeout=10, socket_connect_timeout=5)
     database = Database(pool, timeout=5.0)  # the pool (DATABASE_POOL_MAX) must exceed evaluator_concurrency
-    worker = Worker(client, database, metrics, stream=settings.progress_stream, consumer=consumer,
-                    batch_size=settings.evaluator_batch_size, claim_idle=settings.evaluator_claim_idle_seconds,
-                    claim_interval=claim_interval or max(1.0, settings.evaluator_claim_idle_seconds / 4),
-                    max_deliveries=settings.evaluator_max_deliveries, trim_interval=trim_interval,
-                    block_ms=200 if claim_interval else 1000, concurrency=settings.evaluator_concurrency)
+    writers = asyncio.Semaphore(settings.evaluator_concurrency)  # transactions at once, over all streams
+    workers = [Worker(client, database, metrics, stream=stream, consumer=consumer,
+                      batch_size=settings.evaluator_batch_size, claim_idle=settings.evaluator_claim_idle_seconds,
+                      claim_interval=claim_interval or max(1.0, settings.evaluator_claim_idle_seconds / 4),
+                      max_deliveries=settings.evaluator_max_deliveries, trim_interval=trim_interval,
+                      block_ms=200 if claim_interval else 1000, concurrency=settings.evaluator_concurrency,
+                      writers=writers)
+               for stream in progress_streams(settings).streams]
     engine = AlertEngine(rules, metrics)
     alertmanager = Alertmanager(settings.alertmanager_url.get_secret_value(), metrics) \
         if settings.alertmanager_url else None
@@ -102,7 +138,7 @@ async def run(settings: Settings, stop: asyncio.Event, *, claim_interval: float 
 
     async def watch() -> None:
         while not stop.is_set():
-            notify = engine.evaluate(await measure(worker, database), datetime.now(UTC))
+            notify = engine.evaluate(await measure(workers, database), datetime.now(UTC))
             if alertmanager is not None:
                 await alertmanager.send(notify, valid_for=4 * rules.interval, generator=generator)
             with contextlib.suppress(TimeoutError):
@@ -130,9 +166,11 @@ async def run(settings: Settings, stop: asyncio.Event, *, claim_interval: float 
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), settings.push_interval_seconds)
 
-    await worker.setup()
-    worker_task = asyncio.create_task(worker.run(stop), name="worker")
-    server = _QuietServer(uvicorn.Config(health_app(metrics, worker_task), host="0.0.0.0",  # noqa: S104
+    for worker in workers:
+        await worker.setup()
+    worker_task = asyncio.create_task(_run_all(workers, stop), name="worker")
+    server = _QuietServer(uvicorn.Config(health_app(metrics, worker_task, workers, settings.evaluator_stall_seconds),
+                                         host="0.0.0.0",  # noqa: S104
                                          port=settings.metrics_port, log_config=None, access_log=False,
                                          lifespan="off"))
     tasks = [worker_task, asyncio.create_task(watch(), name="alerts"),
@@ -140,8 +178,8 @@ async def run(settings: Settings, stop: asyncio.Event, *, claim_interval: float 
     if pusher is not None:
         tasks.append(asyncio.create_task(push(pusher), name="push"))
     metrics_server = asyncio.create_task(server.serve(), name="metrics")
-    logger.info("evaluator %s consuming %s; %d alert rules from %s", consumer, settings.progress_stream,
-                len(rules.rules), rules.source)
+    logger.info("evaluator %s consuming %s; %d alert rules from %s", consumer,
+                ", ".join(worker.stream for worker in workers), len(rules.rules), rules.source)
     try:
         done, _ = await asyncio.wait([stop_task := asyncio.create_task(stop.wait()), *tasks],
                                      return_when=asyncio.FIRST_COMPLETED)
