@@ -79,7 +79,7 @@ def _name(common_name: str, organization: str | None = None) -> x509.Name:
 
 def _certificate(
     subject: x509.Name, key: ec.EllipticCurvePrivateKey, issuer: x509.Name, issuer_key: ec.EllipticCurvePrivateKey,
-    *, ca: bool = False, usage: ExtendedKeyUsageOID | None = None, names: list[x509.GeneralName] | None = None,
+    *, ca: bool = False, usage: x509.ObjectIdentifier | None = None, names: list[x509.GeneralName] | None = None,
 ) -> x509.Certificate:
     now = datetime.datetime.now(datetime.UTC)
     builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(key.public_key())

@@ -33,7 +33,7 @@ from tests.control_plane import OPERATOR_SERVICE_ACCOUNT, Binaries, ControlPlane
 from tests.kube_emulator import Cluster as Emulator
 from tests.kube_rest import Rest
 from tests.net import free_port
-from tests.operator_harness import NS
+from tests.operator_harness import NS, connection
 from tests.pki import ADMIN_USER, Pki, write_kubeconfig, write_pki
 from tests.real_cluster import RealCluster
 from tests.test_operator import secret
@@ -111,6 +111,19 @@ async def test_the_operators_kubeconfig_carries_the_ca_and_token(pki: Pki, tls_s
     assert configuration.host == tls_server
     assert configuration.ssl_ca_cert == str(pki.ca_cert)
     assert configuration.get_api_key_with_prefix("BearerToken") == "Bearer sa-token"  # what kopf reads
+
+
+async def test_kopf_logs_in_with_the_harness_connection(pki: Pki, tls_server: str, tmp_path: Path) -> None:
+    """The ConnectionInfo the harness gives kopf for a real API server: its CA verifies, its token is sent."""
+    kubeconfig = write_kubeconfig(tmp_path / "operator.kubeconfig", tls_server, pki.ca_cert, token="sa-token")
+    plane = types.SimpleNamespace(url=tls_server, pki=pki, operator_token="sa-token", operator_kubeconfig=kubeconfig,
+                                  rest=None, audit_log=tmp_path / "audit.log", operator_user=OPERATOR)
+    info, operator_config = connection(RealCluster(plane))  # type: ignore[arg-type]
+    assert operator_config == {"kubeconfig": str(kubeconfig)}
+    async with aiohttp.ClientSession(headers=info.as_http_headers()) as session, \
+            session.get(f"{info.server}/api/v1/namespaces/learning/configmaps/x", ssl=info.as_ssl_context()) as answer:
+        seen = await answer.json()
+    assert seen["data"] == {"certificate": "", "authorization": "Bearer sa-token"}
 
 
 def test_the_environment_selects_the_backend(tmp_path: Path) -> None:
