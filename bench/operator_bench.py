@@ -1,6 +1,9 @@
 """Operator benchmark: time to children, writes per reconcile, memory per platform.
 
-One run, one API server (the tests' emulator, in a process of its own), two contenders:
+One run, one API server, two contenders. The API server is the tests' emulator, in a process of its
+own; or, when KUBEBUILDER_ASSETS names a folder with envtest's binaries, a real control plane set up
+as for the tests (tests/control_plane.py: etcd, kube-apiserver, kube-controller-manager if there; the
+operator under the chart's ServiceAccount and RBAC). The contenders:
 
 * baseline: a plain script that applies the same manifests (``builders.children``) with the same
   client (``learner_operator.kube.KubeApi``), as fast as it can;
@@ -9,10 +12,12 @@ One run, one API server (the tests' emulator, in a process of its own), two cont
 "All children applied" is seen the same way for both: a watch on PodDisruptionBudgets, the last
 kind applied for each platform. Printed: median seconds for 1 platform (over several rounds) and
 total seconds for 100 at once, the ratio operator/baseline, the operator's writes per created
-platform and during a no-op resync (from its own /metrics), and its RSS idle and with 1,000
-platforms. Goals (issue 2): <= 1.2x + 0.2 s; <= 30 KiB per platform above idle.
+platform and during a no-op resync (on the emulator from its own /metrics; on a real API server
+from the audit log: every mutating request of its ServiceAccount but Lease renewals), and its RSS
+idle and with 1,000 platforms. Goals (issue 2): <= 1.2x + 0.2 s; <= 30 KiB per platform above idle.
 
     .venv/bin/python -m bench.operator_bench [--rounds 5] [--many 100] [--memory 1000]
+    KUBEBUILDER_ASSETS=/path/to/envtest/bin .venv/bin/python -m bench.operator_bench
 """
 
 from __future__ import annotations
@@ -20,11 +25,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import re
 import signal
 import socket
+import ssl
 import statistics
 import sys
 import tempfile
@@ -40,6 +47,8 @@ from learner_operator import builders, drift
 from learner_operator.kube import KubeApi, ref_of
 from learner_operator.kube.client import connect
 from learner_operator.models import parse_spec
+from tests.audit_log import MUTATING, AuditLog
+from tests.control_plane import Binaries, ControlPlane
 
 ROOT = Path(__file__).resolve().parent.parent
 NS = "bench"
@@ -75,23 +84,77 @@ async def process(*args: str, env: dict[str, str] | None = None) -> AsyncIterato
         await asyncio.wait_for(proc.wait(), timeout=30)
 
 
+@dataclasses.dataclass
+class Server:
+    """The API server under test: how to reach it as cluster-admin and as the operator, whose CPU counts."""
+
+    url: str
+    tls: ssl.SSLContext | bool  # aiohttp's ssl=: the CA and the admin's client certificate, or True (HTTP)
+    pids: list[int]
+    lease_namespace: str
+    operator_kubeconfig: Path | None = None  # None: a token-less kubeconfig for the emulator's URL
+    operator_user: str = ""  # on a real API server: whose writes the audit log counts
+    audit_log: Path | None = None
+
+    async def client(self) -> KubeApi:
+        """The baseline's client: the operator's identity and client, so only the work differs."""
+        if self.operator_kubeconfig is None:
+            return await connect(self.url)
+        return await connect(kubeconfig=str(self.operator_kubeconfig))
+
+
+@contextlib.asynccontextmanager
+async def emulator() -> AsyncIterator[Server]:
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    async with process(sys.executable, "-m", "bench.emulator", "--port", str(port), env=env) as proc:
+        url = f"http://127.0.0.1:{port}"
+        async with aiohttp.ClientSession() as session:
+            for _ in range(100):
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with session.get(f"{url}/version"):
+                        break
+                await asyncio.sleep(0.1)
+        yield Server(url=url, tls=True, pids=[proc.pid], lease_namespace="default")
+
+
+@contextlib.asynccontextmanager
+async def control_plane(binaries: Binaries) -> AsyncIterator[Server]:
+    crd = yaml.safe_load((ROOT / "crds" / "learnerplatforms.learner.dev.yaml").read_text())
+    # Metadata is enough to count writes, and keeps the audit log's cost off the measurement.
+    plane = ControlPlane(binaries, Path(tempfile.mkdtemp(prefix="bench-control-plane-")), crd, namespace=NS,
+                         audit_level="Metadata")
+    progress(f"starting a real control plane from {binaries.folder} in {plane.folder}")
+    await asyncio.to_thread(plane.start)
+    try:
+        tls = ssl.create_default_context(cafile=str(plane.pki.ca_cert))
+        tls.load_cert_chain(str(plane.pki.admin_cert), str(plane.pki.admin_key))
+        yield Server(url=plane.url, tls=tls, lease_namespace=NS, operator_kubeconfig=plane.operator_kubeconfig,
+                     operator_user=plane.operator_user, audit_log=plane.audit_log,
+                     pids=[plane.processes[name].pid for name in ("kube-apiserver", "etcd")])
+    finally:
+        await asyncio.to_thread(plane.stop)
+
+
 class Watcher:
     """Counts PodDisruptionBudgets as they appear (one per platform, applied last)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, tls: ssl.SSLContext | bool = True) -> None:
         self.url = url
+        self.tls = tls
         self.seen: set[str] = set()
         self.changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     async def _run(self) -> None:
         async with aiohttp.ClientSession() as session:
-            async with session.get(f"{self.url}/apis/policy/v1/namespaces/{NS}/poddisruptionbudgets") as r:
+            async with session.get(f"{self.url}/apis/policy/v1/namespaces/{NS}/poddisruptionbudgets",
+                                   ssl=self.tls) as r:
                 listing = await r.json()
             self.seen |= {item["metadata"]["name"] for item in listing["items"]}
             params = {"watch": "true", "resourceVersion": listing["metadata"]["resourceVersion"]}
             async with session.get(f"{self.url}/apis/policy/v1/namespaces/{NS}/poddisruptionbudgets",
-                                   params=params, timeout=aiohttp.ClientTimeout(total=None)) as r:
+                                   params=params, timeout=aiohttp.ClientTimeout(total=None), ssl=self.tls) as r:
                 async for line in r.content:
                     if line.strip():
                         event = json.loads(line)
@@ -135,12 +198,12 @@ async def apply_like_a_script(api: KubeApi, names: list[str]) -> None:
     await asyncio.gather(*(worker() for _ in range(min(WORKERS, len(names)))))
 
 
-async def create_platforms(session: aiohttp.ClientSession, url: str, names: list[str]) -> None:
+async def create_platforms(session: aiohttp.ClientSession, server: Server, names: list[str]) -> None:
     sem = asyncio.Semaphore(16)
 
     async def one(name: str) -> None:
-        async with sem, session.post(f"{url}/apis/learner.dev/v1alpha1/namespaces/{NS}/learnerplatforms",
-                                     json=platform_doc(name)) as response:
+        async with sem, session.post(f"{server.url}/apis/learner.dev/v1alpha1/namespaces/{NS}/learnerplatforms",
+                                     json=platform_doc(name), ssl=server.tls) as response:
             assert response.status < 300, await response.text()
 
     await asyncio.gather(*(one(name) for name in names))
@@ -160,6 +223,20 @@ def writes(counts: dict[str, float]) -> float:
     return sum(v for k, v in counts.items() if k in ("POST", "PUT", "PATCH", "DELETE"))
 
 
+class WriteCounter:
+    """The operator's writes so far: from its /metrics (emulator), or the API server's audit log."""
+
+    def __init__(self, server: Server, session: aiohttp.ClientSession, metrics_port: int) -> None:
+        self._session, self._port = session, metrics_port
+        self._audit = AuditLog(server.audit_log, server.operator_user) if server.audit_log else None
+
+    async def __call__(self) -> float:
+        if self._audit is None:
+            return writes(await metrics(self._session, self._port))
+        return sum(1 for r in self._audit.requests if r.method.value in MUTATING
+                   and (r.resource is None or r.resource.plural != "leases"))  # renewals never stop
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -177,30 +254,40 @@ async def settle_rss(pid: int, seconds: float = 3.0) -> int:
     return rss_kib(pid)
 
 
+def operator_kubeconfig(server: Server) -> Path:
+    if server.operator_kubeconfig is not None:
+        return server.operator_kubeconfig
+    kubeconfig = Path(tempfile.mkdtemp()) / "config"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "e",
+        "clusters": [{"name": "e", "cluster": {"server": server.url}}],
+        "users": [{"name": "u", "user": {"token": "bench"}}],
+        "contexts": [{"name": "e", "context": {"cluster": "e", "user": "u"}}]}))
+    return kubeconfig
+
+
+def server_cpu(server: Server) -> float:
+    return sum(cpu_seconds(pid) for pid in server.pids)
+
+
 async def main(rounds: int, many: int, memory: int) -> None:
-    port = free_port()
+    binaries = Binaries.from_environment()
     python = sys.executable
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    async with process(python, "-m", "bench.emulator", "--port", str(port), env=env) as emulator:
-        url = f"http://127.0.0.1:{port}"
+    async with (control_plane(binaries) if binaries else emulator()) as server:
+        url = server.url
         async with aiohttp.ClientSession() as session:
-            for _ in range(100):
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with session.get(f"{url}/version"):
-                        break
-                await asyncio.sleep(0.1)
-            api = await connect(url)
+            api = await server.client()
             secret = {"apiVersion": "v1", "kind": "Secret",
                       "metadata": {"name": "ai-platform-secrets", "namespace": NS},
                       "data": {"DATABASE_URL": "cG9zdGdyZXM6Ly94", "REDIS_URL": "cmVkaXM6Ly95",
                                "JWT_SECRET": "and0LWtleQ=="}}
-            async with session.post(f"{url}/api/v1/namespaces/{NS}/secrets", json=secret):
-                pass
+            async with session.post(f"{url}/api/v1/namespaces/{NS}/secrets", json=secret, ssl=server.tls) as answer:
+                assert answer.status < 300, await answer.text()
 
             progress("baseline: applying with a plain script")
             # Baseline first: one platform at a time, then many at once.
             base_one: list[float] = []
-            async with Watcher(url) as watch:
+            async with Watcher(url, server.tls) as watch:
                 for i in range(rounds):
                     start = time.monotonic()
                     await apply_like_a_script(api, [f"base-{i}"])
@@ -213,19 +300,13 @@ async def main(rounds: int, many: int, memory: int) -> None:
                 base_many = time.monotonic() - start
             await api.close()
 
-            kubeconfig = Path(tempfile.mkdtemp()) / "config"
-            kubeconfig.write_text(yaml.safe_dump({
-                "apiVersion": "v1", "kind": "Config", "current-context": "e",
-                "clusters": [{"name": "e", "cluster": {"server": url}}],
-                "users": [{"name": "u", "user": {"token": "bench"}}],
-                "contexts": [{"name": "e", "context": {"cluster": "e", "user": "u"}}]}))
             progress("starting the operator")
             metrics_port = free_port()
-            op_env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+            op_env = {**os.environ, "KUBECONFIG": str(operator_kubeconfig(server))}
             command = str(Path(python).parent / "learner-operator")
             async with process(command, "run", "-A", "--metrics-port", str(metrics_port), "--liveness",
                                f"http://127.0.0.1:{free_port()}/healthz", "--resync-seconds", "5",
-                               env=op_env) as op:
+                               "--lease-namespace", server.lease_namespace, env=op_env) as op:
                 for _ in range(200):
                     with contextlib.suppress(aiohttp.ClientError):
                         await metrics(session, metrics_port)
@@ -233,36 +314,37 @@ async def main(rounds: int, many: int, memory: int) -> None:
                     await asyncio.sleep(0.1)
                 await asyncio.sleep(2)  # let it finish its initial listing of the baseline's objects
                 idle_rss = await settle_rss(op.pid)
-                before = writes(await metrics(session, metrics_port))
+                operator_writes = WriteCounter(server, session, metrics_port)
+                before = await operator_writes()
 
                 progress("operator: creating platforms")
                 op_one: list[float] = []
-                async with Watcher(url) as watch:
+                async with Watcher(url, server.tls) as watch:
                     for i in range(rounds):
                         start = time.monotonic()
-                        await create_platforms(session, url, [f"op-{i}"])
+                        await create_platforms(session, server, [f"op-{i}"])
                         await watch.wait_for({f"op-{i}-learner-api"})
                         op_one.append(time.monotonic() - start)
                     await asyncio.sleep(1)
-                    per_create = (writes(await metrics(session, metrics_port)) - before) / rounds
+                    per_create = (await operator_writes() - before) / rounds
                     names = [f"opmany-{i}" for i in range(many)]
-                    cpu = cpu_seconds(op.pid), cpu_seconds(emulator.pid)
+                    cpu = cpu_seconds(op.pid), server_cpu(server)
                     start = time.monotonic()
-                    await create_platforms(session, url, names)
+                    await create_platforms(session, server, names)
                     await watch.wait_for({f"{n}-learner-api" for n in names})
                     op_many = time.monotonic() - start
-                    cpu_op, cpu_emu = cpu_seconds(op.pid) - cpu[0], cpu_seconds(emulator.pid) - cpu[1]
+                    cpu_op, cpu_emu = cpu_seconds(op.pid) - cpu[0], server_cpu(server) - cpu[1]
 
                     progress("operator: waiting for a resync")
                     await asyncio.sleep(2)
-                    quiet = writes(await metrics(session, metrics_port))
+                    quiet = await operator_writes()
                     await asyncio.sleep(6)  # one full resync (every 5 s) over everything
-                    resync_writes = writes(await metrics(session, metrics_port)) - quiet
+                    resync_writes = await operator_writes() - quiet
 
                     extra = max(0, memory - rounds - many)
                     progress(f"operator: {extra} more platforms for the memory measurement")
                     names = [f"mem-{i}" for i in range(extra)]
-                    await create_platforms(session, url, names)
+                    await create_platforms(session, server, names)
                     await watch.wait_for({f"{n}-learner-api" for n in names})
                     full_rss = await settle_rss(op.pid, 6)
                     total = rounds + many + extra
@@ -270,13 +352,15 @@ async def main(rounds: int, many: int, memory: int) -> None:
     one_b, one_o = statistics.median(base_one), statistics.median(op_one)
     sample = builders.Platform("x", NS, "u", parse_spec(platform_doc("x")["spec"]))
     kids = len(builders.children(sample))
+    print(f"API server: {'a real control plane from ' + str(binaries.folder) if binaries else 'the emulator'}")
     print(f"children per platform: {kids}")
     print(f"1 platform  (median of {rounds}): baseline {one_b:.3f} s, operator {one_o:.3f} s, "
           f"ratio {one_o / one_b:.2f}x, goal <= 1.2x + 0.2 s: {'met' if one_o <= 1.2 * one_b + 0.2 else 'MISSED'}")
     print(f"{many} platforms at once: baseline {base_many:.3f} s, operator {op_many:.3f} s, "
           f"ratio {op_many / base_many:.2f}x, goal <= 1.2x + 0.2 s: "
           f"{'met' if op_many <= 1.2 * base_many + 0.2 else 'MISSED'}")
-    print(f"  CPU seconds during the {many}: operator {cpu_op:.2f}, API server {cpu_emu:.2f} (2 cores in all)")
+    print(f"  CPU seconds during the {many}: operator {cpu_op:.2f}, API server {cpu_emu:.2f} "
+          f"({'kube-apiserver and etcd' if binaries else 'the emulator'}; {os.cpu_count()} cores in all)")
     print(f"operator writes per created platform: {per_create:.1f} (goal: children + 1 status write = {kids + 1}: "
           f"{'met' if per_create <= kids + 1 else 'MISSED'})")
     print(f"operator writes during a no-op resync of {rounds + many} platforms: {resync_writes:.0f}")

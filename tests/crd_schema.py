@@ -20,6 +20,7 @@ libraries (quantity(), url(), ...): the CRD uses none of them.
 from __future__ import annotations
 
 import copy
+import json
 import re
 from functools import cache
 from typing import Any
@@ -99,26 +100,37 @@ def _type_ok(schema: dict[str, Any], value: Any) -> str | None:
     return str(expected)
 
 
+def _shown(value: Any) -> str:
+    """A value as the API server's messages quote it (JSON)."""
+    return json.dumps(value)
+
+
 def validate(schema: dict[str, Any], value: Any, path: str = "") -> list[str]:
     """Errors as the API server words them: ``<path>: <what is wrong>``; empty when valid."""
     where = path or "<root>"
     if (expected := _type_ok(schema, value)) is not None:
-        return [f"{where}: Invalid value: {value!r}: must be of type {expected}"]
+        return [f'{where}: Invalid value: "{type(value).__name__}": {where} in body must be of type {expected}: '
+                f'{_shown(value)}']
     errors: list[str] = []
     if "enum" in schema and value not in schema["enum"]:
-        errors.append(f"{where}: Unsupported value: {value!r}: supported values: {schema['enum']}")
+        supported = ", ".join(_shown(v) for v in schema["enum"])
+        errors.append(f"{where}: Unsupported value: {_shown(value)}: supported values: {supported}")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if "minimum" in schema and value < schema["minimum"]:
-            errors.append(f"{where}: Invalid value: {value}: must be greater than or equal to {schema['minimum']}")
+            errors.append(f"{where}: Invalid value: {value}: {where} in body should be greater than or equal to "
+                          f"{schema['minimum']}")
         if "maximum" in schema and value > schema["maximum"]:
-            errors.append(f"{where}: Invalid value: {value}: must be less than or equal to {schema['maximum']}")
+            errors.append(f"{where}: Invalid value: {value}: {where} in body should be less than or equal to "
+                          f"{schema['maximum']}")
     if isinstance(value, str):
         if "pattern" in schema and not re.search(schema["pattern"], value):
-            errors.append(f"{where}: Invalid value: {value!r}: should match '{schema['pattern']}'")
+            errors.append(f"{where}: Invalid value: {_shown(value)}: {where} in body should match "
+                          f"'{schema['pattern']}'")
         if "maxLength" in schema and len(value) > schema["maxLength"]:
-            errors.append(f"{where}: Too long: may not be longer than {schema['maxLength']}")
+            errors.append(f"{where}: Too long: may not be more than {schema['maxLength']} bytes")
         if "minLength" in schema and len(value) < schema["minLength"]:
-            errors.append(f"{where}: Invalid value: {value!r}: should be at least {schema['minLength']} chars long")
+            errors.append(f"{where}: Invalid value: {_shown(value)}: {where} in body should be at least "
+                          f"{schema['minLength']} chars long")
     if isinstance(value, list):
         if "maxItems" in schema and len(value) > schema["maxItems"]:
             errors.append(f"{where}: Too many: {len(value)}: must have at most {schema['maxItems']} items")
@@ -131,8 +143,8 @@ def validate(schema: dict[str, Any], value: Any, path: str = "") -> list[str]:
                 errors.append(f"{path + '.' if path else ''}{name}: Required value")
         for name, sub in value.items():
             child = f"{path}.{name}" if path else name
-            if name not in props:
-                errors.append(f'{child}: unknown field "{name}"')
+            if name not in props:  # as with server-side field validation (kubectl's default, strict)
+                errors.append(f'strict decoding error: unknown field "{child}"')
             else:
                 errors += validate(props[name], sub, child)
     if not errors:  # CEL rules run on values that already passed the structural checks

@@ -1,4 +1,8 @@
-"""Run the real operator (kopf.operator, our handlers) in the test's event loop against the emulator."""
+"""Run the real operator (kopf.operator, our handlers) against the `cluster` fixture's API server.
+
+On the emulator it connects to the plain-HTTP URL; on a real API server with the kubeconfig of the
+chart's ServiceAccount (its CA and token), so RBAC is the chart's.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +11,52 @@ import contextlib
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import kopf
+import yaml
 
 from learner_operator.handlers import LeaseConfig, OperatorConfig, Runtime, register
+from learner_operator.kube import KubeApi
+from learner_operator.kube.client import connect
+from tests.conftest import NAMESPACE
 from tests.kube_emulator import Cluster
+from tests.real_cluster import RealCluster
 
-NS = "learning"
+NS = NAMESPACE
+#: What the `cluster` fixture yields: both have the same test-facing methods.
+AnyCluster = Cluster | RealCluster
+
+
+def connection(cluster: AnyCluster) -> tuple[kopf.ConnectionInfo, dict[str, Any]]:
+    """How the operator reaches ``cluster``: kopf's login, and the OperatorConfig fields for its own client."""
+    if isinstance(cluster, RealCluster):
+        plane = cluster.plane
+        return (kopf.ConnectionInfo(server=plane.url, ca_path=str(plane.pki.ca_cert), token=plane.operator_token),
+                {"kubeconfig": str(plane.operator_kubeconfig)})
+    url = str(cluster.url).rstrip("/")
+    return kopf.ConnectionInfo(server=url, insecure=True), {"api_host": url}
+
+
+async def operator_api(cluster: AnyCluster) -> KubeApi:
+    """A client with the operator's identity (on a real API server: the chart's ServiceAccount)."""
+    _, where = connection(cluster)
+    return await connect(where.get("api_host"), kubeconfig=where.get("kubeconfig"))
+
+
+def operator_kubeconfig(cluster: AnyCluster, folder: Path) -> Path:
+    """A kubeconfig for `learner-operator run` as a process: the emulator's URL, or the ServiceAccount's."""
+    if isinstance(cluster, RealCluster):
+        return cluster.operator_kubeconfig
+    path = folder / "kubeconfig"
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "emulator",
+        "clusters": [{"name": "emulator", "cluster": {"server": str(cluster.url).rstrip("/")}}],
+        "users": [{"name": "operator", "user": {"token": "not-a-real-token"}}],
+        "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "operator"}}],
+    }))
+    return path
 
 
 class Operator:
@@ -24,10 +66,10 @@ class Operator:
     stops; sharing the test's loop would make it wait for (and then cancel) pytest's fixture tasks.
     """
 
-    def __init__(self, cluster: Cluster, resync_seconds: float = 300.0, lease: LeaseConfig | None = None) -> None:
+    def __init__(self, cluster: AnyCluster, resync_seconds: float = 300.0, lease: LeaseConfig | None = None) -> None:
         self.memo = kopf.Memo()
         self._lease = lease
-        self._cluster_url = str(cluster.url).rstrip("/")
+        self._login, self._where = connection(cluster)
         self._resync = resync_seconds
         self._ready = threading.Event()
         self._stop = threading.Event()
@@ -36,13 +78,12 @@ class Operator:
         self._thread = threading.Thread(target=self._main, name="operator", daemon=True)
 
     def _main(self) -> None:
-        url = self._cluster_url
         registry = kopf.OperatorRegistry()
 
         def login(**_: Any) -> kopf.ConnectionInfo:
-            return kopf.ConnectionInfo(server=url, insecure=True)
+            return self._login
 
-        self._config = OperatorConfig(api_host=url, metrics_port=None, resync_seconds=self._resync, workers=4,
+        self._config = OperatorConfig(**self._where, metrics_port=None, resync_seconds=self._resync, workers=4,
                                       retry_after_error=0.5, leader_election=self._lease, verify_delay=0.1)
         register(registry, self._config, login=login)
 
@@ -99,7 +140,7 @@ class Operator:
 
 
 @contextlib.asynccontextmanager
-async def running_operator(cluster: Cluster, *, resync_seconds: float = 300.0) -> AsyncIterator[Operator]:
+async def running_operator(cluster: AnyCluster, *, resync_seconds: float = 300.0) -> AsyncIterator[Operator]:
     operator = Operator(cluster, resync_seconds)
     await operator.start()
     try:
@@ -120,12 +161,12 @@ async def eventually(check: Callable[[], Any], *, within: float = 10.0, what: st
         await asyncio.sleep(0.05)
 
 
-def _activity(cluster: Cluster) -> int:
+def _activity(cluster: AnyCluster) -> int:
     """Requests so far, less leader-election renewals (they never stop while replicas run)."""
     return sum(1 for r in cluster.log if r.resource is None or r.resource.plural != "leases")
 
 
-async def settled(cluster: Cluster, operator: Operator, *, quiet: float = 0.5, within: float = 15.0) -> None:
+async def settled(cluster: AnyCluster, operator: Operator, *, quiet: float = 0.5, within: float = 15.0) -> None:
     """Until the operator has been idle and the cluster unwritten-to for ``quiet`` seconds."""
     deadline = time.monotonic() + within
     count, since = _activity(cluster), time.monotonic()

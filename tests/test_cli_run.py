@@ -1,4 +1,7 @@
-"""`learner-operator run` as a process, as the operator's container runs it: kubeconfig, liveness, metrics."""
+"""`learner-operator run` as a process, as the operator's container runs it: kubeconfig, liveness, metrics.
+
+On a real API server the kubeconfig is the chart's ServiceAccount's, and the Lease lives in the
+release's namespace, as the chart sets it (``POD_NAMESPACE``)."""
 
 from __future__ import annotations
 
@@ -11,25 +14,13 @@ from typing import Any
 
 import aiohttp
 import pytest
-import yaml
 
 from tests.conftest import EXAMPLES, load
-from tests.kube_emulator import Cluster
 from tests.net import free_port
-from tests.operator_harness import eventually
+from tests.operator_harness import NS, AnyCluster, eventually, operator_kubeconfig
 from tests.test_operator import children, secret
 
 pytestmark = pytest.mark.operator
-
-
-def kubeconfig(path: Path, server: str) -> Path:
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "emulator",
-        "clusters": [{"name": "emulator", "cluster": {"server": server}}],
-        "users": [{"name": "operator", "user": {"token": "not-a-real-token"}}],
-        "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "operator"}}],
-    }))
-    return path
 
 
 async def get(url: str) -> tuple[int, str]:
@@ -37,14 +28,14 @@ async def get(url: str) -> tuple[int, str]:
         return response.status, await response.text()
 
 
-async def test_run_serves_liveness_and_metrics_and_stops_on_sigterm(cluster: Cluster, tmp_path: Path) -> None:
+async def test_run_serves_liveness_and_metrics_and_stops_on_sigterm(cluster: AnyCluster, tmp_path: Path) -> None:
     liveness, metrics = free_port(), free_port()
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig(tmp_path / "config", str(cluster.url).rstrip("/")))}
+    env = {**os.environ, "KUBECONFIG": str(operator_kubeconfig(cluster, tmp_path))}
     env.pop("KUBERNETES_SERVICE_HOST", None)
     command = shutil.which("learner-operator", path=str(Path(os.sys.executable).parent))  # type: ignore[attr-defined]
     assert command, "the learner-operator console script is installed with the project"
     process = await asyncio.create_subprocess_exec(
-        command, "run", "--all-namespaces", "--liveness", f"http://127.0.0.1:{liveness}/healthz",
+        command, "run", "--all-namespaces", "--lease-namespace", NS, "--liveness", f"http://127.0.0.1:{liveness}/healthz",
         "--metrics-port", str(metrics), env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )
     try:
@@ -70,7 +61,7 @@ async def test_run_serves_liveness_and_metrics_and_stops_on_sigterm(cluster: Clu
         assert 'learner_operator_platform_condition{name="ai-platform",namespace="learning",status="True",' \
                'type="SecretReady"} 1.0' in text
         assert 'learner_operator_api_requests_total{verb="PATCH"}' in text
-        lease = cluster.get("coordination.k8s.io/v1", "leases", "default", "learner-platform-operator") or {}
+        lease = cluster.get("coordination.k8s.io/v1", "leases", NS, "learner-platform-operator") or {}
         assert lease["spec"]["holderIdentity"]  # leader election is on by default
     finally:
         process.send_signal(signal.SIGTERM)

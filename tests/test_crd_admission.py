@@ -10,8 +10,7 @@ import pytest
 
 from learner_operator.models import parse_spec
 from tests.conftest import EXAMPLES, load
-from tests.kube_emulator import Cluster
-from tests.operator_harness import NS
+from tests.operator_harness import NS, AnyCluster
 
 
 def _with_rule_and_empty_default() -> dict[str, Any]:
@@ -31,13 +30,13 @@ def _with_rule_and_empty_default() -> dict[str, Any]:
                                    "schema": {"openAPIV3Schema": schema}}]}}
 
 
-def test_a_default_is_checked_against_its_rules_as_written(cluster: Cluster) -> None:
+def test_a_default_is_checked_against_its_rules_as_written(cluster: AnyCluster) -> None:
     with pytest.raises(kmock.KubernetesError) as refused:
         cluster.create_crd(_with_rule_and_empty_default())
     assert "no such key: minReplicas evaluating rule: autoscaling.minReplicas must be <=" in str(refused.value)
 
 
-def test_a_complete_default_is_accepted(cluster: Cluster) -> None:
+def test_a_complete_default_is_accepted(cluster: AnyCluster) -> None:
     crd = _with_rule_and_empty_default()
     autoscaling = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"][
         "autoscaling"]
@@ -45,7 +44,7 @@ def test_a_complete_default_is_accepted(cluster: Cluster) -> None:
     cluster.create_crd(crd)
 
 
-def test_the_committed_crd_is_accepted(cluster: Cluster, crd: dict[str, Any]) -> None:
+def test_the_committed_crd_is_accepted(cluster: AnyCluster, crd: dict[str, Any]) -> None:
     """The cluster fixture creates it already; creating it again (an upgrade) passes the same checks."""
     cluster.create_crd(copy.deepcopy(crd))
 
@@ -57,7 +56,7 @@ def test_the_committed_crd_is_accepted(cluster: Cluster, crd: dict[str, Any]) ->
     {"resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}}},
 ], ids=["no-hpa", "pdb-only", "max-only", "resources-only"])
 def test_partial_objects_are_completed_by_defaults_before_their_rules_run(
-    cluster: Cluster, learner_api: dict[str, Any],
+    cluster: AnyCluster, learner_api: dict[str, Any],
 ) -> None:
     doc = load(EXAMPLES / "01-minimal.yaml")
     doc["spec"]["learnerApi"] = learner_api
@@ -66,7 +65,7 @@ def test_partial_objects_are_completed_by_defaults_before_their_rules_run(
     assert cluster.get("learner.dev/v1alpha1", "learnerplatforms", NS, doc["metadata"]["name"]) is not None
 
 
-def test_observability_without_pushgateway_is_admitted(cluster: Cluster) -> None:
+def test_observability_without_pushgateway_is_admitted(cluster: AnyCluster) -> None:
     doc = load(EXAMPLES / "01-minimal.yaml")
     doc["spec"]["observability"] = {"serviceMonitor": False}
     stored = cluster.put(doc)

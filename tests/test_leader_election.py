@@ -8,11 +8,10 @@ from typing import Any
 import pytest
 
 from learner_operator.handlers import LeaseConfig
-from learner_operator.kube.client import ApiError, connect
+from learner_operator.kube.client import ApiError
 from learner_operator.kube.lease import LeaderElection
 from tests.conftest import EXAMPLES, load
-from tests.kube_emulator import Cluster
-from tests.operator_harness import NS, Operator, eventually, settled
+from tests.operator_harness import NS, AnyCluster, Operator, eventually, operator_api, settled
 from tests.test_operator import API, api_container, children, secret
 
 pytestmark = pytest.mark.operator
@@ -22,12 +21,12 @@ def lease(who: str) -> LeaseConfig:
     return LeaseConfig(namespace=NS, identity=who, lease_seconds=2, renew_seconds=0.2)
 
 
-def holder(cluster: Cluster) -> Any:
+def holder(cluster: AnyCluster) -> Any:
     found = cluster.get("coordination.k8s.io/v1", "leases", NS, "learner-platform-operator") or {}
     return (found.get("spec") or {}).get("holderIdentity")
 
 
-async def test_only_the_leader_writes_and_a_follower_takes_over(cluster: Cluster) -> None:
+async def test_only_the_leader_writes_and_a_follower_takes_over(cluster: AnyCluster) -> None:
     first, second = Operator(cluster, lease=lease("replica-a")), Operator(cluster, lease=lease("replica-b"))
     await first.start()
     await eventually(lambda: holder(cluster) == "replica-a", what="replica-a leads")
@@ -54,8 +53,8 @@ async def test_only_the_leader_writes_and_a_follower_takes_over(cluster: Cluster
             await first.stop()
 
 
-async def test_an_expired_lease_is_taken_and_a_live_one_is_not(cluster: Cluster) -> None:
-    api = await connect(str(cluster.url).rstrip("/"))
+async def test_an_expired_lease_is_taken_and_a_live_one_is_not(cluster: AnyCluster) -> None:
+    api = await operator_api(cluster)
     try:
         now = datetime.datetime.now(datetime.UTC)
         for renewed, expected in ((now - datetime.timedelta(seconds=60), True), (now, False)):
@@ -72,9 +71,9 @@ async def test_an_expired_lease_is_taken_and_a_live_one_is_not(cluster: Cluster)
         await api.close()
 
 
-async def test_a_stale_read_cannot_steal_the_lease(cluster: Cluster) -> None:
+async def test_a_stale_read_cannot_steal_the_lease(cluster: AnyCluster) -> None:
     """Two candidates read the same expired Lease; the second update carries a stale resourceVersion."""
-    api = await connect(str(cluster.url).rstrip("/"))
+    api = await operator_api(cluster)
     try:
         old = (datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=60)).strftime("%Y-%m-%dT%H:%M:%SZ")
         cluster.put({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",

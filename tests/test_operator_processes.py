@@ -14,10 +14,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import EXAMPLES, load
-from tests.kube_emulator import Cluster
 from tests.net import free_port
-from tests.operator_harness import NS, eventually
-from tests.test_cli_run import kubeconfig
+from tests.operator_harness import NS, AnyCluster, eventually, operator_kubeconfig
 from tests.test_operator import secret
 
 pytestmark = pytest.mark.operator
@@ -26,7 +24,7 @@ KINDS = [("v1", "serviceaccounts"), ("v1", "configmaps"), ("v1", "services"), ("
          ("networking.k8s.io/v1", "networkpolicies")]
 
 
-def owned_children(cluster: Cluster) -> dict[str, list[str]]:
+def owned_children(cluster: AnyCluster) -> dict[str, list[str]]:
     """Children by the platform that owns them."""
     out: dict[str, list[str]] = {}
     for api_version, plural in KINDS:
@@ -37,9 +35,10 @@ def owned_children(cluster: Cluster) -> dict[str, list[str]]:
 
 
 @contextlib.asynccontextmanager
-async def operator_process(cluster: Cluster, tmp_path: Path, identity: str, *extra: str) -> AsyncIterator[Any]:
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig(tmp_path / f"config-{identity}", str(cluster.url).rstrip("/"))),
-           "POD_NAME": identity}
+async def operator_process(cluster: AnyCluster, tmp_path: Path, identity: str, *extra: str) -> AsyncIterator[Any]:
+    folder = tmp_path / identity
+    folder.mkdir()
+    env = {**os.environ, "KUBECONFIG": str(operator_kubeconfig(cluster, folder)), "POD_NAME": identity}
     env.pop("KUBERNETES_SERVICE_HOST", None)
     command = shutil.which("learner-operator", path=str(Path(os.sys.executable).parent))  # type: ignore[attr-defined]
     assert command
@@ -63,7 +62,7 @@ def platform(name: str) -> dict[str, Any]:
 
 
 async def test_killed_while_creating_20_platforms_a_restart_converges_them_all_once(
-    cluster: Cluster, tmp_path: Path,
+    cluster: AnyCluster, tmp_path: Path,
 ) -> None:
     cluster.put(secret())
     names = [f"p{i:02d}" for i in range(20)]
@@ -85,7 +84,7 @@ async def test_killed_while_creating_20_platforms_a_restart_converges_them_all_o
         assert len(kids) == len(set(kids)) == 12
 
 
-async def test_the_leader_killed_hard_is_replaced_when_its_lease_runs_out(cluster: Cluster, tmp_path: Path) -> None:
+async def test_the_leader_killed_hard_is_replaced_when_its_lease_runs_out(cluster: AnyCluster, tmp_path: Path) -> None:
     cluster.put(secret())
 
     def holder() -> str:

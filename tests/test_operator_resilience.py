@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import EXAMPLES, load
-from tests.kube_emulator import Cluster
-from tests.operator_harness import NS, Operator, eventually, running_operator, settled
+from tests.operator_harness import NS, AnyCluster, Operator, eventually, running_operator, settled
 from tests.test_operator import API, EVALUATOR, children, condition, conditions, secret
 
 pytestmark = pytest.mark.operator
@@ -18,19 +17,20 @@ LP = ("learner.dev/v1alpha1", "learnerplatforms")
 
 
 @pytest.fixture
-async def operator(cluster: Cluster) -> AsyncIterator[Operator]:
+async def operator(cluster: AnyCluster) -> AsyncIterator[Operator]:
     async with running_operator(cluster) as op:
         yield op
 
 
-async def _converged(cluster: Cluster, operator: Operator, doc: dict[str, Any] | None = None) -> None:
+async def _converged(cluster: AnyCluster, operator: Operator, doc: dict[str, Any] | None = None) -> None:
     cluster.put(secret())
     cluster.put(doc or load(EXAMPLES / "01-minimal.yaml"))
     await eventually(lambda: len(children(cluster)) == 12, what="12 children")
     await settled(cluster, operator)
 
 
-async def test_a_child_deleted_while_watches_were_down_is_restored(cluster: Cluster, operator: Operator) -> None:
+@pytest.mark.emulator_only("deletions inside a real restart race the watches' return (see RealCluster.watch_gap)")
+async def test_a_child_deleted_while_watches_were_down_is_restored(cluster: AnyCluster, operator: Operator) -> None:
     """kopf re-lists after "410 Gone" but keeps what vanished meanwhile; a fresh list of our own does not."""
     await _converged(cluster, operator)
     async with cluster.watch_gap():
@@ -42,8 +42,9 @@ async def test_a_child_deleted_while_watches_were_down_is_restored(cluster: Clus
     assert len(children(cluster)) == 12
 
 
+@pytest.mark.emulator_only("deletions inside a real restart race the watches' return (see RealCluster.watch_gap)")
 async def test_a_platform_deleted_while_watches_were_down_is_not_resurrected(
-    cluster: Cluster, operator: Operator,
+    cluster: AnyCluster, operator: Operator,
 ) -> None:
     await _converged(cluster, operator)
     start = len(cluster.log)
@@ -58,8 +59,9 @@ async def test_a_platform_deleted_while_watches_were_down_is_not_resurrected(
     assert cluster.mutating_requests(start) == []
 
 
+@pytest.mark.emulator_only("a deletion that only the platform's watch misses is staged by the emulator")
 async def test_a_deletion_the_platform_watch_missed_stops_at_the_first_write(
-    cluster: Cluster, operator: Operator,
+    cluster: AnyCluster, operator: Operator,
 ) -> None:
     """The platform watch is stuck (429) while the children's watches see the garbage collector at work:
     each child event asks for a reconcile of a platform that no longer exists. None may write."""
@@ -73,8 +75,9 @@ async def test_a_deletion_the_platform_watch_missed_stops_at_the_first_write(
     assert operator.runtime.platforms.known() == []
 
 
+@pytest.mark.emulator_only("a real server sets deletionTimestamp only itself, and its GC would finish at once")
 async def test_a_platform_being_deleted_in_the_foreground_is_left_to_the_garbage_collector(
-    cluster: Cluster, operator: Operator,
+    cluster: AnyCluster, operator: Operator,
 ) -> None:
     await _converged(cluster, operator)
     start = len(cluster.log)
@@ -87,13 +90,14 @@ async def test_a_platform_being_deleted_in_the_foreground_is_left_to_the_garbage
 
 
 @pytest.fixture
-def no_prometheus_operator(cluster: Cluster) -> Cluster:
+def no_prometheus_operator(cluster: AnyCluster) -> AnyCluster:
     cluster.undeclare("monitoring.coreos.com", "v1", "servicemonitors")
     return cluster
 
 
+@pytest.mark.emulator_only("the real backend serves a stand-in ServiceMonitor CRD for the whole session")
 async def test_a_servicemonitor_without_its_api_is_a_condition_not_a_retry_loop(
-    no_prometheus_operator: Cluster,
+    no_prometheus_operator: AnyCluster,
 ) -> None:
     cluster = no_prometheus_operator
     async with running_operator(cluster) as operator:
@@ -118,7 +122,7 @@ async def test_a_servicemonitor_without_its_api_is_a_condition_not_a_retry_loop(
         assert cluster.mutating_requests(start) == []
 
 
-async def test_an_api_server_outage_is_recovered_from_unaided(cluster: Cluster, operator: Operator) -> None:
+async def test_an_api_server_outage_is_recovered_from_unaided(cluster: AnyCluster, operator: Operator) -> None:
     """Every request fails for a while (watches, lists, the reconciler's own); then drift made meanwhile
     is repaired and new work is done, without a restart of the operator."""
     await _converged(cluster, operator)

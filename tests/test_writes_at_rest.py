@@ -14,8 +14,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import EXAMPLES, load
-from tests.kube_emulator import Cluster
-from tests.operator_harness import Operator, eventually, running_operator, settled
+from tests.operator_harness import NS, AnyCluster, Operator, eventually, running_operator, settled
 from tests.test_operator import API, EVALUATOR, secret
 
 pytestmark = pytest.mark.operator
@@ -23,27 +22,21 @@ pytestmark = pytest.mark.operator
 
 def _platform(example: str, **spec: Any) -> dict[str, Any]:
     doc = load(EXAMPLES / example)
+    doc["metadata"]["namespace"] = NS  # the namespace the suite gets on either backend
     doc["spec"].update(copy.deepcopy(spec))
     return doc
 
 
-def _ns(cluster: Cluster, doc: dict[str, Any]) -> str:
+async def _converged(cluster: AnyCluster, operator: Operator, doc: dict[str, Any]) -> str:
     namespace = str(doc["metadata"]["namespace"])
-    if cluster.get("v1", "namespaces", None, namespace) is None:
-        cluster.put({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
-    return namespace
-
-
-async def _converged(cluster: Cluster, operator: Operator, doc: dict[str, Any]) -> str:
-    namespace = _ns(cluster, doc)
-    cluster.put({**secret(), "metadata": {"name": "ai-platform-secrets", "namespace": namespace}})
+    cluster.put(secret())
     cluster.put(doc)
     await eventually(lambda: cluster.get("apps/v1", "deployments", namespace, API), what="learner-api Deployment")
     await settled(cluster, operator)
     return namespace
 
 
-async def _resync_writes(cluster: Cluster, operator: Operator) -> list[tuple[str, str]]:
+async def _resync_writes(cluster: AnyCluster, operator: Operator) -> list[tuple[str, str]]:
     start = len(cluster.log)
     await operator.resync_now()
     await settled(cluster, operator)
@@ -51,7 +44,7 @@ async def _resync_writes(cluster: Cluster, operator: Operator) -> list[tuple[str
 
 
 @pytest.fixture
-async def operator(cluster: Cluster) -> Any:
+async def operator(cluster: AnyCluster) -> Any:
     async with running_operator(cluster) as op:
         yield op
 
@@ -70,7 +63,7 @@ VARIANTS = {
 
 @pytest.mark.parametrize("doc", VARIANTS.values(), ids=VARIANTS.keys())
 async def test_a_converged_platform_costs_no_write_per_resync(
-    cluster: Cluster, operator: Operator, doc: dict[str, Any],
+    cluster: AnyCluster, operator: Operator, doc: dict[str, Any],
 ) -> None:
     await _converged(cluster, operator, copy.deepcopy(doc))
     assert await _resync_writes(cluster, operator) == []
@@ -78,7 +71,7 @@ async def test_a_converged_platform_costs_no_write_per_resync(
 
 
 async def test_an_env_var_someone_else_added_is_left_alone_without_writes(
-    cluster: Cluster, operator: Operator,
+    cluster: AnyCluster, operator: Operator,
 ) -> None:
     """`kubectl set env deployment/x DEBUG=1`: their entry in our container, owned by their manager.
 
@@ -98,7 +91,7 @@ async def test_an_env_var_someone_else_added_is_left_alone_without_writes(
     assert any(item["name"] == "DATABASE_URL" for item in env)
 
 
-async def test_a_field_we_own_changed_by_someone_else_costs_one_write(cluster: Cluster, operator: Operator) -> None:
+async def test_a_field_we_own_changed_by_someone_else_costs_one_write(cluster: AnyCluster, operator: Operator) -> None:
     """`kubectl set image`: the field moves to their manager; one apply takes it back, then quiet."""
     namespace = await _converged(cluster, operator, _platform("01-minimal.yaml"))
     image = cluster.get("apps/v1", "deployments", namespace, EVALUATOR)["spec"]["template"]["spec"]["containers"][
@@ -116,7 +109,9 @@ async def test_a_field_we_own_changed_by_someone_else_costs_one_write(cluster: C
     assert await _resync_writes(cluster, operator) == []
 
 
-async def test_replicas_scaled_by_hand_without_the_hpa_are_restored_once(cluster: Cluster, operator: Operator) -> None:
+async def test_replicas_scaled_by_hand_without_the_hpa_are_restored_once(
+    cluster: AnyCluster, operator: Operator,
+) -> None:
     doc = _platform("01-minimal.yaml", learnerApi={"replicas": 3, "autoscaling": {"enabled": False}})
     namespace = await _converged(cluster, operator, doc)
     start = len(cluster.log)
@@ -129,7 +124,7 @@ async def test_replicas_scaled_by_hand_without_the_hpa_are_restored_once(cluster
     assert await _resync_writes(cluster, operator) == []
 
 
-async def test_the_hpa_owns_replicas_and_the_operator_never_fights_it(cluster: Cluster, operator: Operator) -> None:
+async def test_the_hpa_owns_replicas_and_the_operator_never_fights_it(cluster: AnyCluster, operator: Operator) -> None:
     namespace = await _converged(cluster, operator, _platform("01-minimal.yaml"))
     start = len(cluster.log)
     cluster.scale(namespace, API, 6)
@@ -144,7 +139,7 @@ async def test_the_hpa_owns_replicas_and_the_operator_never_fights_it(cluster: C
 @pytest.mark.parametrize("doc", [VARIANTS["staging-pushgateway"], VARIANTS["quantities-the-server-rewrites"]],
                          ids=["staging-pushgateway", "quantities"])
 async def test_a_restarted_operator_finds_the_children_in_sync_without_writes(
-    cluster: Cluster, doc: dict[str, Any],
+    cluster: AnyCluster, doc: dict[str, Any],
 ) -> None:
     """A new process has no apply answers of its own: its first look must not mistake normalisation for drift."""
     async with running_operator(cluster) as first:

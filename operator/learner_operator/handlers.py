@@ -42,6 +42,8 @@ class OperatorConfig:
     workers: int = 8
     #: The API server for the reconciler's own requests; None: in-cluster config, else kubeconfig.
     api_host: str | None = None
+    #: A kubeconfig file for the reconciler's own requests (tests on a real API server: CA and token).
+    kubeconfig: str | None = None
     #: Where /metrics is served; None: not served (tests that run several operators in one process).
     metrics_port: int | None = 9090
     #: First retry delay after an API error; doubles per consecutive failure, up to 5 minutes.
@@ -145,7 +147,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, login: Cal
         configure(settings)
         metrics = Metrics()
         counter = RequestCounter(lambda verb: metrics.api_requests.labels(verb).inc())
-        api: KubeApi = await connect(config.api_host, counter)
+        api: KubeApi = await connect(config.api_host, counter, kubeconfig=config.kubeconfig)
         deps = Deps(api=api, live=LiveState(), platforms=Platforms(), metrics=metrics, discovery=Discovery(api),
                     retry_after_error=config.retry_after_error)
         metrics.watch_conditions(deps.platforms.conditions)
@@ -259,7 +261,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, login: Cal
 async def _elect(runtime: Runtime, lease: LeaseConfig) -> None:
     """Every replica watches; the engine runs only while this replica holds the Lease."""
     # Its own client: lease renewals are not reconciler requests and stay out of its metrics.
-    api = await connect(runtime.deps.api.host)
+    api = await connect(runtime.deps.api.host, kubeconfig=runtime.deps.api.kubeconfig)
 
     def changed(leading: bool) -> None:
         if leading:

@@ -48,11 +48,12 @@ class RequestCounter:
 
 class KubeApi:
     def __init__(self, api_client: k8s.ApiClient, counter: RequestCounter | None = None,
-                 host: str | None = None) -> None:
+                 host: str | None = None, kubeconfig: str | None = None) -> None:
         self._api = api_client
         self.counter = counter or RequestCounter()
-        #: The host given to :func:`connect` (None: from the in-cluster config or kubeconfig).
+        #: The host and kubeconfig given to :func:`connect`, so that a second client reaches the same server.
         self.host = host
+        self.kubeconfig = kubeconfig
 
     async def close(self) -> None:
         await self._api.close()
@@ -168,8 +169,12 @@ def _error(status: int, data: bytes) -> ApiError:
         return ApiError(status, "Unknown", data[:200].decode(errors="replace"))
 
 
-async def connect(host: str | None = None, counter: RequestCounter | None = None) -> KubeApi:
-    """In-cluster config when there, else the kubeconfig; ``host`` (tests, benchmarks) overrides both."""
+async def connect(
+    host: str | None = None, counter: RequestCounter | None = None, *, kubeconfig: str | None = None,
+) -> KubeApi:
+    """In-cluster config when there, else the kubeconfig; ``host`` (the emulator: plain HTTP, no credentials)
+    overrides both, and an explicit ``kubeconfig`` file (a real test cluster: its CA and a token) wins over
+    the in-cluster config."""
     from kubernetes.aio import config as k8s_config
 
     configuration = k8s.Configuration()
@@ -178,9 +183,11 @@ async def connect(host: str | None = None, counter: RequestCounter | None = None
     configuration.client_session_kwargs = {"trust_env": False}
     if host is not None:
         configuration.host = host
+    elif kubeconfig is not None:
+        await k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
     else:
         try:
             k8s_config.load_incluster_config(client_configuration=configuration)
         except k8s_config.ConfigException:
             await k8s_config.load_kube_config(client_configuration=configuration)
-    return KubeApi(k8s.ApiClient(configuration), counter, host)
+    return KubeApi(k8s.ApiClient(configuration), counter, host, kubeconfig)

@@ -1,0 +1,275 @@
+"""The `cluster` fixture on a real API server: the emulator's test-facing methods, over HTTPS as cluster-admin.
+
+Tests drive the cluster as a user or a controller would (``put``, ``edit``, ``remove``, ``scale``,
+``set_deployment_status``) and read it back (``get``, ``all``); ``log`` and ``mutating_requests`` are
+the operator's requests, from the API server's audit log (tests/audit_log.py). Refusals raise
+``kmock.KubernetesError`` with the server's status, reason and message, as the emulator's do.
+
+Where this backend differs from the emulator, and why:
+
+- One namespace for every test (the one the harness calls NS), emptied before each test: it also
+  holds the chart's ServiceAccount and RBAC that the operator runs under (as after ``helm install -n
+  learning``), and tests import NS as a constant. Cluster-scoped objects a test makes are not removed.
+- ``put`` creates, or replaces the whole object (PUT with the stored resourceVersion), with strict
+  field validation as kubectl's; on the emulator it replaces the stored object.
+- Controllers: without kube-controller-manager nothing plays one (tests marked ``needs_controller``
+  skip) and ``set_deployment_status`` writes the status as the emulator does. With it, the real
+  Deployment controller owns that status, so ``set_deployment_status`` plays the kubelet instead: it
+  marks the current ReplicaSet's pods Ready (no node, no scheduler: the pods stay unbound).
+- ``hang_up`` and ``watch_gap`` restart kube-apiserver: seconds, not milliseconds (their docstrings).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import datetime
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import kmock
+import yarl
+
+from tests.audit_log import MUTATING, AuditLog
+from tests.control_plane import OPERATOR_SERVICE_ACCOUNT, ControlPlane
+from tests.kube_rest import MERGE, path
+
+USER_MANAGER = "test-user"  # the field manager of every change a test makes
+STRATEGIC = "application/strategic-merge-patch+json"
+
+# Emptied before each test, owners first so that no controller re-creates what was already swept.
+_EMPTIED = [
+    ("learner.dev/v1alpha1", "learnerplatforms"), ("apps/v1", "deployments"), ("apps/v1", "replicasets"),
+    ("v1", "pods"), ("autoscaling/v2", "horizontalpodautoscalers"), ("policy/v1", "poddisruptionbudgets"),
+    ("networking.k8s.io/v1", "networkpolicies"), ("monitoring.coreos.com/v1", "servicemonitors"),
+    ("v1", "services"), ("v1", "configmaps"), ("v1", "secrets"), ("v1", "serviceaccounts"), ("v1", "events"),
+    ("coordination.k8s.io/v1", "leases"),
+]
+# What the setup and kube-controller-manager put into every namespace.
+_KEPT = {"serviceaccounts": {OPERATOR_SERVICE_ACCOUNT, "default"}, "configmaps": {"kube-root-ca.crt"}}
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _owned_by(obj: dict[str, Any], uid: str) -> bool:
+    return any(ref.get("uid") == uid for ref in obj["metadata"].get("ownerReferences") or [])
+
+
+class RealCluster:
+    def __init__(self, plane: ControlPlane) -> None:
+        self.plane = plane
+        self._rest = plane.rest
+        self._audit = AuditLog(plane.audit_log, plane.operator_user)
+
+    @property
+    def url(self) -> yarl.URL:
+        return yarl.URL(self.plane.url)
+
+    @property
+    def operator_kubeconfig(self) -> Path:
+        """The CA and a token of the chart's ServiceAccount: what the operator connects with."""
+        return self.plane.operator_kubeconfig
+
+    @property
+    def has_controllers(self) -> bool:
+        return self.plane.has_controllers
+
+    def _path(self, api_version: str, plural: str, namespace: str | None, name: str | None = None,
+              subresource: str | None = None) -> str:
+        _, namespaced = self._rest.resource(api_version, plural=plural)
+        return path(api_version, plural, namespace if namespaced else None, name, subresource)
+
+    def reset(self, timeout: float = 30.0) -> None:
+        """Empty the test namespace of what tests and the operator made; the log starts after this."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = []
+            for api_version, plural in _EMPTIED:
+                try:
+                    found = self.all(api_version, plural, self.plane.namespace)
+                except kmock.KubernetesError as exc:
+                    if exc.status == 404:
+                        continue  # not served (a CRD a test removed)
+                    raise
+                for obj in found:
+                    meta = obj["metadata"]
+                    if meta["name"] in _KEPT.get(plural, ()):
+                        continue
+                    left.append(f"{plural}/{meta['name']}")
+                    where = self._path(api_version, plural, meta.get("namespace"), meta["name"])
+                    with contextlib.suppress(kmock.KubernetesError):  # gone meanwhile (404), or going
+                        if meta.get("finalizers"):
+                            self._rest.call("PATCH", where, {"metadata": {"finalizers": None}}, content_type=MERGE)
+                        self._rest.call("DELETE", where, {"apiVersion": "v1", "kind": "DeleteOptions",
+                                                          "gracePeriodSeconds": 0, "propagationPolicy": "Background"})
+            if not left:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"namespace {self.plane.namespace} not emptied in {timeout:.0f} s: {left}")
+            time.sleep(0.1)
+        self._audit = AuditLog(self.plane.audit_log, self.plane.operator_user)
+
+    # -- the emulator's test-facing methods ------------------------------------------------------
+
+    def get(self, api_version: str, plural: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        return self._rest.get(self._path(api_version, plural, namespace, name))
+
+    def all(self, api_version: str, plural: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        listing = self._rest.call("GET", self._path(api_version, plural, namespace))
+        kind = str(listing.get("kind", "")).removesuffix("List")
+        return [{"apiVersion": api_version, "kind": kind, **item} for item in listing.get("items") or []]
+
+    def put(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Create, or replace as a whole; refusals (422 at admission) raise ``kmock.KubernetesError``."""
+        where = self._rest.object_path(obj)
+        params = {"fieldManager": USER_MANAGER, "fieldValidation": "Strict"}
+        try:
+            return self._rest.call("POST", where.rsplit("/", 1)[0], obj, params=params)
+        except kmock.KubernetesError as exc:
+            if exc.status != 409 or exc.reason != "AlreadyExists":
+                raise
+        for _ in range(10):  # replaced with the resourceVersion read: someone may write in between
+            body = copy.deepcopy(obj)
+            body["metadata"]["resourceVersion"] = self._rest.call("GET", where)["metadata"]["resourceVersion"]
+            try:
+                return self._rest.call("PUT", where, body, params=params)
+            except kmock.KubernetesError as exc:
+                if exc.status != 409:
+                    raise
+        raise RuntimeError(f"{where}: kept conflicting with other writers")
+
+    def edit(self, api_version: str, plural: str, namespace: str, name: str, patch: dict[str, Any],
+             *, status: bool = False, manager: str | None = None, subresource: str | None = None) -> dict[str, Any]:
+        """What `kubectl patch --type merge` (or, with ``status``, a controller writing status) does;
+        ``subresource="scale"`` is `kubectl scale`."""
+        where = self._path(api_version, plural, namespace, name, "status" if status else subresource)
+        answer = self._rest.call("PATCH", where, patch, content_type=MERGE,
+                                 params={"fieldManager": manager or USER_MANAGER})
+        return self._rest.call("GET", self._path(api_version, plural, namespace, name)) if subresource else answer
+
+    def update(self, api_version: str, plural: str, namespace: str, name: str,
+               mutate: Callable[[dict[str, Any]], None], *, manager: str = "kubectl-edit") -> dict[str, Any]:
+        """Read, change, write back (PUT): what `kubectl edit` or `kubectl set env/image` does."""
+        where = self._path(api_version, plural, namespace, name)
+        for _ in range(10):
+            body = self._rest.call("GET", where)
+            mutate(body)
+            try:
+                return self._rest.call("PUT", where, body, params={"fieldManager": manager})
+            except kmock.KubernetesError as exc:
+                if exc.status != 409:
+                    raise
+        raise RuntimeError(f"{where}: kept conflicting with other writers")
+
+    def remove(self, api_version: str, plural: str, namespace: str, name: str) -> None:
+        """`kubectl delete`: dependents follow through the garbage collector (kube-controller-manager only)."""
+        self._rest.call("DELETE", self._path(api_version, plural, namespace, name),
+                        {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"})
+
+    def scale(self, namespace: str, name: str, replicas: int) -> dict[str, Any]:
+        """What the HorizontalPodAutoscaler does: write the Deployment's scale subresource."""
+        self._rest.call("PATCH", self._path("apps/v1", "deployments", namespace, name, "scale"),
+                        {"spec": {"replicas": replicas}}, content_type=MERGE,
+                        params={"fieldManager": "horizontal-pod-autoscaler"})
+        return self._rest.call("GET", self._path("apps/v1", "deployments", namespace, name))
+
+    def set_deployment_status(self, namespace: str, name: str, *, ready: int | None = None) -> dict[str, Any]:
+        """All replicas of the current template ready (or ``ready`` of them), as the emulator's."""
+        if self.has_controllers:
+            return self._play_kubelet(namespace, name, ready)
+        deployment = self._rest.call("GET", self._path("apps/v1", "deployments", namespace, name))
+        replicas = int(deployment["spec"].get("replicas", 1))
+        ready = replicas if ready is None else ready
+        return self.edit("apps/v1", "deployments", namespace, name, {"status": {
+            "observedGeneration": deployment["metadata"]["generation"],
+            "replicas": replicas, "updatedReplicas": replicas, "readyReplicas": ready, "availableReplicas": ready,
+            "conditions": [{"type": "Available", "status": "True" if ready >= replicas else "False",
+                            "reason": "MinimumReplicasAvailable"}],
+        }}, status=True)
+
+    def _play_kubelet(self, namespace: str, name: str, ready: int | None, timeout: float = 30.0) -> dict[str, Any]:
+        """Mark the current ReplicaSet's pods Ready until the Deployment controller reports the rollout done."""
+        deadline = time.monotonic() + timeout
+        while True:
+            deployment = self._rest.call("GET", self._path("apps/v1", "deployments", namespace, name))
+            replicas = int(deployment["spec"].get("replicas", 1))
+            want = replicas if ready is None else ready
+            pods = self._current_pods(deployment)
+            for index, pod in enumerate(pods):
+                self._set_pod_ready(pod, index < want)
+            status = deployment.get("status") or {}
+            if len(pods) == replicas and status.get("observedGeneration") == deployment["metadata"]["generation"] \
+                    and all(status.get(field, 0) == replicas for field in ("replicas", "updatedReplicas")) \
+                    and all(status.get(field, 0) == want for field in ("readyReplicas", "availableReplicas")):
+                return deployment
+            if time.monotonic() > deadline:
+                raise AssertionError(f"Deployment {name}: not {want}/{replicas} ready within {timeout:.0f} s: {status}")
+            time.sleep(0.1)
+
+    def _current_pods(self, deployment: dict[str, Any]) -> list[dict[str, Any]]:
+        meta = deployment["metadata"]
+        revision = (meta.get("annotations") or {}).get("deployment.kubernetes.io/revision")
+        current = [rs for rs in self.all("apps/v1", "replicasets", meta["namespace"]) if _owned_by(rs, meta["uid"])
+                   and (rs["metadata"].get("annotations") or {}).get("deployment.kubernetes.io/revision") == revision]
+        if not current:
+            return []
+        pods = [pod for pod in self.all("v1", "pods", meta["namespace"])
+                if _owned_by(pod, current[0]["metadata"]["uid"]) and not pod["metadata"].get("deletionTimestamp")]
+        return sorted(pods, key=lambda pod: str(pod["metadata"]["name"]))
+
+    def _set_pod_ready(self, pod: dict[str, Any], ready: bool) -> None:
+        wanted = "True" if ready else "False"
+        conditions = {c["type"]: c["status"] for c in (pod.get("status") or {}).get("conditions") or []}
+        if conditions.get("Ready") == wanted:
+            return
+        now = _now()
+        self._rest.call("PATCH", self._path("v1", "pods", pod["metadata"]["namespace"], pod["metadata"]["name"],
+                                            "status"),
+                        {"status": {"conditions": [  # merged by type: a strategic merge patch, as kubelets send
+                            {"type": "ContainersReady", "status": wanted, "lastTransitionTime": now},
+                            {"type": "Ready", "status": wanted, "lastTransitionTime": now}]}},
+                        content_type=STRATEGIC, params={"fieldManager": "kubelet"})
+
+    @property
+    def log(self) -> list[kmock.Request]:
+        """The operator's requests since the test began (its ServiceAccount's, from the audit log)."""
+        return self._audit.requests
+
+    def mutating_requests(self, since: int = 0) -> list[kmock.Request]:
+        return [r for r in self.log[since:] if r.method.value in MUTATING]
+
+    def hang_up(self) -> None:
+        """End every open watch: kube-apiserver is stopped (SIGTERM) and started again, which takes
+        seconds, during which every other request fails too (the emulator's ends only the watches)."""
+        self.plane.restart_apiserver(signal.SIGTERM)
+
+    @contextlib.asynccontextmanager
+    async def watch_gap(self, *, down: bool = False) -> AsyncIterator[None]:
+        """The API server crashes (kill -9) and is started again before the block runs (``down`` is how
+        a real restart always is: every request fails until it is back).
+
+        Unlike the emulator's gap, nothing here keeps watches closed while the block runs: the block's
+        changes land while kopf reconnects (and meets "429 storage is (re)initializing" or "410 Gone"
+        from the fresh watch cache), so a deletion in the block is missed by the watches only when
+        it is made before they are back, as after a real outage. On the emulator it always is.
+        """
+        await asyncio.to_thread(self.plane.restart_apiserver, signal.SIGKILL)
+        yield
+
+    def create_crd(self, crd: dict[str, Any]) -> dict[str, Any]:
+        """Whether the server accepts ``crd`` as a new CRD, validated as at creation (every default against
+        the schema and its CEL rules): a dry-run create. The setup created it already, so "AlreadyExists"
+        (checked after validation) means accepted; a refusal raises ``kmock.KubernetesError`` (422)."""
+        try:
+            return self._rest.call("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd,
+                                   params={"dryRun": "All", "fieldValidation": "Strict"})
+        except kmock.KubernetesError as exc:
+            if exc.status == 409 and exc.reason == "AlreadyExists":
+                return crd
+            raise
