@@ -216,6 +216,8 @@ async def metrics(session: aiohttp.ClientSession, port: int) -> dict[str, float]
     for line in text.splitlines():
         if m := re.match(r'^learner_operator_api_requests_total\{verb="(\w+)"\} ([0-9.e+]+)$', line):
             out[m.group(1)] = float(m.group(2))
+        elif m := re.match(r"^learner_operator_reconcile_duration_seconds_(sum|count) ([0-9.e+]+)$", line):
+            out[f"reconcile_{m.group(1)}"] = float(m.group(2))
     return out
 
 
@@ -329,11 +331,15 @@ async def main(rounds: int, many: int, memory: int) -> None:
                     per_create = (await operator_writes() - before) / rounds
                     names = [f"opmany-{i}" for i in range(many)]
                     cpu = cpu_seconds(op.pid), server_cpu(server)
+                    counts = await metrics(session, metrics_port)
                     start = time.monotonic()
                     await create_platforms(session, server, names)
                     await watch.wait_for({f"{n}-learner-api" for n in names})
                     op_many = time.monotonic() - start
                     cpu_op, cpu_emu = cpu_seconds(op.pid) - cpu[0], server_cpu(server) - cpu[1]
+                    after = await metrics(session, metrics_port)
+                    reconciles = after.get("reconcile_count", 0) - counts.get("reconcile_count", 0)
+                    reconcile_seconds = after.get("reconcile_sum", 0) - counts.get("reconcile_sum", 0)
 
                     progress("operator: waiting for a resync")
                     await asyncio.sleep(2)
@@ -359,6 +365,8 @@ async def main(rounds: int, many: int, memory: int) -> None:
     print(f"{many} platforms at once: baseline {base_many:.3f} s, operator {op_many:.3f} s, "
           f"ratio {op_many / base_many:.2f}x, goal <= 1.2x + 0.2 s: "
           f"{'met' if op_many <= 1.2 * base_many + 0.2 else 'MISSED'}")
+    print(f"  reconciles during the {many}: {reconciles:.0f}, {reconcile_seconds / max(reconciles, 1) * 1000:.0f} ms "
+          "each on average")
     print(f"  CPU seconds during the {many}: operator {cpu_op:.2f}, API server {cpu_emu:.2f} "
           f"({'kube-apiserver and etcd' if binaries else 'the emulator'}; {os.cpu_count()} cores in all)")
     print(f"operator writes per created platform: {per_create:.1f} (goal: children + 1 status write = {kids + 1}: "

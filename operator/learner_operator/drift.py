@@ -31,6 +31,8 @@ from typing import Any
 from learner_operator.models import FIELD_MANAGER, parse_quantity
 
 DIGEST_ANNOTATION = "learner.dev/applied-digest"
+#: Where a cached child (see livestate) carries its fingerprint instead of the bulky managedFields.
+OWNERSHIP_KEY = "__ownership__"
 _QUANTITY_PARENTS = {"requests", "limits"}
 #: Lists the server merges by key: entries other managers add are theirs, not drift.
 _LIST_KEYS = {"containers": "name", "initContainers": "name", "env": "name", "volumes": "name",
@@ -61,6 +63,8 @@ def own_entry(body: dict[str, Any]) -> dict[str, Any] | None:
 
 def ownership(body: dict[str, Any] | None) -> str:
     """A fingerprint of the fields we own in ``body``; "" when we own none (or there is no body)."""
+    if body is not None and OWNERSHIP_KEY in body:
+        return str(body[OWNERSHIP_KEY])
     entry = own_entry(body or {})
     if entry is None:
         return ""
@@ -111,4 +115,5 @@ def needs_apply(desired: dict[str, Any], live: dict[str, Any] | None, applied_ow
         return True
     if applied_ownership is not None:
         return ownership(live) != applied_ownership
-    return not contains({k: v for k, v in desired.items() if k != "status"}, live)
+    return not contains({k: v for k, v in desired.items() if k != "status"},
+                        {k: v for k, v in live.items() if k != OWNERSHIP_KEY})

@@ -15,6 +15,8 @@ from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 Work = Callable[[K], Awaitable[float | None]]  # returns seconds until a retry, or None
+#: What work returns for "look again now": 0 seconds, and not a failure (no backoff).
+AGAIN = 0.0
 
 logger = logging.getLogger(__name__)
 
@@ -93,12 +95,14 @@ class Engine(Generic[K]):
                 retry = 1.0
             finally:
                 self._active.discard(key)
-            if retry is None:
+            again = retry == AGAIN
+            if retry is None or again:
                 self._failures.pop(key, None)
+                retry = None
             else:
                 failures = self._failures[key] = self._failures.get(key, 0) + 1
                 retry = min(self._max_backoff, retry * 2.0 ** (failures - 1))
-            if key in self._dirty:
+            if key in self._dirty or again:
                 self._dirty.discard(key)
                 self.trigger(key)
             elif retry is not None:

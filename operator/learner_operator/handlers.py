@@ -25,12 +25,13 @@ from learner_operator.engine import Engine
 from learner_operator.kube import ApiError, Discovery, KubeApi, RequestCounter
 from learner_operator.kube.client import connect
 from learner_operator.kube.lease import LeaderElection
-from learner_operator.livestate import LiveState, compact, controller_uid
+from learner_operator.livestate import LiveState
 from learner_operator.metrics import Metrics
-from learner_operator.models import GROUP, KIND, PLURAL, VERSION
+from learner_operator.models import GROUP, PLURAL, VERSION
 from learner_operator.platforms import Key, Platforms
 from learner_operator.reconcile import Deps, reconcile
 from learner_operator.verify import compare_with_server
+from learner_operator.watches import Watches
 
 logger = logging.getLogger("learner_operator")
 MANAGED = {"app.kubernetes.io/managed-by": FIELD_MANAGER}
@@ -71,6 +72,7 @@ class Runtime:
 
     deps: Deps
     engine: Engine[Key]
+    watches: Watches
     tasks: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)
     closers: list[Callable[[], Any]] = dataclasses.field(default_factory=list)
     verifying: asyncio.Task[None] | None = None
@@ -85,9 +87,15 @@ class Runtime:
                 return
 
     async def resync(self, config: OperatorConfig) -> None:
-        """Compare the caches with the server, then reconcile every platform."""
+        """Compare the platforms with the server, watch optional kinds that appeared, reconcile everything."""
         self.deps.discovery.forget()
         await _verify(self, config, 0)
+        for kind in builders.CHILD_KINDS:
+            if (kind.api_version, kind.plural) not in self.watches.informers.kinds():
+                with contextlib.suppress(ApiError, aiohttp.ClientError, TimeoutError):
+                    if await self.deps.discovery.served(kind.api_version, kind.plural):
+                        self.watches.start_child(kind)
+                        await self.watches.informers.ready()
         for key in self.platforms.known():
             self.engine.trigger(key)
 
@@ -126,17 +134,6 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.posting.level = logging.WARNING
 
 
-def _index_ids() -> list[str]:
-    return [f"children_{kind.plural}" for kind in builders.CHILD_KINDS]
-
-
-def _owner_name(body: Any) -> str | None:
-    for ref in (body.get("metadata") or {}).get("ownerReferences") or []:
-        if ref.get("controller") and ref.get("kind") == KIND:
-            return str(ref.get("name"))
-    return None
-
-
 def register(registry: kopf.OperatorRegistry, config: OperatorConfig, login: Callable[..., Any]) -> None:
     """Put the operator's handlers into ``registry`` (one registry per operator: tests run several)."""
 
@@ -171,7 +168,10 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, login: Cal
                 runtime.engine.trigger(key)
             return retry
 
-        runtime = Runtime(deps=deps, engine=Engine(work, workers=config.workers))
+        engine: Engine[Key] = Engine(work, workers=config.workers)
+        runtime = Runtime(deps=deps, engine=engine, watches=Watches(deps, engine, config.namespaces))
+        runtime.watches.start([kind for kind in builders.CHILD_KINDS if kind.kind not in builders.OPTIONAL_KINDS
+                               or await deps.discovery.served(kind.api_version, kind.plural)])
         restarts = _WatchRestarts(asyncio.get_running_loop(), lambda: runtime.verify_soon(config))
         logging.getLogger(_KOPF_WATCHING).addFilter(restarts)
         logging.getLogger(_KOPF_WATCHING).setLevel(logging.DEBUG)
@@ -179,7 +179,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, login: Cal
         if config.leader_election is not None:
             runtime.engine.pause()
             await _elect(runtime, config.leader_election)
-        runtime.engine.start()
+        runtime.tasks.append(asyncio.create_task(_start_when_listed(runtime), name="start-when-listed"))
         runtime.tasks.append(asyncio.create_task(_resync(runtime, config), name="resync"))
         if config.metrics_port is not None:
             runtime.closers.append(await _serve_metrics(metrics, config.metrics_port))
@@ -191,6 +191,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, login: Cal
         if runtime is None:
             return
         await runtime.engine.stop()
+        await runtime.watches.informers.stop()
         for task in [*runtime.tasks, *([runtime.verifying] if runtime.verifying else [])]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -201,9 +202,8 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, login: Cal
         await runtime.deps.api.close()
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
-    async def platform_event(event: Any, body: Any, memo: kopf.Memo, **kwargs: Any) -> None:
+    async def platform_event(event: Any, body: Any, memo: kopf.Memo, **_: Any) -> None:
         runtime: Runtime = memo["runtime"]
-        runtime.deps.live.attach(kwargs[name] for name in _index_ids())
         meta = body.get("metadata") or {}
         key: Key = (str(meta.get("namespace")), str(meta.get("name")))
         if event.get("type") is None:  # a listing: at start, or a re-list that may have missed deletions
@@ -215,47 +215,6 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, login: Cal
         elif runtime.platforms.observe(body):
             runtime.engine.trigger(key)
         runtime.deps.metrics.platforms.set(len(runtime.platforms))
-
-    async def index_child(body: Any, memo: Any, **_: Any) -> dict[str, Any] | None:
-        """Async on purpose: kopf runs sync handlers in a thread pool, a hop per watch event."""
-        uid = controller_uid(body, KIND)
-        if not uid:
-            return None
-        live = compact(body)
-        runtime: Runtime | None = memo.get("runtime")
-        if runtime is not None:
-            runtime.deps.live.seen(uid, live)
-        return {uid: live}
-
-    async def child_event(event: Any, body: Any, namespace: str | None, memo: Any, **_: Any) -> None:
-        runtime: Runtime = memo["runtime"]
-        if event.get("type") is None:  # a listing (the platforms' own events start their reconciles), which
-            runtime.verify_soon(config)  # after a watch restart may lack objects deleted meanwhile
-            return
-        owner = _owner_name(body)
-        if owner is None:
-            return
-        meta = body.get("metadata") or {}
-        uid = controller_uid(body, KIND) or ""
-        if event.get("type") != "DELETED" and runtime.deps.live.is_own_write(
-            uid, str(body.get("kind")), str(meta.get("name")), str(meta.get("resourceVersion"))
-        ):
-            return  # the echo of our own apply
-        runtime.engine.trigger((str(namespace), owner))
-
-    for kind, index_id in zip(builders.CHILD_KINDS, _index_ids(), strict=True):
-        group, _, version = kind.api_version.rpartition("/")
-        kopf.index(group, version, kind.plural, labels=MANAGED, id=index_id, registry=registry)(index_child)
-        kopf.on.event(group, version, kind.plural, labels=MANAGED, id=f"{index_id}_events",
-                      registry=registry)(child_event)
-
-    @kopf.on.event("", "v1", "secrets", registry=registry)
-    async def secret_event(event: Any, name: str, namespace: str | None, memo: Any, **_: Any) -> None:
-        if event.get("type") is None:
-            return
-        runtime: Runtime = memo["runtime"]
-        for key in runtime.platforms.referencing_secret(str(namespace), name):
-            runtime.engine.trigger(key)
 
 
 async def _elect(runtime: Runtime, lease: LeaseConfig) -> None:
@@ -301,16 +260,23 @@ class _WatchRestarts(logging.Filter):
         return record.levelno >= logging.getLogger().getEffectiveLevel()
 
 
+async def _start_when_listed(runtime: Runtime) -> None:
+    """No reconcile before every child kind is listed: a half-filled cache would look like missing children."""
+    await runtime.watches.informers.ready()
+    runtime.engine.start()
+
+
 async def _verify(runtime: Runtime, config: OperatorConfig, delay: float) -> None:
     await asyncio.sleep(delay)
     try:
-        triggers = await compare_with_server(runtime.deps, config.namespaces)
+        gone = await compare_with_server(runtime.deps, config.namespaces)
     except (ApiError, aiohttp.ClientError, TimeoutError) as exc:  # the server is still coming back
-        logger.warning("Could not compare the caches with the server (will again at the next re-list or "
+        logger.warning("Could not compare the platforms with the server (will again at the next re-list or "
                        "resync): %s", exc)
         return
-    for key in triggers:
-        runtime.engine.trigger(key)
+    for key in gone:
+        logger.info("[%s/%s] Deleted while no watch ran: forgotten", *key)
+        runtime.engine.forget(key)
     runtime.deps.metrics.platforms.set(len(runtime.platforms))
 
 

@@ -1,17 +1,16 @@
 """What the children look like right now, without a GET per child per reconcile.
 
-Two sources, newest wins:
+Fed by the children's informers (``kube.informer``): every listing replaces what was known of its
+kind, every watch event updates one child; and by the operator's own write results, which are newer
+than the watch stream until it catches up, so that a reconcile right after an apply does not apply
+again. "Newer" compares ``resourceVersion`` as integers, which holds for etcd-backed API servers (the
+API conventions call it opaque; a non-integer counts as newer, so the latest word wins).
 
-* kopf indices over every child kind (filled from the watch streams; kopf runs no handler before
-  every index has finished its initial listing, so a reconcile never sees a half-filled cache);
-* the operator's own write results, kept until the watch stream catches up, so that a reconcile
-  right after an apply does not apply again.
-
-Values are stored compact (trimmed JSON, zlib) because an operator serving a thousand platforms
-keeps a dozen children of each in memory.
-
-"Newest" compares ``resourceVersion`` as integers, which holds for etcd-backed API servers; the
-API conventions call it opaque, so a non-integer falls back to trusting the index.
+Kept small, because an operator serving a thousand platforms keeps a dozen children of each: a
+child is its kind, name, resourceVersion, the digest annotation and our ownership fingerprint (all
+that drift detection needs), plus the trimmed body (zlib) only where something still needs it: a
+Deployment's status, and a child no apply of this process has produced yet (a fresh start decides
+once, from the body, whether it is in sync).
 """
 
 from __future__ import annotations
@@ -22,42 +21,53 @@ import zlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from learner_operator.drift import own_entry, ownership
+from learner_operator.drift import DIGEST_ANNOTATION, OWNERSHIP_KEY, own_entry, ownership
 
 ChildKey = tuple[str, str]  # (kind, name)
-_KEEP_STATUS = {"Deployment"}
+_KEEP_BODY = {"Deployment"}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Live:
     kind: str
     name: str
+    api_version: str
     resource_version: str
-    blob: bytes
+    digest: str
+    ownership: str
+    blob: bytes | None
 
     def body(self) -> dict[str, Any]:
-        loaded: dict[str, Any] = json.loads(zlib.decompress(self.blob))
+        """The child as the reconciler sees it (a skeleton when the body was not kept)."""
+        if self.blob is not None:
+            loaded: dict[str, Any] = json.loads(zlib.decompress(self.blob))
+        else:
+            loaded = {"apiVersion": self.api_version, "kind": self.kind,
+                      "metadata": {"name": self.name, "resourceVersion": self.resource_version,
+                                   "annotations": {DIGEST_ANNOTATION: self.digest}}}
+        loaded[OWNERSHIP_KEY] = self.ownership
         return loaded
+
+    def without_body(self) -> Live:
+        return self if self.blob is None or self.kind in _KEEP_BODY else dataclasses.replace(self, blob=None)
 
 
 def compact(body: Mapping[str, Any]) -> Live:
-    """Keep what drift detection and status need (of managedFields, only our own apply's entry)."""
+    """Keep what drift detection and status need; managedFields become our ownership fingerprint."""
     meta = dict(body.get("metadata") or {})
-    ours = own_entry(dict(body))
+    fingerprint = ownership(dict(body))
     meta.pop("managedFields", None)
-    if ours is not None:
-        ours.pop("time", None)
-        meta["managedFields"] = [ours]
     annotations = dict(meta.get("annotations") or {})
     annotations.pop("kubectl.kubernetes.io/last-applied-configuration", None)
     meta["annotations"] = annotations
     trimmed = {key: value for key, value in body.items() if key not in ("metadata", "status")}
     trimmed["metadata"] = meta
     kind = str(body.get("kind", ""))
-    if kind in _KEEP_STATUS and "status" in body:
+    if kind in _KEEP_BODY and "status" in body:
         trimmed["status"] = body["status"]
     blob = zlib.compress(json.dumps(trimmed, separators=(",", ":")).encode(), 1)
-    return Live(kind, str(meta.get("name", "")), str(meta.get("resourceVersion", "")), blob)
+    return Live(kind, str(meta.get("name", "")), str(body.get("apiVersion", "")),
+                str(meta.get("resourceVersion", "")), str(annotations.get(DIGEST_ANNOTATION, "")), fingerprint, blob)
 
 
 def controller_uid(body: Mapping[str, Any], owner_kind: str) -> str | None:
@@ -68,96 +78,142 @@ def controller_uid(body: Mapping[str, Any], owner_kind: str) -> str | None:
 
 
 def _newer(a: str, b: str) -> bool:
-    """Is resourceVersion ``a`` newer than ``b``? Unknown orders say no (trust the index)."""
+    """Is resourceVersion ``a`` newer than ``b``? (A non-integer: yes, the latest word wins.)"""
     try:
         return int(a) > int(b)
     except ValueError:
-        return False
+        return a != b
+
+
+__all__ = ["ChildKey", "Live", "LiveState", "compact", "controller_uid", "own_entry"]
 
 
 class LiveState:
     def __init__(self) -> None:
-        self._indices: list[Mapping[str, Iterable[Live]]] = []
-        # (owner uid, kind, name) -> our last write result, or None for "we deleted it" (at that version).
-        self._overlay: dict[tuple[str, str, str], tuple[str, Live | None]] = {}
+        # owner uid -> (kind, name) -> the child as last seen (watch or our own write)
+        self._children: dict[str, dict[ChildKey, Live]] = {}
+        # (owner uid, kind, name) -> resourceVersion of our delete, until the watch confirms it
+        self._deleted: dict[tuple[str, str, str], str] = {}
         # The resourceVersion of each of our writes whose watch event has not come back yet.
         self._own_writes: dict[tuple[str, str, str], str] = {}
         # What our last apply of each child made us own (drift.ownership of the apply's answer).
         self._ownership: dict[tuple[str, str, str], str] = {}
+        # Our writes whose answer has not come back yet -> the newest event seen for them meanwhile.
+        self._in_flight: dict[tuple[str, str, str], str] = {}
 
-    def attach(self, indices: Iterable[Mapping[str, Iterable[Live]]]) -> None:
-        """Give the kopf indices (live, read-only mappings) once they exist."""
-        if not self._indices:
-            self._indices = list(indices)
+    # -- fed by the informers ------------------------------------------------------------------------
+
+    def observe(self, owner_uid: str, body: Mapping[str, Any]) -> bool:
+        """A watch event's object; True if it is news (not older than what we know, not our own echo)."""
+        live = compact(body)
+        key = (owner_uid, live.kind, live.name)
+        deleted = self._deleted.get(key)
+        if deleted is not None and not _newer(live.resource_version, deleted):
+            return False  # an event from before our own delete
+        known = self._children.get(owner_uid, {}).get((live.kind, live.name))
+        if known is not None and not _newer(live.resource_version, known.resource_version):
+            if self._own_writes.get(key) == live.resource_version:
+                del self._own_writes[key]  # the echo of our write, which we stored already
+            return False  # older than (or the same as) what we know
+        self._deleted.pop(key, None)
+        self._store(owner_uid, live)
+        if key in self._in_flight:  # most likely the echo of the write: its answer will tell
+            self._in_flight[key] = live.resource_version
+            return False
+        return self._own_writes.pop(key, None) != live.resource_version
+
+    def vanish(self, owner_uid: str, kind: str, name: str, resource_version: str = "") -> bool:
+        """The child is gone (a DELETED event, or absent from a fresh listing); True if we knew it."""
+        children = self._children.get(owner_uid, {})
+        known = children.get((kind, name))
+        if known is None or (resource_version and _newer(known.resource_version, resource_version)):
+            return False
+        del children[(kind, name)]
+        if not children:
+            self._children.pop(owner_uid, None)
+        key = (owner_uid, kind, name)
+        self._deleted.pop(key, None)
+        self._own_writes.pop(key, None)
+        self._ownership.pop(key, None)
+        return True
+
+    def replace(self, kind: str, listed: Iterable[tuple[str, Mapping[str, Any]]], version: str) -> set[str]:
+        """A fresh listing of ``kind`` (owner uid, body): returns the owners whose children changed.
+
+        Children absent from it are gone (deleted while no watch ran), unless our own write is newer
+        than the listing; listed children replace what was known unless what we know is newer.
+        """
+        changed: set[str] = set()
+        present: set[tuple[str, str]] = set()
+        for owner_uid, body in listed:
+            name = str((body.get("metadata") or {}).get("name"))
+            present.add((owner_uid, name))
+            if self.observe(owner_uid, body):
+                changed.add(owner_uid)
+        for owner_uid, children in list(self._children.items()):
+            for (child_kind, name), live in list(children.items()):
+                if child_kind == kind and (owner_uid, name) not in present and not _newer(
+                    live.resource_version, version
+                ) and self.vanish(owner_uid, child_kind, name):
+                    changed.add(owner_uid)
+        return changed
+
+    # -- read and written by reconciles --------------------------------------------------------------
 
     def children_of(self, owner_uid: str) -> dict[ChildKey, dict[str, Any]]:
-        indexed: dict[ChildKey, Live] = {}
-        for index in self._indices:
-            for live in index.get(owner_uid, ()):
-                indexed[(live.kind, live.name)] = live
-        for (uid, kind, name), (version, ours) in list(self._overlay.items()):
-            if uid != owner_uid:
-                continue
-            seen = indexed.get((kind, name))
-            if ours is None:  # we deleted it: hide it unless it came back newer than our delete
-                if seen is None:
-                    del self._overlay[(uid, kind, name)]
-                elif not _newer(seen.resource_version, version):
-                    del indexed[(kind, name)]
-            elif seen is None or _newer(ours.resource_version, seen.resource_version):
-                indexed[(kind, name)] = ours
-            else:
-                del self._overlay[(uid, kind, name)]  # the watch caught up
-        return {key: live.body() for key, live in indexed.items()}
+        return {key: live.body() for key, live in self._children.get(owner_uid, {}).items()}
 
-    def remember(self, owner_uid: str, body: Mapping[str, Any]) -> None:
-        """The answer to our apply: newest state, and the fields it made us own."""
+    def writing(self, owner_uid: str, kind: str, name: str) -> None:
+        """Our write of this child is on its way: its watch event may come back before its answer."""
+        self._in_flight[(owner_uid, kind, name)] = ""
+
+    def write_failed(self, owner_uid: str, kind: str, name: str) -> bool:
+        """The write failed; True if an event came for the child meanwhile (someone else's: news)."""
+        return bool(self._in_flight.pop((owner_uid, kind, name), ""))
+
+    def remember(self, owner_uid: str, body: Mapping[str, Any]) -> bool:
+        """The answer to our apply: newest state, and the fields it made us own.
+
+        True when a watch event that came while the write was on its way is newer than the answer:
+        someone else changed the child right after us, and it needs another look.
+        """
         live = compact(body)
-        self._overlay[(owner_uid, live.kind, live.name)] = (live.resource_version, live)
-        self._own_writes[(owner_uid, live.kind, live.name)] = live.resource_version
-        self._ownership[(owner_uid, live.kind, live.name)] = ownership(dict(body))
+        key = (owner_uid, live.kind, live.name)
+        seen = self._in_flight.pop(key, "")
+        self._ownership[key] = live.ownership
+        self._deleted.pop(key, None)
+        known = self._children.get(owner_uid, {}).get((live.kind, live.name))
+        if seen and not _newer(live.resource_version, seen):
+            pass  # its echo came already (or something newer, told below)
+        else:
+            self._own_writes[key] = live.resource_version
+        if known is None or _newer(live.resource_version, known.resource_version):
+            self._store(owner_uid, live)
+        return bool(seen) and _newer(seen, live.resource_version)
 
     def applied_ownership(self, owner_uid: str, kind: str, name: str) -> str | None:
-        """What our last apply made us own; None when this process has not applied the child."""
+        """What our last apply made us own; None when this process has not applied (or adopted) the child."""
         return self._ownership.get((owner_uid, kind, name))
 
     def adopt(self, owner_uid: str, kind: str, name: str, body: Mapping[str, Any]) -> None:
         """Take a child found in sync (after a restart) as if we had just applied it."""
         self._ownership[(owner_uid, kind, name)] = ownership(dict(body))
-
-    def indexed(self, kind: str) -> list[tuple[str, Live]]:
-        """Every (owner uid, child) of ``kind`` that the watch-fed indices hold."""
-        return [(uid, live) for index in self._indices for uid, store in index.items()
-                for live in store if live.kind == kind]
-
-    def vanished(self, owner_uid: str, kind: str, name: str, resource_version: str) -> bool:
-        """A fresh list (at ``resource_version``) lacks this child: hide the index's stale copy.
-
-        False when our own write is newer than the list (the child exists; the list predates it).
-        """
-        key = (owner_uid, kind, name)
-        entry = self._overlay.get(key)
-        if entry is not None and entry[1] is not None and _newer(entry[0], resource_version):
-            return False
-        self.forget(owner_uid, kind, name, resource_version)
-        return True
+        children = self._children.get(owner_uid, {})
+        if (live := children.get((kind, name))) is not None:
+            children[(kind, name)] = live.without_body()
 
     def forget(self, owner_uid: str, kind: str, name: str, resource_version: str) -> None:
-        self._overlay[(owner_uid, kind, name)] = (resource_version, None)
-        self._ownership.pop((owner_uid, kind, name), None)
-
-    def seen(self, owner_uid: str, live: Live) -> None:
-        """The watch stream caught up with (or passed) our own write: the index alone is enough now."""
-        key = (owner_uid, live.kind, live.name)
-        entry = self._overlay.get(key)
-        if entry is not None and entry[1] is not None and not _newer(entry[0], live.resource_version):
-            del self._overlay[key]
-
-    def is_own_write(self, owner_uid: str, kind: str, name: str, resource_version: str) -> bool:
-        """Is this watch event the echo of our own apply? (Then it needs no reconcile.)"""
-        return self._own_writes.pop((owner_uid, kind, name), None) == resource_version
+        """We deleted it (at ``resource_version``): gone now, whatever older events still say."""
+        self.vanish(owner_uid, kind, name)
+        self._deleted[(owner_uid, kind, name)] = resource_version
 
     def drop_owner(self, owner_uid: str) -> None:
-        for store in (self._overlay, self._own_writes, self._ownership):
+        self._children.pop(owner_uid, None)
+        for store in (self._deleted, self._own_writes, self._ownership, self._in_flight):
             for key in [key for key in store if key[0] == owner_uid]:
                 del store[key]
+
+    def _store(self, owner_uid: str, live: Live) -> None:
+        if (owner_uid, live.kind, live.name) in self._ownership:
+            live = live.without_body()
+        self._children.setdefault(owner_uid, {})[(live.kind, live.name)] = live

@@ -28,6 +28,8 @@ from learner_operator.status import Observation, Verdict, merge_conditions, obse
 from learner_operator.status import workload_status as summarise
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
+#: "Look again now" for the work queue (engine.Engine): a retry after 0 s that is not a failure.
+AGAIN = 0.0
 
 
 @dataclasses.dataclass
@@ -79,6 +81,8 @@ class SyncResult:
     unserved: list[str] = dataclasses.field(default_factory=list)
     #: The server says the platform is gone or being deleted: nothing was written, nothing more will be.
     gone: bool = False
+    #: Someone else changed a child while our write of it was on its way: look again.
+    changed_meanwhile: bool = False
 
 
 async def _desired(deps: Deps, platform: builders.Platform, result: SyncResult) -> list[dict[str, Any]]:
@@ -94,16 +98,16 @@ async def _desired(deps: Deps, platform: builders.Platform, result: SyncResult) 
     return desired
 
 
-async def _still_wanted(deps: Deps, cr: Snapshot) -> bool:
+async def _still_wanted(deps: Deps, cr: Snapshot, fresh: asyncio.Task[dict[str, Any] | None] | None) -> bool:
     """Before the first write: is the platform still there, the same one, and not being deleted?
 
     Watches can miss a deletion (an API server restart, a watch stuck on "429 storage is
     (re)initializing"); acting on a platform that is gone re-creates children the garbage collector
     removes again, in a loop. One GET before writing ends that.
     """
-    fresh = await deps.api.get(cr.ref)
-    meta = (fresh or {}).get("metadata") or {}
-    if fresh is not None and meta.get("uid") == cr.uid and not meta.get("deletionTimestamp"):
+    found = await (fresh if fresh is not None else deps.api.get(cr.ref))
+    meta = (found or {}).get("metadata") or {}
+    if found is not None and meta.get("uid") == cr.uid and not meta.get("deletionTimestamp"):
         return True
     deps.platforms.forget_if(cr.key, cr.uid)
     deps.live.drop_owner(cr.uid)
@@ -112,7 +116,7 @@ async def _still_wanted(deps: Deps, cr: Snapshot) -> bool:
 
 async def _sync_children(
     deps: Deps, cr: Snapshot, spec: LearnerPlatformSpec, secret_hash: str, live: dict[tuple[str, str], Any],
-    logger: Logger,
+    logger: Logger, fresh: asyncio.Task[dict[str, Any] | None] | None = None,
 ) -> SyncResult:
     """Apply the children that differ and delete the ones no longer wanted."""
     result = SyncResult()
@@ -128,7 +132,7 @@ async def _sync_children(
             deps.live.adopt(cr.uid, *key, live[key])
     wanted = {(m["kind"], m["metadata"]["name"]) for m in desired}
     unwanted = [(kind, name) for kind, name in live if (kind, name) not in wanted]
-    if (stale or unwanted) and not await _still_wanted(deps, cr):
+    if (stale or unwanted) and not await _still_wanted(deps, cr, fresh):
         logger.info("The platform is gone or being deleted: its children are left to the garbage collector")
         result.gone = True
         return result
@@ -137,13 +141,15 @@ async def _sync_children(
 
     async def apply(manifest: dict[str, Any]) -> None:
         key = (manifest["kind"], manifest["metadata"]["name"])
+        deps.live.writing(cr.uid, *key)
         try:
             answer = await deps.api.apply(ref_of(manifest), manifest)
         except ApiError as exc:
+            result.changed_meanwhile |= deps.live.write_failed(cr.uid, *key)
             result.errors.append(f"{key[0]} {key[1]}: {exc.message or exc.reason}")
             return
         applied_keys.append(f"{key[0]}/{key[1]}")
-        deps.live.remember(cr.uid, answer)
+        result.changed_meanwhile |= deps.live.remember(cr.uid, answer)
         live[key] = answer
 
     # Wave by wave (what a pod refers to exists before the pods), each wave's children at once.
@@ -178,13 +184,21 @@ async def reconcile(deps: Deps, cr: Snapshot, logger: Logger) -> float | None:
         await _report(deps, cr, Observation(cr.generation, paused=True), logger)
         return None
 
-    secret, secret_hash = await check_secret(deps.api, cr.namespace, spec, cr.uid)
     live = deps.live.children_of(cr.uid)
-    synced = SyncResult()
-    if secret.status == "True":
-        synced = await _sync_children(deps, cr, spec, secret_hash, live, logger)
-        if synced.gone:
-            return None
+    # A platform without children is about to be written for: read it alongside the Secret.
+    fresh = asyncio.create_task(deps.api.get(cr.ref)) if not live else None
+    try:
+        secret, secret_hash = await check_secret(deps.api, cr.namespace, spec, cr.uid)
+        synced = SyncResult()
+        if secret.status == "True":
+            synced = await _sync_children(deps, cr, spec, secret_hash, live, logger, fresh)
+            if synced.gone:
+                return None
+    finally:
+        if fresh is not None and not fresh.done():
+            fresh.cancel()
+        elif fresh is not None and not fresh.cancelled():
+            fresh.exception()  # not needed after all (no Secret yet): its failure is nobody's business
     # Without the Secret nothing is applied, and nothing is pruned either: running pods keep running.
 
     platform = builders.Platform(cr.name, cr.namespace, cr.uid, spec)
@@ -195,7 +209,9 @@ async def reconcile(deps: Deps, cr: Snapshot, logger: Logger) -> float | None:
         evaluator=evaluator if spec.evaluator.enabled else None, unserved=tuple(synced.unserved),
     )
     await _report(deps, cr, observation, logger)
-    return deps.retry_after_error if synced.errors else None
+    if synced.errors:
+        return deps.retry_after_error
+    return AGAIN if synced.changed_meanwhile else None
 
 
 async def _report(deps: Deps, cr: Snapshot, obs: Observation, logger: Logger) -> None:

@@ -43,12 +43,12 @@ CHILD_KINDS: tuple[ChildKind, ...] = (
     ChildKind("monitoring.coreos.com/v1", "ServiceMonitor", "servicemonitors"),
 )
 _ORDER = {kind.kind: index for index, kind in enumerate(CHILD_KINDS)}
-#: Applied wave after wave, each wave's kinds at once: the pods' ServiceAccount, config and network
-#: policy first, then the Deployments, then what refers to the Deployments.
+#: Applied wave after wave, each wave's kinds at once: what the pods refer to (ServiceAccount, config,
+#: network policy, Service) first, so that their first start finds it; then the workloads and what
+#: refers to them (an HPA or PDB whose Deployment appears a moment later just waits for it).
 APPLY_WAVES: tuple[frozenset[str], ...] = (
     frozenset({"ServiceAccount", "ConfigMap", "NetworkPolicy", "Service"}),
-    frozenset({"Deployment"}),
-    frozenset({"HorizontalPodAutoscaler", "PodDisruptionBudget", "ServiceMonitor"}),
+    frozenset({"Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget", "ServiceMonitor"}),
 )
 #: Kinds that exist only where an add-on installed their CRD, and what to do when they are missing.
 OPTIONAL_KINDS: dict[str, str] = {

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import datetime
 import json
 import secrets
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import quote
 
+import aiohttp
 from kubernetes.aio import client as k8s
 
 from learner_operator.kube.paths import ResourceRef
@@ -82,27 +84,52 @@ class KubeApi:
     async def get(self, ref: ResourceRef) -> dict[str, Any] | None:
         return await self._call("GET", ref.path())
 
-    async def list_metadata(
+    async def list_objects(
         self, api_version: str, plural: str, namespace: str | None = None, label_selector: str = "",
+        *, accept: str = "application/json",
     ) -> tuple[list[dict[str, Any]], str]:
-        """Every object of a kind (metadata is all that is sure to be there), and the list's resourceVersion.
-
-        Asks for PartialObjectMetadataList, which real servers answer with metadata only (a fraction of
-        the bytes of a full Deployment); a server that cannot falls back to the full objects. Paged.
-        """
-        prefix = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
-        path = f"{prefix}/namespaces/{quote(namespace, safe='')}/{plural}" if namespace else f"{prefix}/{plural}"
+        """Every object of a kind, and the list's resourceVersion (paged, 500 a page)."""
+        path = _collection(api_version, plural, namespace)
         items: list[dict[str, Any]] = []
         token = ""
         while True:
             query = [("limit", "500")] + ([("labelSelector", label_selector)] if label_selector else []) + (
                 [("continue", token)] if token else [])
-            page = await self._call("GET", path, query=query, accept=_METADATA_LIST) or {}
+            page = await self._call("GET", path, query=query, accept=accept) or {}
             items += page.get("items") or []
             meta = page.get("metadata") or {}
             token = str(meta.get("continue") or "")
             if not token:
                 return items, str(meta.get("resourceVersion") or "")
+
+    async def list_metadata(
+        self, api_version: str, plural: str, namespace: str | None = None, label_selector: str = "",
+    ) -> tuple[list[dict[str, Any]], str]:
+        """Like :meth:`list_objects`, asking for PartialObjectMetadataList: real servers answer with metadata
+        only (a fraction of the bytes of a full Deployment); a server that cannot sends the full objects."""
+        return await self.list_objects(api_version, plural, namespace, label_selector, accept=_METADATA_LIST)
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self, api_version: str, plural: str, namespace: str | None, query: list[tuple[str, str]], *,
+        accept: str = "application/json", read_timeout: float = 360.0,
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
+        """A watch request: yields its lines (one JSON event each) until the server ends the stream."""
+        self.counter.count("WATCH")
+        headers = {"Accept": accept}
+        method, url, header_params, _, _ = await self._api.param_serialize(
+            method="GET", resource_path=_collection(api_version, plural, namespace), query_params=query,
+            header_params=headers, auth_settings=["BearerToken"],
+        )
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=read_timeout)
+        response = await self._api.call_api(method, url, header_params, None, _request_timeout=timeout)
+        raw: aiohttp.ClientResponse = response.response
+        try:
+            if raw.status != 200:
+                raise _error(raw.status, await raw.read())
+            yield _lines(raw.content)
+        finally:
+            raw.release()
 
     async def served(self, api_version: str, plural: str) -> bool:
         """Does the cluster serve this kind? (Discovery: a kind without its CRD answers every write 404.)"""
@@ -159,6 +186,24 @@ class KubeApi:
             "firstTimestamp": now, "lastTimestamp": now, "count": 1,
         }
         await self._call("POST", f"/api/v1/namespaces/{quote(namespace, safe='')}/events", body=event)
+
+
+def _collection(api_version: str, plural: str, namespace: str | None) -> str:
+    prefix = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+    return f"{prefix}/namespaces/{quote(namespace, safe='')}/{plural}" if namespace else f"{prefix}/{plural}"
+
+
+async def _lines(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+    """Newline-separated records of any length (StreamReader.readline caps a line at 64 KiB)."""
+    buffer = b""
+    async for chunk in content.iter_any():
+        buffer += chunk
+        *complete, buffer = buffer.split(b"\n")
+        for line in complete:
+            if line.strip():
+                yield line
+    if buffer.strip():
+        yield buffer
 
 
 def _error(status: int, data: bytes) -> ApiError:
