@@ -15,8 +15,11 @@ from prometheus_client import CollectorRegistry
 from learner_api import __version__, metrics, problems
 from learner_api.auth import VerifiedTokens
 from learner_api.content_cache import ContentCache, lookups_counter
+from learner_api.cursors import Cursors
 from learner_api.dependencies import POSTGRES_DOWN, Database, RedisGuard
+from learner_api.edge import Edge
 from learner_api.progress_intake import ProgressIntake
+from learner_api.rate_limit import RateLimiter
 from learner_api.routes import content, enrollments, health, me, payments, progress, store
 from learner_api.settings import ConfigError, Settings
 
@@ -31,6 +34,8 @@ async def connect_postgres(settings: Settings, attempts: int = 5) -> asyncpg.Poo
             return await asyncpg.create_pool(
                 settings.database_url.get_secret_value(), min_size=0, max_size=settings.database_pool_max,
                 statement_cache_size=settings.database_statement_cache_size, timeout=5,
+                # the client stops waiting a moment after the server-side statement_timeout would have fired
+                command_timeout=settings.database_statement_timeout_seconds + 1,
             )
         except (OSError, asyncpg.PostgresError) as exc:
             if attempt == attempts:
@@ -68,13 +73,17 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = await connect_postgres(settings)
         client = aioredis.from_url(settings.redis_url.get_secret_value(),
-                                   socket_timeout=settings.readiness_timeout * 2,
-                                   socket_connect_timeout=settings.readiness_timeout * 2)
+                                   socket_timeout=settings.redis_timeout_seconds,
+                                   socket_connect_timeout=settings.redis_timeout_seconds)
         try:
             await check_role(pool, settings)
             app.state.pool, app.state.redis = pool, client
-            app.state.database = Database(pool, timeout=settings.readiness_timeout * 2)
+            app.state.database = Database(pool, timeout=settings.readiness_timeout * 2,
+                                          statement_timeout=settings.database_statement_timeout_seconds)
             app.state.redis_guard = RedisGuard(client)
+            app.state.rate_limiter = RateLimiter(app.state.redis_guard, per_learner=settings.rate_limit_per_learner,
+                                                 per_tenant=settings.rate_limit_per_tenant,
+                                                 window=settings.rate_limit_window_seconds)
             app.state.content_cache = ContentCache(
                 app.state.database, app.state.redis_guard, cache_lookups, ttl=settings.content_cache_seconds,
                 version_ttl=settings.content_version_seconds)
@@ -83,6 +92,8 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             app.state.draining = True
+            if hasattr(app.state, "rate_limiter"):
+                await app.state.rate_limiter.close()
             await client.aclose()
             await pool.close()
 
@@ -93,8 +104,11 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.verified_tokens = VerifiedTokens(settings)
     app.state.draining = False
     app.state.business = metrics.BusinessMetrics(registry)
+    app.state.metrics_registry = registry  # served on METRICS_PORT (metrics.metrics_app), not here
+    app.state.cursors = Cursors(settings.database_url.get_secret_value())
     problems.install(app)
-    metrics.install(app, metrics.HttpMetrics(registry))
+    app.add_middleware(Edge, state=app.state, deadline=settings.request_deadline_seconds)
+    metrics.install(app, metrics.HttpMetrics(registry))  # outermost: it sees what the edge refuses too
     for module in (health, me, content, progress, enrollments, store, payments):
         app.include_router(module.router)
     return app

@@ -13,8 +13,9 @@ from types import FrameType
 import uvicorn
 from fastapi import FastAPI
 
-from learner_api import __version__
+from learner_api import __version__, http_server
 from learner_api.app import create_app
+from learner_api.metrics import metrics_app
 from learner_api.settings import ConfigError, Settings, load_settings
 
 logger = logging.getLogger("learner_api")
@@ -56,9 +57,9 @@ def serve(host: str, drain: float) -> int:
     if settings is None:
         return 2
     app = create_app(settings)
-    config = uvicorn.Config(app, host=host, port=settings.port, lifespan="on", access_log=False,
-                            timeout_graceful_shutdown=20, log_config=None)
-    DrainingServer(config, app, drain).run()
+    metrics = http_server.MetricsServer(http_server.metrics_config(metrics_app(app.state.metrics_registry),
+                                                                   settings, host))
+    asyncio.run(http_server.serve_both(DrainingServer(http_server.config(app, settings, host), app, drain), metrics))
     return 0
 
 
