@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
-from learner_api import __version__, metrics, problems
+from learner_api import __version__, metrics, openapi, problems
 from learner_api.auth import VerifiedTokens
 from learner_api.content_cache import ContentCache, lookups_counter
 from learner_api.cursors import Cursors
@@ -65,6 +65,14 @@ async def check_role(pool: asyncpg.Pool, settings: Settings) -> None:
         logger.warning("%s (allowed with NODE_ENV=development)", message)
 
 
+DESCRIPTION = (
+    "Course content, progress, enrollments and the store for learners. Every error is RFC 9457 "
+    "application/problem+json. Any request may also be answered, before it reaches an operation: 408 (the "
+    "headers or body did not arrive in time), 431 (request line and headers over 16 KiB, or over 100 "
+    "headers), 413 (a body over the operation's limit), 503 with Retry-After (the server is at its "
+    "connection limit, or the request passed its deadline).")
+
+
 def create_app(settings: Settings) -> FastAPI:
     registry = CollectorRegistry()
     cache_lookups = lookups_counter(registry)
@@ -97,9 +105,7 @@ def create_app(settings: Settings) -> FastAPI:
             await client.aclose()
             await pool.close()
 
-    app = FastAPI(title="learner-api", version=__version__, lifespan=lifespan,
-                  description="Course content, progress, enrollments and the store for learners. Every "
-                              "error is RFC 9457 application/problem+json.")
+    app = FastAPI(title="learner-api", version=__version__, lifespan=lifespan, description=DESCRIPTION)
     app.state.settings = settings
     app.state.verified_tokens = VerifiedTokens(settings)
     app.state.draining = False
@@ -107,6 +113,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.metrics_registry = registry  # served on METRICS_PORT (metrics.metrics_app), not here
     app.state.cursors = Cursors(settings.database_url.get_secret_value())
     problems.install(app)
+    openapi.install(app)
     app.add_middleware(Edge, state=app.state, deadline=settings.request_deadline_seconds)
     metrics.install(app, metrics.HttpMetrics(registry))  # outermost: it sees what the edge refuses too
     for module in (health, me, content, progress, enrollments, store, payments):

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import asyncpg
 from fastapi import APIRouter, Path, Query, Request, Response
+from pydantic import BaseModel, Field
 
 from learner_api.auth import Identity, IdentityDep
 from learner_api.content_cache import ContentCache, Document
@@ -25,6 +26,43 @@ router = APIRouter(prefix="/v1", tags=["content"])
 Id = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", description="a course or lesson id")]
 PUBLIC = "private, max-age=60"  # behind a bearer token: only the learner's own cache may keep it
 PAID = "private, no-cache"  # revalidate every time: the entitlement check must run
+
+
+class CourseSummary(BaseModel):
+    id: str
+    title: str
+    summary: str
+    lessons: int = Field(description="how many lessons the course has")
+
+
+class CoursePage(BaseModel):
+    """The documents are cached as JSON bytes; these models only document their shape."""
+
+    items: list[CourseSummary]
+    next_cursor: str | None = Field(description="pass it as ?cursor= for the next page; null on the last")
+
+
+class LessonOutline(BaseModel):
+    id: str
+    position: int
+    title: str
+    paid: bool
+
+
+class Course(BaseModel):
+    id: str
+    title: str
+    summary: str
+    lessons: list[LessonOutline]
+
+
+class Lesson(BaseModel):
+    id: str
+    course_id: str
+    position: int
+    title: str
+    body: str
+    paid: bool
 
 
 def _cache(request: Request) -> ContentCache:
