@@ -63,8 +63,10 @@ def main() -> int:
                         node_env="development", jwt_secret=env["JWT_SECRET"])  # type: ignore[arg-type]
     token = mint(settings, "ada", "default", ttl=8 * 3600)
     base = f"http://127.0.0.1:{env['PORT']}"
+    api_metrics = int(env["METRICS_PORT"]) + 1  # both read METRICS_PORT; on one machine they need two
     print(f"""
-learner-api on {base} (OpenAPI: {base}/docs), evaluator metrics on :{env['METRICS_PORT']}/metrics
+learner-api on {base} (OpenAPI: {base}/docs, metrics on :{api_metrics}/metrics), evaluator metrics on \
+:{env['METRICS_PORT']}/metrics
 
   TOKEN={token}
   curl -s {base}/v1/courses -H "Authorization: Bearer $TOKEN"
@@ -81,7 +83,7 @@ Ctrl-C stops both.
     evaluator = subprocess.Popen([sys.executable, "-m", "learner_api.cli", "evaluator"], env=env)
     try:
         api = subprocess.Popen([sys.executable, "-m", "learner_api.cli", "serve", "--host", "127.0.0.1",
-                                "--drain-seconds", "0"], env=env)
+                                "--drain-seconds", "0"], env={**env, "METRICS_PORT": str(api_metrics)})
         return api.wait()
     except KeyboardInterrupt:
         return 0
