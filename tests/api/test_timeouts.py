@@ -1,4 +1,4 @@
-"""A PostgreSQL that freezes (connections open, no answers: a stopped VM, a black-holed route) must not
+"""A PostgreSQL or Redis that freezes (connections open, no answers: a stopped VM, a black-holed route) must not
 hold learners: the app runs in a real uvicorn server on loopback, its database behind a TCP proxy that
 the test freezes, and every request is answered 503 within its deadline."""
 
@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 import httpx
@@ -15,7 +17,7 @@ import pytest
 
 from learner_api import http_server
 from learner_api.app import create_app
-from tests.api.conftest import bearer, settings_for
+from tests.api.conftest import REDIS_URL, bearer, client_for, settings_for
 from tests.net import free_port
 
 
@@ -75,9 +77,10 @@ async def served(database_url: str, **settings: object) -> AsyncIterator[tuple[h
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{config.port}", timeout=30) as client:
             yield client, proxy
     finally:
-        await proxy.close()
+        proxy.thawed.set()  # first: the server's shutdown waits for its connections to finish
         server.should_exit = True
         await task
+        await proxy.close()
 
 
 async def frozen_request(client: httpx.AsyncClient, proxy: FreezableProxy, tenant: str,
@@ -111,3 +114,28 @@ async def test_a_frozen_postgres_is_a_503_within_the_deadline(database_url: str,
         proxy.thawed.set()
         await asyncio.sleep(0.2)
         assert (await client.get("/livez")).status_code == 200
+
+
+async def test_a_frozen_redis_refuses_progress_within_its_timeout(database_url: str, tenant: str,
+                                                                  stream: str) -> None:
+    target = urlsplit(REDIS_URL)
+    proxy = FreezableProxy(target.hostname or "127.0.0.1", target.port or 6379)
+    proxied = f"redis://127.0.0.1:{await proxy.start()}/0"
+    app = create_app(settings_for(database_url, redis_url=proxied, progress_stream=stream, redis_timeout_seconds=1))
+    try:
+        async for client in client_for(app):
+            headers = bearer("ada", tenant)
+            body = {"events": [{"id": str(uuid.uuid4()), "verb": "lesson_viewed", "lesson_id": "python-101-hello",
+                                "occurred_at": datetime.now(UTC).isoformat()}]}
+            assert (await client.post("/v1/progress", json=body, headers=headers)).status_code == 202
+            assert (await client.get("/v1/lessons/python-101-hello", headers=headers)).status_code == 200
+            proxy.thawed.clear()
+            start = time.monotonic()
+            refused = await client.post("/v1/progress", json=body, headers=headers)
+            assert (refused.status_code, refused.json()["unavailable"]) == (503, ["redis"])
+            assert time.monotonic() - start < 2
+            cached = await client.get("/v1/lessons/python-101-hello", headers=headers)  # served from memory
+            assert cached.status_code == 200
+            proxy.thawed.set()
+    finally:
+        await proxy.close()
