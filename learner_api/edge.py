@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +47,8 @@ BODY_LIMITS = {
     "/v1/webhooks/payments": BodyRule(64 * KIB, "signature"),  # providers add fields over time
 }
 DEFAULT_BODY_LIMIT = 4 * KIB
+#: How often request deadlines are checked: a deadline fires up to this much late.
+SWEEP_SECONDS = 0.1
 SIGNATURE_HEADER = b"payment-signature"
 _BODYLESS = frozenset(("GET", "HEAD", "OPTIONS", "DELETE"))
 
@@ -71,6 +74,8 @@ class Edge:
 
     def __init__(self, app: ASGIApp, state: Any, deadline: float) -> None:
         self.app, self.state, self.deadline = app, state, deadline
+        self._inflight: dict[asyncio.Task[Any], tuple[float, Callable[[], None]]] = {}
+        self._sweeping = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -117,39 +122,61 @@ class Edge:
         return _replay(body, receive)
 
     async def _within_deadline(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = answered = False
+        """At the deadline the client is answered at once, and the request's task is cancelled to stop
+        its work. Deadlines are checked by one sweep every SWEEP_SECONDS, not by a timer per request
+        (arming and cancelling one, or asyncio.timeout's two, would cost every request)."""
+        started = fired = False
         answer: asyncio.Task[None] | None = None
+        task = asyncio.current_task()
+        assert task is not None
 
         async def guarded(message: Message) -> None:
             nonlocal started
-            if answered:
+            if answer is not None:
                 return  # the deadline already answered this request
             if message["type"] == "http.response.start":
                 started = True
             await send(message)
 
         def on_deadline() -> None:
-            nonlocal answered, answer
-            if started:
-                return  # too late for a clean answer; the cancellation below ends it
-            answered = True
-            problem = Problem(503, f"the request did not finish within {self.deadline:g}s; a dependency is slow "
-                                   "or unavailable, try again shortly", headers={"Retry-After": "5"})
-            answer = asyncio.get_running_loop().create_task(send_problem(send, problem, scope["path"]))
+            nonlocal fired, answer
+            fired = True
+            if not started:
+                problem = Problem(503, f"the request did not finish within {self.deadline:g}s; a dependency is "
+                                       "slow or unavailable, try again shortly", headers={"Retry-After": "5"})
+                answer = asyncio.get_running_loop().create_task(send_problem(send, problem, scope["path"]))
+            task.cancel()
 
         loop = asyncio.get_running_loop()
-        when = loop.time() + self.deadline
-        handle = loop.call_at(when, on_deadline)
+        self._inflight[task] = (loop.time() + self.deadline, on_deadline)
+        if not self._sweeping:
+            self._sweeping = True
+            loop.call_later(SWEEP_SECONDS, self._sweep)
         try:
-            async with asyncio.timeout_at(when):
-                await self.app(scope, receive, guarded)
-        except TimeoutError:  # cancelled at the deadline; the client has its 503 (or a cut-off response)
+            await self.app(scope, receive, guarded)
+        except asyncio.CancelledError:
+            if not fired:
+                raise  # not ours (the server is shutting down)
+            task.uncancel()  # ours: this request is over, the task goes on to finish it
             logger.warning("%s %s passed its %gs deadline%s", scope["method"], scope["path"], self.deadline,
-                           "; answered 503" if answered else " while responding")
+                           "; answered 503" if answer is not None else " while responding")
         finally:
-            handle.cancel()
+            self._inflight.pop(task, None)
             if answer is not None:
                 await answer  # before uvicorn sees the app return, so that it sends nothing itself
+
+
+    def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for task, (when, on_deadline) in list(self._inflight.items()):
+            if now >= when:
+                del self._inflight[task]
+                on_deadline()
+        if self._inflight:
+            loop.call_later(SWEEP_SECONDS, self._sweep)
+        else:
+            self._sweeping = False
 
 
 class _ClientGone(Exception):

@@ -34,6 +34,9 @@ logger = logging.getLogger("learner_api")
 
 MAX_HEAD_BYTES = 16 * 1024
 MAX_HEADERS = 100
+#: How often read deadlines are checked: a timeout fires up to this much late.
+SWEEP_SECONDS = 0.25
+_SWEEPING = "_learner_api_sweeping"
 
 
 @dataclass(frozen=True)
@@ -68,8 +71,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self._in_head = True  # reading a request head (the first, or the next on a kept-alive connection)
         self._head_bytes = 0
         self._head_tail = b""
-        self._header_count = 0
-        self._timer: asyncio.TimerHandle | None = None
+        self._deadline: float | None = None  # when the head or body being read must be complete
         self._received_any = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -89,7 +91,7 @@ class GuardedProtocol(HttpToolsProtocol):
         parser callback answered with its own status (uvicorn would answer any such error with 400)."""
         if self._in_head:
             self._received_any = True
-            if self._timer is None:  # the first byte after a keep-alive pause
+            if self._deadline is None:  # the first byte after a keep-alive pause
                 self._arm(self.limits.header_timeout)
             seen = self._head_tail + data
             end = seen.find(b"\r\n\r\n")
@@ -101,7 +103,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self._unset_keepalive_if_required()
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserCallbackError as exc:  # a callback raised (see on_header)
+        except httptools.HttpParserCallbackError as exc:  # a callback raised (see on_headers_complete)
             if isinstance(exc.__context__, _Refuse):
                 self._refuse(exc.__context__.status, exc.__context__.detail)
             else:
@@ -116,18 +118,10 @@ class GuardedProtocol(HttpToolsProtocol):
             self.logger.warning("Invalid HTTP request received.")
             self.send_400_response("Invalid HTTP request received.")
 
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self._header_count = 0
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_count += 1
-        if self._header_count > MAX_HEADERS:
-            raise _Refuse(431, f"at most {MAX_HEADERS} headers per request")
-        super().on_header(name, value)
-
     def on_headers_complete(self) -> None:
         self._in_head = False
+        if len(self.headers) > MAX_HEADERS:  # counted once here, not per header (the head is small anyway)
+            raise _Refuse(431, f"at most {MAX_HEADERS} headers per request")
         self._arm(self.limits.body_timeout)  # disarmed when the message is complete (at once without a body)
         super().on_headers_complete()
 
@@ -136,17 +130,19 @@ class GuardedProtocol(HttpToolsProtocol):
         self._in_head, self._head_bytes, self._head_tail, self._received_any = True, 0, b"", False
         super().on_message_complete()
 
+    # Read deadlines are plain numbers that one sweep per server checks every SWEEP_SECONDS, instead of a
+    # timer armed and cancelled per request (two per request otherwise; this runs on every request).
     def _arm(self, seconds: float) -> None:
-        self._disarm()
-        self._timer = self.loop.call_later(seconds, self._timed_out)
+        self._deadline = self.loop.time() + seconds
+        if not getattr(self.server_state, _SWEEPING, False):
+            setattr(self.server_state, _SWEEPING, True)
+            self.loop.call_later(SWEEP_SECONDS, _sweep, self.loop, self.server_state)
 
     def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._deadline = None
 
     def _timed_out(self) -> None:
-        self._timer = None
+        self._deadline = None
         if self.transport.is_closing():
             return
         if self._in_head and not self._received_any:
@@ -168,6 +164,19 @@ class GuardedProtocol(HttpToolsProtocol):
         if not self.transport.is_closing():
             self.transport.write(refusal(status, detail, retry_after))
             self.transport.close()
+
+
+def _sweep(loop: asyncio.AbstractEventLoop, server_state: Any) -> None:
+    """Time out the connections whose read deadline passed; again in a moment while any are open."""
+    now = loop.time()
+    for connection in list(server_state.connections):
+        deadline = getattr(connection, "_deadline", None)
+        if deadline is not None and now >= deadline:
+            connection._timed_out()
+    if server_state.connections:
+        loop.call_later(SWEEP_SECONDS, _sweep, loop, server_state)
+    else:
+        setattr(server_state, _SWEEPING, False)
 
 
 def protocol(settings: Settings) -> type[GuardedProtocol]:

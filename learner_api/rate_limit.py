@@ -41,11 +41,18 @@ class RateLimiter:
         self._pending: defaultdict[str, int] = defaultdict(int)  # counted here, not yet in Redis
         self._window_of: dict[str, int] = {}
         self._flusher: asyncio.Task[None] | None = None
+        self._keys: dict[Identity, tuple[str, str]] = {}  # this window's keys (hashing per request costs)
+        self._keys_window = -1
 
     def keys(self, identity: Identity, window: int) -> tuple[str, str]:
-        learner = hashlib.sha256(identity.learner.encode()).hexdigest()[:20]
-        return (tenant_key(identity.tenant, f"rl:{window}:l:{learner}"),
-                tenant_key(identity.tenant, f"rl:{window}:all"))
+        if window != self._keys_window:
+            self._keys, self._keys_window = {}, window
+        known = self._keys.get(identity)
+        if known is None:
+            learner = hashlib.sha256(identity.learner.encode()).hexdigest()[:20]
+            known = self._keys[identity] = (tenant_key(identity.tenant, f"rl:{window}:l:{learner}"),
+                                            tenant_key(identity.tenant, f"rl:{window}:all"))
+        return known
 
     def check(self, identity: Identity) -> None:
         """Count one costly request, or refuse it with 429 (it is then not counted)."""
