@@ -16,6 +16,7 @@ import asyncio
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -33,7 +34,6 @@ from scripts.api_dev import REDIS_URL, prepare
 
 SECRET = "bench-secret-0123456789abcdef0123456789"
 PROGRESS_LUA = r"""
-math.randomseed(os.time() + math.floor(os.clock() * 1000000))
 local function uuid()
   return string.format("%08x-%04x-4%03x-%04x-%012x", math.random(0, 0xffffffff), math.random(0, 0xffff),
                        math.random(0, 0xfff), math.random(0x8000, 0xbfff), math.random(0, 0xffffffffffff))
@@ -62,7 +62,9 @@ def progress_request(token: str) -> bytes:
 
 def wrk(url: str, token: str, seconds: int, connections: int = 64, script: str = "") -> dict[str, float]:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as lua:
-        lua.write(script)
+        # a fresh seed per run: runs started in the same second must not send the same event ids (with
+        # other event times, a repeated id is a 409, not a duplicate)
+        lua.write(f"math.randomseed({secrets.randbits(31)})\n" + script)
     command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", lua.name,
                "-H", f"Authorization: Bearer {token}", url]
     out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
