@@ -9,6 +9,7 @@ import uvicorn
 from fastapi import Response
 
 from learner_api.app import create_app
+from learner_api.http_server import protocol
 from learner_api.progress_intake import Outcome, ProgressIntake
 from learner_api.settings import load_settings
 
@@ -25,13 +26,15 @@ def main() -> None:
             return Outcome(len(events), 0, [])
 
         ProgressIntake.accept = accepted  # type: ignore[method-assign]
-    app = create_app(load_settings())
+    settings = load_settings()
+    app = create_app(settings)
 
     @app.get("/bench/constant")
     async def constant() -> Response:
         return Response(CONSTANT, media_type="application/json")
 
-    uvicorn.run(app, host="127.0.0.1", port=args.port, workers=1, loop="uvloop", http="httptools",
+    # the protocol learner-api serves with (header limits, read timeouts, connection cap), on httptools
+    uvicorn.run(app, host="127.0.0.1", port=args.port, workers=1, loop="uvloop", http=protocol(settings),
                 access_log=False, log_level="warning")
 
 

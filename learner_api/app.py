@@ -11,11 +11,14 @@ import asyncpg
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
-from learner_api import __version__, api_docs, metrics, problems
+from learner_api import __version__, api_docs, metrics, openapi, problems
 from learner_api.auth import VerifiedTokens
 from learner_api.content_cache import ContentCache, lookups_counter
+from learner_api.cursors import Cursors
 from learner_api.dependencies import POSTGRES_DOWN, Database, RedisGuard
+from learner_api.edge import Edge
 from learner_api.progress_intake import ProgressIntake
+from learner_api.rate_limit import RateLimiter
 from learner_api.redis_client import connect_redis, progress_streams
 from learner_api.routes import content, enrollments, health, me, payments, progress, store
 from learner_api.settings import ConfigError, Settings
@@ -31,6 +34,8 @@ async def connect_postgres(settings: Settings, attempts: int = 5) -> asyncpg.Poo
             return await asyncpg.create_pool(
                 settings.database_url.get_secret_value(), min_size=0, max_size=settings.database_pool_max,
                 statement_cache_size=settings.database_statement_cache_size, timeout=5,
+                # the client stops waiting a moment after the server-side statement_timeout would have fired
+                command_timeout=settings.database_statement_timeout_seconds + 1,
             )
         except (OSError, asyncpg.PostgresError) as exc:
             if attempt == attempts:
@@ -60,6 +65,14 @@ async def check_role(pool: asyncpg.Pool, settings: Settings) -> None:
         logger.warning("%s (allowed with NODE_ENV=development)", message)
 
 
+DESCRIPTION = (
+    "Course content, progress, enrollments and the store for learners. Every error is RFC 9457 "
+    "application/problem+json. Any request may also be answered, before it reaches an operation: 408 (the "
+    "headers or body did not arrive in time), 431 (request line and headers over 16 KiB, or over 100 "
+    "headers), 413 (a body over the operation's limit), 503 with Retry-After (the server is at its "
+    "connection limit, or the request passed its deadline).")
+
+
 def create_app(settings: Settings) -> FastAPI:
     registry = CollectorRegistry()
     cache_lookups = lookups_counter(registry)
@@ -67,13 +80,17 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = await connect_postgres(settings)
-        client = connect_redis(settings, socket_timeout=settings.readiness_timeout * 2,
-                               socket_connect_timeout=settings.readiness_timeout * 2)
+        client = connect_redis(settings, socket_timeout=settings.redis_timeout_seconds,
+                               socket_connect_timeout=settings.redis_timeout_seconds)
         try:
             await check_role(pool, settings)
             app.state.pool, app.state.redis = pool, client
-            app.state.database = Database(pool, timeout=settings.readiness_timeout * 2)
+            app.state.database = Database(pool, timeout=settings.readiness_timeout * 2,
+                                          statement_timeout=settings.database_statement_timeout_seconds)
             app.state.redis_guard = RedisGuard(client)
+            app.state.rate_limiter = RateLimiter(app.state.redis_guard, per_learner=settings.rate_limit_per_learner,
+                                                 per_tenant=settings.rate_limit_per_tenant,
+                                                 window=settings.rate_limit_window_seconds)
             app.state.content_cache = ContentCache(
                 app.state.database, app.state.redis_guard, cache_lookups, ttl=settings.content_cache_seconds,
                 version_ttl=settings.content_version_seconds)
@@ -82,18 +99,23 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             app.state.draining = True
+            if hasattr(app.state, "rate_limiter"):
+                await app.state.rate_limiter.close()
             await client.aclose()
             await pool.close()
 
     app = FastAPI(title="learner-api", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
-                  description="Course content, progress, enrollments and the store for learners. Every "
-                              "error is RFC 9457 application/problem+json.")
+                  description=DESCRIPTION)
     app.state.settings = settings
     app.state.verified_tokens = VerifiedTokens(settings)
     app.state.draining = False
     app.state.business = metrics.BusinessMetrics(registry)
+    app.state.metrics_registry = registry  # served on METRICS_PORT (metrics.metrics_app), not here
+    app.state.cursors = Cursors(settings.database_url.get_secret_value())
     problems.install(app)
-    metrics.install(app, metrics.HttpMetrics(registry))
+    openapi.install(app)
+    app.add_middleware(Edge, state=app.state, deadline=settings.request_deadline_seconds)
+    metrics.install(app, metrics.HttpMetrics(registry))  # outermost: it sees what the edge refuses too
     for module in (health, me, content, progress, enrollments, store, payments):
         app.include_router(module.router)
     api_docs.install(app)

@@ -20,7 +20,15 @@ from learner_api.problems import Problem
 from learner_api.settings import Settings
 
 TENANT_CLAIM = "tenant"
-_TENANT_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+#: Matched with fullmatch: a "$" would also match before a final newline ("acme\n" a tenant of its own).
+_TENANT_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+#: Learner ids (the token's sub) as they are stored and used in keys: printable ASCII, no spaces, at most
+#: 255 characters (OpenID Connect's own limit), so no sub can make a row or index entry too large.
+_LEARNER_RE = re.compile(r"[\x21-\x7e]{1,255}")
+#: Tokens longer than this are verified every time instead of remembered (the memory stays bounded).
+_REMEMBERED_TOKEN_CHARS = 4096
+#: Where the edge leaves the identity it verified before reading a body (see learner_api.edge).
+IDENTITY = "learner_api.identity"
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="learner-api"'}
 
 
@@ -46,12 +54,16 @@ def verify(token: str, settings: Settings) -> Identity:
         raise Problem(401, "the token has expired; sign in again", headers=_CHALLENGE) from None
     except jwt.InvalidTokenError as exc:
         raise Problem(401, f"the token is not valid: {exc}", headers=_CHALLENGE) from None
+    learner = claims["sub"]
+    if not isinstance(learner, str) or not _LEARNER_RE.fullmatch(learner):
+        raise Problem(401, "the token's 'sub' claim is not a learner id this API accepts (1-255 printable "
+                           "ASCII characters, no spaces)", headers=_CHALLENGE)
     if settings.tenant_mode == "disabled":
-        return Identity(learner=str(claims["sub"]), tenant="default")
+        return Identity(learner=learner, tenant="default")
     tenant = claims.get(TENANT_CLAIM)
-    if not isinstance(tenant, str) or not _TENANT_RE.match(tenant):
+    if not isinstance(tenant, str) or not _TENANT_RE.fullmatch(tenant):
         raise Problem(403, f"the token carries no valid '{TENANT_CLAIM}' claim (TENANT_MODE is enabled)")
-    return Identity(learner=str(claims["sub"]), tenant=tenant)
+    return Identity(learner=learner, tenant=tenant)
 
 
 class VerifiedTokens:
@@ -68,6 +80,8 @@ class VerifiedTokens:
             self._known.move_to_end(token)
             return known[0]
         identity = verify(token, self.settings)  # raises for anything not (or no longer) valid
+        if len(token) > _REMEMBERED_TOKEN_CHARS:
+            return identity
         expires = jwt.decode(token, options={"verify_signature": False})["exp"]
         self._known[token] = (identity, float(expires))
         if len(self._known) > self.size:
@@ -75,14 +89,20 @@ class VerifiedTokens:
         return identity
 
 
-async def current_identity(request: Request) -> Identity:
-    """async on purpose: FastAPI runs a sync dependency in a thread, a hop that costs more than the work."""
-    header = request.headers.get("authorization", "")
+def identity_from_header(tokens: VerifiedTokens, header: str) -> Identity:
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token:
+    if scheme.lower() != "bearer" or not token.strip():
         raise Problem(401, "send 'Authorization: Bearer <token>'", headers=_CHALLENGE)
-    tokens: VerifiedTokens = request.app.state.verified_tokens
     return tokens.identity(token.strip())
+
+
+async def current_identity(request: Request) -> Identity:
+    """async on purpose: FastAPI runs a sync dependency in a thread, a hop that costs more than the work.
+    Routes with a body were authenticated by the edge already, before the body was read."""
+    known: Identity | None = request.scope.get(IDENTITY)
+    if known is not None:
+        return known
+    return identity_from_header(request.app.state.verified_tokens, request.headers.get("authorization", ""))
 
 
 IdentityDep = Annotated[Identity, Depends(current_identity)]

@@ -20,8 +20,9 @@ import uvicorn
 from fastapi import FastAPI
 from redis.exceptions import RedisError
 
-from learner_api import __version__, startup_checks
+from learner_api import __version__, http_server, startup_checks
 from learner_api.app import create_app
+from learner_api.metrics import metrics_app
 from learner_api.settings import ConfigError, Settings, load_migration_settings, load_settings
 from learner_api.termination import refuse
 
@@ -81,9 +82,10 @@ def serve(host: str, drain: float) -> int:
     except ConfigError as exc:
         return refuse("learner-api", str(exc))
     app = create_app(settings)
-    config = uvicorn.Config(app, host=host, port=settings.port, lifespan="on", access_log=False,
-                            timeout_graceful_shutdown=20, log_config=None)
-    DrainingServer(config, app, drain).run()  # Ctrl-C: uvicorn shuts down, then re-raises SIGINT (main())
+    metrics = http_server.MetricsServer(http_server.metrics_config(metrics_app(app.state.metrics_registry),
+                                                                   settings, host))
+    # Ctrl-C: uvicorn shuts down, then re-raises SIGINT, which main() turns into exit code 130
+    asyncio.run(http_server.serve_both(DrainingServer(http_server.config(app, settings, host), app, drain), metrics))
     return 0
 
 

@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry, Counter
 from learner_api.data import content
 from learner_api.dependencies import REDIS_DOWN, Database, RedisGuard
 from learner_api.problems import Problem
-from learner_api.redis_keys import tenant_prefix
+from learner_api.redis_keys import tenant_key
 
 logger = logging.getLogger(__name__)
 
@@ -41,11 +41,11 @@ def lookups_counter(registry: CollectorRegistry) -> Counter:
 
 
 def version_key(tenant: str) -> str:
-    return f"{tenant_prefix(tenant)}content-version"
+    return tenant_key(tenant, "content-version")
 
 
 def document_key(tenant: str, version: int, name: str) -> str:
-    return f"{tenant_prefix(tenant)}v{version}:{name}"
+    return tenant_key(tenant, f"v{version}:{name}")
 
 
 @dataclass(frozen=True)
@@ -105,9 +105,11 @@ class ContentCache:
         return version
 
     async def document(self, tenant: str, name: str, loader: Loader,
-                       paid_course: Callable[[dict[str, Any]], str | None] = lambda _: None) -> Document | None:
+                       paid_course: Callable[[dict[str, Any]], str | None] = lambda _: None,
+                       admit: Callable[[], None] | None = None) -> Document | None:
         """The cached document ``name`` (say ``lesson:intro``) of the tenant's current content, loading it
-        with ``loader`` on a miss; None when it does not exist."""
+        with ``loader`` on a miss; None when it does not exist. ``admit`` runs before PostgreSQL is asked
+        (a rate limit that may refuse the miss)."""
         key = document_key(tenant, await self.version(tenant), name)
         document = self._local.get(key)
         if document is not None:
@@ -125,6 +127,8 @@ class ContentCache:
                 self._remember(key, document)
                 self.lookups.labels("redis").inc()
                 return document
+        if admit is not None:
+            admit()
         async with self.database.tenant(tenant) as connection:
             data = await loader(connection)
         self.lookups.labels("database").inc()

@@ -7,6 +7,7 @@ Retry-After, naming the dependency but never its address.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -32,25 +33,42 @@ def unavailable(name: str, retry_after: int = 5) -> Problem:
 
 
 class Database:
-    """The pool plus one rule: every transaction runs as one tenant (row-level security's key)."""
+    """The pool plus two rules: every transaction runs as one tenant (row-level security's key), and no
+    transaction can wait on PostgreSQL for longer than its budget (a frozen server is a 503, not a hang)."""
 
-    def __init__(self, pool: asyncpg.Pool, timeout: float) -> None:
+    def __init__(self, pool: asyncpg.Pool, timeout: float, *, statement_timeout: float | None = None) -> None:
         self.pool = pool
-        self.timeout = timeout
+        self.timeout = timeout  # acquiring a connection; giving it back
+        self.statement_timeout_ms = str(int(statement_timeout * 1000)) if statement_timeout else None
 
     @asynccontextmanager
     async def tenant(self, tenant: str) -> AsyncIterator[asyncpg.Connection]:
         """A transaction in which PostgreSQL's policies only show and accept ``tenant``'s rows.
 
         ``set_config(..., true)`` is transaction-local, so a pooled connection (or PgBouncer in
-        transaction mode) never carries one tenant's setting into another's request.
+        transaction mode) never carries one tenant's setting (or statement timeout) into another's request.
+        No ROLLBACK on failure: the pool's reset rolls back, under the release timeout, which ends a
+        connection that cannot answer instead of waiting for it (a rollback would wait as long again).
         """
         try:
-            async with self.pool.acquire(timeout=self.timeout) as connection, connection.transaction():
-                await connection.execute("SELECT set_config('app.tenant_id', $1, true)", tenant)
-                yield connection
+            connection = await self.pool.acquire(timeout=self.timeout)
         except POSTGRES_DOWN:
             raise unavailable("postgresql") from None
+        try:
+            await connection.execute("BEGIN")
+            if self.statement_timeout_ms is None:
+                await connection.execute("SELECT set_config('app.tenant_id', $1, true)", tenant)
+            else:  # the server-side timeout too: the client's command_timeout only stops waiting
+                await connection.execute("SELECT set_config('app.tenant_id', $1, true),"
+                                         " set_config('statement_timeout', $2, true)",
+                                         tenant, self.statement_timeout_ms)
+            yield connection
+            await connection.execute("COMMIT")
+        except POSTGRES_DOWN:
+            raise unavailable("postgresql") from None
+        finally:
+            with contextlib.suppress(*POSTGRES_DOWN):  # asyncpg ended the connection; the error above says why
+                await self.pool.release(connection, timeout=self.timeout)
 
 
 class RedisGuard:

@@ -1,13 +1,20 @@
 """HTTP RED metrics by route template (never by raw path: ids would explode the series), and the
-business counters, each moved once per row that is really new (after its transaction committed)."""
+business counters, each moved once per row that is really new (after its transaction committed).
+
+Served on their own port (METRICS_PORT, `metrics_app`), never on the public API port: the business
+counters are not for learners, and the NetworkPolicy lets only the scraper reach that port."""
 
 from __future__ import annotations
 
 import time
 
-from fastapi import FastAPI, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry, Counter, Histogram, make_asgi_app
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+#: Set by the edge when the client went away before it was answered (counted as 499, a 4xx).
+CLIENT_GONE = "learner_api.client_gone"
+CLIENT_CLOSED = 499
 
 
 class HttpMetrics:
@@ -54,6 +61,8 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
+            if status == 500 and scope.get(CLIENT_GONE):
+                status = CLIENT_CLOSED  # nobody was answered: the client left, the server did not fail
             route = scope.get("route")
             template = getattr(route, "path", "unmatched")
             method = scope["method"]
@@ -64,6 +73,7 @@ class MetricsMiddleware:
 def install(app: FastAPI, metrics: HttpMetrics) -> None:
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
-    @app.get("/metrics", include_in_schema=False)
-    async def _metrics() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+def metrics_app(registry: CollectorRegistry) -> ASGIApp:
+    """/metrics for the metrics port (`learner-api serve` runs it beside the API)."""
+    return make_asgi_app(registry)

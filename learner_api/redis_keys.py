@@ -10,3 +10,7 @@ from __future__ import annotations
 
 def tenant_prefix(tenant: str) -> str:
     return "t:{" + tenant + "}:"
+
+
+def tenant_key(tenant: str, rest: str) -> str:
+    return tenant_prefix(tenant) + rest

@@ -105,6 +105,20 @@ class Settings(BaseSettings):
     content_cache_seconds: int = Field(default=3600, ge=1)
     #: How often a replica asks Redis for the tenant's content version (how stale content can be).
     content_version_seconds: float = Field(default=1.0, ge=0)
+    #: learner-api under load and faults (docs/api-limits.md): every wait has an end.
+    request_deadline_seconds: float = Field(default=10.0, gt=0, le=120)
+    database_statement_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    redis_timeout_seconds: float = Field(default=2.0, gt=0, le=30)
+    http_keepalive_seconds: float = Field(default=5.0, gt=0, le=300)
+    http_header_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    http_body_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    http_max_connections: int = Field(default=500, ge=1)
+    #: Costly requests (writes, reads that reach PostgreSQL) per learner / per tenant per window.
+    rate_limit_per_learner: int = Field(default=100, ge=1)
+    rate_limit_per_tenant: int = Field(default=10_000, ge=1)
+    rate_limit_window_seconds: float = Field(default=10.0, gt=0, le=3600)
+    #: A checkout's Idempotency-Key claim older than this may be taken over by a retry (fenced).
+    idempotency_claim_seconds: float = Field(default=60.0, gt=0)
 
     @property
     def development(self) -> bool:

@@ -108,7 +108,8 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 60) 
 
 def main() -> int:
     port, metrics_port = int(os.environ.get("PORT", "8000")), int(os.environ.get("METRICS_PORT", "9102"))
-    for name, number in (("PORT", port), ("METRICS_PORT", metrics_port)):
+    api_metrics = metrics_port + 1  # both processes read METRICS_PORT; on one machine they need two
+    for name, number in (("PORT", port), ("METRICS_PORT", metrics_port), ("METRICS_PORT", api_metrics)):
         if port_in_use(number):
             print(f"scripts/run api: port {number} is in use (another learner-api?): stop it, or choose "
                   f"another with {name}={number + 1} scripts/run api", file=sys.stderr)
@@ -123,14 +124,15 @@ def main() -> int:
     base = f"http://127.0.0.1:{port}"
     processes = [subprocess.Popen([LEARNER_API, "evaluator"], env=env),  # noqa: S603  # our own console script
                  subprocess.Popen([LEARNER_API, "serve", "--host", "127.0.0.1", "--drain-seconds", "0"],  # noqa: S603
-                                  env=env)]
+                                  env={**env, "METRICS_PORT": str(api_metrics)})]
     api = processes[1]
     try:
         if not wait_ready(base, api):
             print("scripts/run api: learner-api did not start (see above)", file=sys.stderr)
             return api.poll() or 1
         print(f"""
-learner-api on {base} (API docs: {base}/docs), evaluator metrics on :{metrics_port}/metrics
+learner-api on {base} (API docs: {base}/docs, metrics on :{api_metrics}/metrics), evaluator metrics on \
+:{metrics_port}/metrics
 Try it (in another terminal):
 
 {try_it(base, token, env["PAYMENT_WEBHOOK_SECRET"])}

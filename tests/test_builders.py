@@ -162,7 +162,8 @@ def test_switches_add_and_remove_children() -> None:
 def test_network_policy_allows_only_what_is_needed() -> None:
     manifests = by_kind(builders.children(platform(load(EXAMPLES / "02-staging.yaml")["spec"])))
     api = manifests[("NetworkPolicy", "ai-platform-learner-api")]["spec"]
-    assert api["ingress"] == [{"ports": [{"port": 8000, "protocol": "TCP"}]}]
+    assert api["ingress"] == [{"ports": [{"port": 8000, "protocol": "TCP"}]},
+                              {"ports": [{"port": 9102, "protocol": "TCP"}]}]  # the API's /metrics port
     egress_ports = {p["port"] for rule in api["egress"] for p in rule["ports"]}
     assert egress_ports == {53, 5432, 6379, 6380}
     evaluator = manifests[("NetworkPolicy", "ai-platform-evaluator")]["spec"]

@@ -9,8 +9,9 @@ from typing import Any
 
 import asyncpg
 
-#: An in-flight claim older than this is taken to belong to a process that died mid-request.
-ABANDONED_AFTER_SECONDS = 60
+#: An in-flight claim older than this is taken to belong to a process that died mid-request (a retry may
+#: take it over; the fencing token keeps the first request from committing after that).
+ABANDONED_AFTER_SECONDS = 60.0
 
 
 async def list_products(connection: asyncpg.Connection, *, course_id: str | None) -> list[dict[str, Any]]:
@@ -37,45 +38,54 @@ async def create_order(connection: asyncpg.Connection, *, tenant: str, learner: 
 
 @dataclass(frozen=True)
 class Claim:
-    """What an Idempotency-Key says about this request: go ahead, or replay/refuse."""
+    """What an Idempotency-Key says about this request: go ahead (with this fencing token), or replay/refuse."""
 
     state: str  # "claimed" (do the work), "replay", "in_flight", "mismatch"
     status: int | None = None
     body: Any = None
+    fence: uuid.UUID | None = None
 
 
-async def claim_key(connection: asyncpg.Connection, *, tenant: str, learner: str, key: str,
-                    request_hash: str) -> Claim:
+async def claim_key(connection: asyncpg.Connection, *, tenant: str, learner: str, key: str, request_hash: str,
+                    abandoned_after: float = ABANDONED_AFTER_SECONDS) -> Claim:
+    fence = uuid.uuid4()
     inserted = await connection.fetchval(
-        "INSERT INTO idempotency_keys (tenant_id, learner_id, key, request_hash, state)"
-        " VALUES ($1, $2, $3, $4, 'in_flight') ON CONFLICT ON CONSTRAINT idempotency_keys_pkey DO NOTHING"
-        " RETURNING 1", tenant, learner, key, request_hash)
+        "INSERT INTO idempotency_keys (tenant_id, learner_id, key, request_hash, state, fence)"
+        " VALUES ($1, $2, $3, $4, 'in_flight', $5) ON CONFLICT ON CONSTRAINT idempotency_keys_pkey DO NOTHING"
+        " RETURNING 1", tenant, learner, key, request_hash, fence)
     if inserted is not None:
-        return Claim("claimed")
+        return Claim("claimed", fence=fence)
     row = await connection.fetchrow(
         "SELECT request_hash, state, response_status, response_body,"
         " claimed_at < now() - make_interval(secs => $3) AS abandoned"
-        " FROM idempotency_keys WHERE learner_id = $1 AND key = $2 FOR UPDATE", learner, key, ABANDONED_AFTER_SECONDS)
+        " FROM idempotency_keys WHERE learner_id = $1 AND key = $2 FOR UPDATE", learner, key, abandoned_after)
     if row["request_hash"] != request_hash:
         return Claim("mismatch")
     if row["state"] == "done":
         return Claim("replay", row["response_status"], json.loads(row["response_body"]))
-    if row["abandoned"]:
-        await connection.execute("UPDATE idempotency_keys SET claimed_at = now() WHERE learner_id = $1 AND key = $2",
-                                 learner, key)
-        return Claim("claimed")
+    if row["abandoned"]:  # taken over: whoever held it can no longer complete it
+        await connection.execute("UPDATE idempotency_keys SET claimed_at = now(), fence = $3"
+                                 " WHERE learner_id = $1 AND key = $2", learner, key, fence)
+        return Claim("claimed", fence=fence)
     return Claim("in_flight")
 
 
-async def complete_key(connection: asyncpg.Connection, *, learner: str, key: str, status: int, body: Any) -> None:
+async def complete_key(connection: asyncpg.Connection, *, learner: str, key: str, fence: uuid.UUID, status: int,
+                       body: Any) -> bool:
+    """Store the response, in the order's transaction; False (and the caller must roll back) when the
+    claim was taken over meanwhile. The row lock this takes orders us against a concurrent take-over."""
+    done = await connection.fetchval(
+        "UPDATE idempotency_keys SET state = 'done', response_status = $4, response_body = $5::jsonb"
+        " WHERE learner_id = $1 AND key = $2 AND fence = $3 AND state = 'in_flight' RETURNING 1",
+        learner, key, fence, status, json.dumps(body))
+    return done is not None
+
+
+async def release_key(connection: asyncpg.Connection, *, learner: str, key: str, fence: uuid.UUID) -> None:
+    """Give the key back after a failure, unless someone else holds it by now."""
     await connection.execute(
-        "UPDATE idempotency_keys SET state = 'done', response_status = $3, response_body = $4::jsonb"
-        " WHERE learner_id = $1 AND key = $2", learner, key, status, json.dumps(body))
-
-
-async def release_key(connection: asyncpg.Connection, *, learner: str, key: str) -> None:
-    await connection.execute("DELETE FROM idempotency_keys WHERE learner_id = $1 AND key = $2 AND state = 'in_flight'",
-                             learner, key)
+        "DELETE FROM idempotency_keys WHERE learner_id = $1 AND key = $2 AND fence = $3 AND state = 'in_flight'",
+        learner, key, fence)
 
 
 async def record_payment_event(connection: asyncpg.Connection, *, tenant: str, event_id: str, type_: str) -> bool:

@@ -12,6 +12,7 @@ from learner_api.auth import IdentityDep
 from learner_api.data import content, enrollments
 from learner_api.dependencies import DatabaseDep
 from learner_api.problems import Problem
+from learner_api.rate_limit import CostlyIdentityDep
 
 router = APIRouter(prefix="/v1", tags=["enrollments"])
 
@@ -37,6 +38,6 @@ async def enroll(request: Request, body: EnrollmentRequest, identity: IdentityDe
 
 
 @router.get("/enrollments", summary="The courses I am enrolled in")
-async def my_enrollments(identity: IdentityDep, database: DatabaseDep) -> dict[str, list[dict[str, Any]]]:
+async def my_enrollments(identity: CostlyIdentityDep, database: DatabaseDep) -> dict[str, list[dict[str, Any]]]:
     async with database.tenant(identity.tenant) as connection:
         return {"items": await enrollments.list_enrollments(connection, learner=identity.learner)}

@@ -25,13 +25,14 @@ class PaymentData(BaseModel):
     tenant: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
     order_id: uuid.UUID
     amount_cents: int
-    currency: str
+    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
 
 
 class PaymentEvent(BaseModel):
     model_config = ConfigDict(extra="ignore")  # providers add fields over time
 
-    id: Annotated[str, Field(min_length=1, max_length=255)]
+    #: Printable ASCII: a NUL (which PostgreSQL cannot store) is refused as a 422, never a 500.
+    id: Annotated[str, Field(pattern=r"^[\x21-\x7e]{1,255}$")]
     type: Literal["payment.succeeded", "payment.failed"]
     data: PaymentData
 

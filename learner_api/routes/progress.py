@@ -14,20 +14,23 @@ from uuid import UUID
 
 from fastapi import APIRouter, Request
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
-from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
 
 from learner_api.auth import IdentityDep
 from learner_api.dependencies import REDIS_DOWN, RedisDep, unavailable
+from learner_api.edge import BODY_LIMITS
 from learner_api.problems import Problem
 from learner_api.progress_intake import ProgressIntake, body_hash, stream_entry
 
 router = APIRouter(prefix="/v1", tags=["progress"])
 
 MAX_EVENTS = 500
-MAX_BODY_BYTES = 256 * 1024
+MAX_BODY_BYTES = BODY_LIMITS["/v1/progress"].limit
 #: Clocks on phones drift; an event from further in the future than this is refused.
 FUTURE_SKEW = timedelta(minutes=5)
+#: An app may sync after months offline, but not after more than a year: older events are refused here
+#: (422) rather than accepted and then found unstorable (a year-1 time with +14:00 is not even a UTC time).
+MAX_AGE = timedelta(days=365)
 
 
 class ProgressEvent(BaseModel):
@@ -50,21 +53,6 @@ class Accepted(BaseModel):
     duplicates: int = Field(description="events sent before with the same id and content (ignored)")
 
 
-async def _read_limited(request: Request) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise Problem(413, f"the body is {declared} bytes; send at most {MAX_BODY_BYTES} per request")
-    body = bytearray()
-    try:
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_BODY_BYTES:
-                raise Problem(413, f"the body is over {MAX_BODY_BYTES} bytes; split the batch")
-    except ClientDisconnect:  # nothing was taken; the client retries the whole batch
-        raise Problem(400, "the client went away before the whole body arrived") from None
-    return bytes(body)
-
-
 def _parse(raw: bytes) -> list[ProgressEvent]:
     try:
         batch = ProgressBatch.model_validate_json(raw)
@@ -74,10 +62,15 @@ def _parse(raw: bytes) -> list[ProgressEvent]:
                       errors=errors[:50]) from None
     if len(batch.events) > MAX_EVENTS:
         raise Problem(413, f"{len(batch.events)} events in one batch; send at most {MAX_EVENTS}")
-    latest = datetime.now(UTC) + FUTURE_SKEW
+    now = datetime.now(UTC)
+    latest, earliest = now + FUTURE_SKEW, now - MAX_AGE
     late = [i for i, event in enumerate(batch.events) if event.occurred_at > latest]
     if late:
         raise Problem(422, f"events {late[:10]} have occurred_at in the future; send the device's time in UTC")
+    old = [i for i, event in enumerate(batch.events) if event.occurred_at < earliest]
+    if old:
+        raise Problem(422, f"events {old[:10]} have occurred_at more than {MAX_AGE.days} days ago; "
+                           "they are too old to record")
     return batch.events
 
 
@@ -87,7 +80,7 @@ def _parse(raw: bytes) -> list[ProgressEvent]:
                         413: {"description": f"more than {MAX_EVENTS} events or {MAX_BODY_BYTES} bytes"},
                         503: {"description": "the queue (Redis) is unavailable; retry after Retry-After"}})
 async def post_progress(request: Request, identity: IdentityDep, redis: RedisDep) -> JSONResponse:
-    events = _parse(await _read_limited(request))
+    events = _parse(await request.body())  # bounded (MAX_BODY_BYTES) and authenticated first by the edge
     unique: dict[str, tuple[str, bytes, bytes]] = {}
     for index, event in enumerate(events):
         entry = stream_entry(tenant=identity.tenant, learner=identity.learner, event_id=str(event.id),

@@ -8,11 +8,13 @@ with one key make one order: the others get the stored response (same body), 422
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import re
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -20,6 +22,7 @@ from learner_api.auth import IdentityDep
 from learner_api.data import store
 from learner_api.dependencies import DatabaseDep
 from learner_api.problems import Problem
+from learner_api.rate_limit import CostlyIdentityDep
 
 router = APIRouter(prefix="/v1", tags=["store"])
 
@@ -33,25 +36,34 @@ class CheckoutRequest(BaseModel):
 
 
 @router.get("/products", summary="The catalog, with server-side prices")
-async def list_products(identity: IdentityDep, database: DatabaseDep,
+async def list_products(identity: CostlyIdentityDep, database: DatabaseDep,
                         course_id: Annotated[str | None, Query(pattern=IdPattern)] = None
                         ) -> dict[str, list[dict[str, Any]]]:
     async with database.tenant(identity.tenant) as connection:
         return {"items": await store.list_products(connection, course_id=course_id)}
 
 
+#: Printable ASCII (a UUID, typically): it is stored, and compared byte for byte on a retry.
+_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+
+
+class _Superseded(Exception):
+    """A retry took over this request's Idempotency-Key while it ran: its order must not commit."""
+
+
 @router.post("/checkout", status_code=201, summary="Order a product (send an Idempotency-Key)",
              responses={409: {"description": "a request with this Idempotency-Key is still in progress"},
                         422: {"description": "the Idempotency-Key was used with another body"}})
-async def checkout(body: CheckoutRequest, identity: IdentityDep, database: DatabaseDep,
-                   idempotency_key: Annotated[str | None, Header(max_length=255)] = None) -> JSONResponse:
-    if not idempotency_key:
-        raise Problem(400, "send an Idempotency-Key header (a UUID you make per purchase) so that a retry "
-                           "cannot buy twice")
+async def checkout(request: Request, body: CheckoutRequest, identity: IdentityDep, database: DatabaseDep,
+                   idempotency_key: Annotated[str | None, Header()] = None) -> JSONResponse:
+    if not idempotency_key or not _KEY.fullmatch(idempotency_key):
+        raise Problem(400, "send an Idempotency-Key header (a UUID you make per purchase; 1-255 printable "
+                           "ASCII characters) so that a retry cannot buy twice")
     request_hash = hashlib.sha256(json.dumps(body.model_dump(), sort_keys=True).encode()).hexdigest()
     key = {"learner": identity.learner, "key": idempotency_key}
     async with database.tenant(identity.tenant) as connection:
-        claim = await store.claim_key(connection, tenant=identity.tenant, request_hash=request_hash, **key)
+        claim = await store.claim_key(connection, tenant=identity.tenant, request_hash=request_hash,
+                                      abandoned_after=request.app.state.settings.idempotency_claim_seconds, **key)
     if claim.state == "mismatch":
         raise Problem(422, "this Idempotency-Key was already used for a different request; use a new key")
     if claim.state == "in_flight":
@@ -59,6 +71,7 @@ async def checkout(body: CheckoutRequest, identity: IdentityDep, database: Datab
                       headers={"Retry-After": "1"})
     if claim.state == "replay":
         return JSONResponse(claim.body, status_code=claim.status or 201, headers={"Idempotent-Replayed": "true"})
+    assert claim.fence is not None
     try:
         async with database.tenant(identity.tenant) as connection:
             product = await store.get_product(connection, product_id=body.product_id)
@@ -68,15 +81,21 @@ async def checkout(body: CheckoutRequest, identity: IdentityDep, database: Datab
                                              product=product)
             response = {"order": order, "next": "pay with your payment provider; the purchase completes when "
                                                 "its webhook confirms the payment"}
-            await store.complete_key(connection, status=201, body=response, **key)
+            if not await store.complete_key(connection, status=201, body=response, fence=claim.fence, **key):
+                raise _Superseded  # rolls the order back
+    except _Superseded:
+        raise Problem(409, "this request took too long and a retry with the same Idempotency-Key took over; "
+                           "that retry's answer is the one that counts (send it again to see it)",
+                      headers={"Retry-After": "1"}) from None
     except BaseException:
-        async with database.tenant(identity.tenant) as connection:
-            await store.release_key(connection, **key)
+        with contextlib.suppress(Problem):  # PostgreSQL down: the claim expires on its own
+            async with database.tenant(identity.tenant) as connection:
+                await store.release_key(connection, fence=claim.fence, **key)
         raise
     return JSONResponse(response, status_code=201)
 
 
 @router.get("/entitlements", summary="What I have bought")
-async def my_entitlements(identity: IdentityDep, database: DatabaseDep) -> dict[str, list[dict[str, Any]]]:
+async def my_entitlements(identity: CostlyIdentityDep, database: DatabaseDep) -> dict[str, list[dict[str, Any]]]:
     async with database.tenant(identity.tenant) as connection:
         return {"items": await store.list_entitlements(connection, learner=identity.learner)}

@@ -21,6 +21,7 @@ import pytest
 import redis.asyncio as aioredis
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
+from prometheus_client import generate_latest
 
 from learner_api.app import create_app
 from learner_api.migrate import migrate
@@ -93,7 +94,10 @@ async def tenant(database_url: str) -> str:
 
 def settings_for(database_url: str, redis_url: str = REDIS_URL, **extra: object) -> Settings:
     values: dict[str, Any] = {"node_env": "development", "readiness_timeout": 0.5, "jwt_secret": JWT_SECRET,
-                              "payment_webhook_secret": WEBHOOK_SECRET, **extra}
+                              "payment_webhook_secret": WEBHOOK_SECRET,
+                              # tests share learner names across tests (and Redis with other runs): limits
+                              # are tested on their own tenants (test_limits.py)
+                              "rate_limit_per_learner": 1_000_000, "rate_limit_per_tenant": 1_000_000, **extra}
     return Settings(database_url=database_url, redis_url=redis_url, **values)  # type: ignore[arg-type]
 
 
@@ -113,6 +117,12 @@ async def client_for(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 async def client(database_url: str, stream: str) -> AsyncIterator[httpx.AsyncClient]:
     async for c in client_for(create_app(settings_for(database_url, progress_stream=stream))):
         yield c
+
+
+def scrape(client: httpx.AsyncClient) -> str:
+    """What the metrics port would serve for the app behind ``client`` (not served on the API port)."""
+    app = client._transport.app  # type: ignore[attr-defined]
+    return generate_latest(app.state.metrics_registry).decode()
 
 
 def counter(text: str, name: str) -> float:

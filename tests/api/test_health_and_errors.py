@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 
 from learner_api.app import create_app
-from tests.api.conftest import DEAD_PORT, client_for, settings_for
+from tests.api.conftest import DEAD_PORT, client_for, scrape, settings_for
 
 
 async def test_livez_needs_nothing(client: httpx.AsyncClient) -> None:
@@ -48,7 +48,7 @@ async def test_metrics_label_routes_by_template_not_by_path(client: httpx.AsyncC
     await client.get("/livez")
     await client.get("/v1/lessons/lesson-123456")
     await client.get("/v1/nothing/123456")
-    text = (await client.get("/metrics")).text
+    text = scrape(client)
     assert 'http_requests_total{method="GET",route="/livez",status="2xx"} 1.0' in text
     assert 'route="unmatched",status="4xx"' in text
     assert 'route="/v1/lessons/{lesson_id}",status="4xx"' in text  # 401: no token

@@ -13,7 +13,7 @@ import httpx
 
 from learner_api.data.progress import prune_bookkeeping
 from learner_api.webhook_signature import sign
-from tests.api.conftest import WEBHOOK_SECRET, admin_execute, bearer, counter
+from tests.api.conftest import WEBHOOK_SECRET, admin_execute, bearer, counter, scrape
 
 
 async def checkout(client: httpx.AsyncClient, tenant: str, key: str, product: str = "python-101-full",
@@ -91,7 +91,7 @@ async def test_one_key_for_another_body_is_422_and_no_key_is_400(client: httpx.A
 
 
 async def test_a_signed_webhook_grants_once_and_counts_once(client: httpx.AsyncClient, tenant: str) -> None:
-    before = counter((await client.get("/metrics")).text, "purchase_completed_total")
+    before = counter(scrape(client), "purchase_completed_total")
     order = (await checkout(client, tenant, "buy-1")).json()["order"]
     body = payment(tenant, order)
     first = await deliver(client, body)
@@ -103,7 +103,7 @@ async def test_a_signed_webhook_grants_once_and_counts_once(client: httpx.AsyncC
     entitlements = (await client.get("/v1/entitlements", headers=bearer("ada", tenant))).json()["items"]
     assert [(e["product_id"], e["course_id"]) for e in entitlements] == [("python-101-full", "python-101")]
     assert (await client.get("/v1/lessons/python-101-files", headers=bearer("ada", tenant))).status_code == 200
-    assert counter((await client.get("/metrics")).text, "purchase_completed_total") == before + 1
+    assert counter(scrape(client), "purchase_completed_total") == before + 1
 
 
 async def test_forged_and_stale_webhooks_are_refused(client: httpx.AsyncClient, tenant: str) -> None:
@@ -129,7 +129,7 @@ async def test_forged_and_stale_webhooks_are_refused(client: httpx.AsyncClient, 
 
 
 async def test_enrolling_twice_enrolls_once_and_counts_once(client: httpx.AsyncClient, tenant: str) -> None:
-    before = counter((await client.get("/metrics")).text, "course_enrollments_total")
+    before = counter(scrape(client), "course_enrollments_total")
     first = await client.post("/v1/enrollments", json={"course_id": "sql-basics"}, headers=bearer("ada", tenant))
     again = await client.post("/v1/enrollments", json={"course_id": "sql-basics"}, headers=bearer("ada", tenant))
     assert (first.status_code, again.status_code) == (201, 200)
@@ -137,7 +137,7 @@ async def test_enrolling_twice_enrolls_once_and_counts_once(client: httpx.AsyncC
     assert missing.status_code == 404
     mine = (await client.get("/v1/enrollments", headers=bearer("ada", tenant))).json()["items"]
     assert [e["course_id"] for e in mine] == ["sql-basics"]
-    assert counter((await client.get("/metrics")).text, "course_enrollments_total") == before + 1
+    assert counter(scrape(client), "course_enrollments_total") == before + 1
 
 
 async def test_old_bookkeeping_is_pruned_across_tenants_and_fresh_is_kept(database_url: str,

@@ -73,7 +73,7 @@ def children(p: Platform) -> list[Manifest]:
         out.append(learner_api.disruption_budget(p))
     if spec.network_policy.enabled:
         out.append(network.policy(p, api, learner_api.APP, learner_api.COMPONENT,
-                                  ingress_port=c.API_PORT, egress=True))
+                                  ingress_port=c.API_PORT, egress=True, metrics_port=c.API_METRICS_PORT))
     if spec.evaluator.enabled:
         out += [
             config.service_account(p, ev, evaluator.APP, evaluator.COMPONENT),

@@ -15,6 +15,8 @@ Manifest = dict[str, Any]
 PART_OF = "learner-platform"
 API_PORT = 8000
 EVALUATOR_METRICS_PORT = 9102
+#: learner-api serves /metrics on its own port (not the public one); both read METRICS_PORT from the ConfigMap.
+API_METRICS_PORT = EVALUATOR_METRICS_PORT
 PUSHGATEWAY_PORT = 9091
 #: UID/GID the images run as: above 10000 so they never match a host user.
 RUN_AS_USER = 10001

@@ -11,9 +11,10 @@ COMPONENT = "api"
 
 
 def pod_template(p: c.Platform) -> dict[str, Any]:
-    return c.pod_template(p, APP, COMPONENT, metrics_port=c.API_PORT, grace_seconds=30, container={
+    return c.pod_template(p, APP, COMPONENT, metrics_port=c.API_METRICS_PORT, grace_seconds=30, container={
         "args": ["serve"],
-        "ports": [{"name": "http", "containerPort": c.API_PORT, "protocol": "TCP"}],
+        "ports": [{"name": "http", "containerPort": c.API_PORT, "protocol": "TCP"},
+                  {"name": "metrics", "containerPort": c.API_METRICS_PORT, "protocol": "TCP"}],
         "resources": c.resources(p.spec.learner_api.resources),
         "startupProbe": c.http_probe("/livez", "http", 2, 30),
         "readinessProbe": c.http_probe("/readyz", "http", 5, 3),
@@ -47,7 +48,8 @@ def service(p: c.Platform) -> c.Manifest:
         "spec": {
             "type": "ClusterIP",
             "selector": c.selector_labels(p, APP),
-            "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
+            "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"},
+                      {"name": "metrics", "port": c.API_METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"}],
         },
     }
 

@@ -24,9 +24,11 @@ def _pushgateway_port(p: c.Platform) -> int | None:
     return parts.port or (443 if parts.scheme == "https" else 80)
 
 
-def policy(p: c.Platform, name: str, app: str, component: str, *, ingress_port: int, egress: bool) -> c.Manifest:
-    """Ingress on one port from anywhere (learners come through an ingress controller, Prometheus from
-    its own namespace); egress to DNS and to the managed databases' ports only."""
+def policy(p: c.Platform, name: str, app: str, component: str, *, ingress_port: int, egress: bool,
+           metrics_port: int | None = None) -> c.Manifest:
+    """Ingress on the served port from anywhere (learners come through an ingress controller, Prometheus
+    from its own namespace), and on the metrics port when it is another; egress to DNS and to the managed
+    databases' ports only."""
     egress_rules: list[dict[str, Any]] = []
     if egress:
         egress_rules = [_dns(), _tcp(*p.spec.network_policy.egress_ports)]
@@ -39,7 +41,7 @@ def policy(p: c.Platform, name: str, app: str, component: str, *, ingress_port: 
         "spec": {
             "podSelector": {"matchLabels": c.selector_labels(p, app)},
             "policyTypes": ["Ingress", "Egress"],
-            "ingress": [_tcp(ingress_port)],
+            "ingress": [_tcp(ingress_port)] + ([_tcp(metrics_port)] if metrics_port is not None else []),
             "egress": egress_rules,
         },
     }

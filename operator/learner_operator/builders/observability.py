@@ -9,7 +9,7 @@ COMPONENT = "metrics"
 
 
 def service_monitor(p: c.Platform) -> c.Manifest:
-    """Scrapes learner-api (`http` port) and the evaluator (`metrics` port) of this platform."""
+    """Scrapes learner-api and the evaluator of this platform, each on its `metrics` port."""
     interval = p.spec.observability.scrape_interval
     return {
         "apiVersion": "monitoring.coreos.com/v1",
@@ -20,7 +20,6 @@ def service_monitor(p: c.Platform) -> c.Manifest:
                                          "app.kubernetes.io/part-of": c.PART_OF}},
             "namespaceSelector": {"matchNames": [p.namespace]},
             "endpoints": [
-                {"port": "http", "path": "/metrics", "interval": interval},
                 {"port": "metrics", "path": "/metrics", "interval": interval},
             ],
         },
