@@ -68,7 +68,8 @@ _NAMESPACED = {
     ("", "v1", "namespaces"): False,
     ("apiextensions.k8s.io", "v1", "customresourcedefinitions"): False,
 }
-_WITH_STATUS = {"deployments", "horizontalpodautoscalers", "poddisruptionbudgets", "learnerplatforms", "services"}
+_WITH_STATUS = {"deployments", "horizontalpodautoscalers", "poddisruptionbudgets", "learnerplatforms", "services",
+                "pods"}
 _HANG_UP: dict[str, Any] = {}
 #: Built-in kinds: stored as Go types, so read back normalised (omitempty, canonical quantities, defaults).
 _BUILTIN_GROUPS = {"", "apps", "autoscaling", "policy", "networking.k8s.io", "coordination.k8s.io", "batch",
@@ -547,7 +548,7 @@ _PLURALS = {
     "Service": "services", "Deployment": "deployments", "HorizontalPodAutoscaler": "horizontalpodautoscalers",
     "PodDisruptionBudget": "poddisruptionbudgets", "NetworkPolicy": "networkpolicies",
     "ServiceMonitor": "servicemonitors", "LearnerPlatform": "learnerplatforms", "Event": "events",
-    "Lease": "leases", "CustomResourceDefinition": "customresourcedefinitions",
+    "Lease": "leases", "CustomResourceDefinition": "customresourcedefinitions", "Pod": "pods",
 }
 
 

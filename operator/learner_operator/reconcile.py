@@ -17,13 +17,15 @@ from collections.abc import Callable
 from typing import Any
 
 from learner_operator import builders, drift
-from learner_operator.builders import common
+from learner_operator.builders import common, learner_api
+from learner_operator.builders import evaluator as evaluator_builders
 from learner_operator.kube import ApiError, Discovery, KubeApi, ResourceRef, ref_of
 from learner_operator.kube.paths import plural_of
 from learner_operator.livestate import LiveState
 from learner_operator.metrics import Metrics
 from learner_operator.models import API_VERSION, InvalidSpec, LearnerPlatformSpec, parse_spec
 from learner_operator.platforms import Platforms, Snapshot
+from learner_operator.podstate import PodStates
 from learner_operator.status import Observation, Verdict, merge_conditions, observe_deployment, verdicts
 from learner_operator.status import workload_status as summarise
 
@@ -39,6 +41,7 @@ class Deps:
     platforms: Platforms
     metrics: Metrics
     discovery: Discovery
+    pods: PodStates = dataclasses.field(default_factory=PodStates)
     #: Seconds before retrying a platform whose reconcile hit an API error (doubled per failure).
     retry_after_error: float = 10.0
     now: Callable[[], str] = lambda: datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -202,8 +205,10 @@ async def reconcile(deps: Deps, cr: Snapshot, logger: Logger) -> float | None:
     # Without the Secret nothing is applied, and nothing is pruned either: running pods keep running.
 
     platform = builders.Platform(cr.name, cr.namespace, cr.uid, spec)
-    api = observe_deployment(live.get(("Deployment", common.api_name(platform))))
-    evaluator = observe_deployment(live.get(("Deployment", common.evaluator_name(platform))))
+    api = dataclasses.replace(observe_deployment(live.get(("Deployment", common.api_name(platform)))),
+                              problems=deps.pods.problems(cr.key, learner_api.APP))
+    evaluator = dataclasses.replace(observe_deployment(live.get(("Deployment", common.evaluator_name(platform)))),
+                                    problems=deps.pods.problems(cr.key, evaluator_builders.APP))
     observation = Observation(
         cr.generation, secret=secret, apply_errors=tuple(synced.errors), api=api,
         evaluator=evaluator if spec.evaluator.enabled else None, unserved=tuple(synced.unserved),
@@ -244,15 +249,21 @@ _QUIET_REASONS = {"RolloutInProgress", "Paused", "DeploymentMissing", "MinimumRe
 async def _warn_on_transition(
     deps: Deps, cr: Snapshot, old: list[dict[str, Any]], new: list[dict[str, Any]], logger: Logger,
 ) -> None:
-    """A Kubernetes Event when Ready turns False for a reason a person must fix (not during rollouts)."""
-    before = {c.get("type"): c for c in old}.get("Ready") or {}
-    after = {c.get("type"): c for c in new}.get("Ready") or {}
-    if after.get("status") == "False" and after.get("reason") not in _QUIET_REASONS and (
-        before.get("status") != "False" or before.get("reason") != after.get("reason")
-    ):
-        involved = {"apiVersion": API_VERSION, "kind": "LearnerPlatform", "namespace": cr.namespace,
-                    "name": cr.name, "uid": cr.uid}
+    """A Kubernetes Event when Ready turns False, or Degraded True, for a reason a person must fix (not for
+    a rollout under way); once per reason."""
+    before = {c.get("type"): c for c in old}
+    after = {c.get("type"): c for c in new}
+    reasons: dict[str, str] = {}
+    for kind, bad in (("Ready", "False"), ("Degraded", "True")):
+        now, then = after.get(kind) or {}, before.get(kind) or {}
+        if now.get("status") == bad and now.get("reason") not in _QUIET_REASONS and (
+            then.get("status") != bad or then.get("reason") != now.get("reason")
+        ):
+            reasons.setdefault(str(now.get("reason")), str(now.get("message")))
+    involved = {"apiVersion": API_VERSION, "kind": "LearnerPlatform", "namespace": cr.namespace,
+                "name": cr.name, "uid": cr.uid}
+    for reason, message in reasons.items():
         try:
-            await deps.api.post_event(involved, "Warning", str(after.get("reason")), str(after.get("message")))
+            await deps.api.post_event(involved, "Warning", reason, message)
         except ApiError as exc:  # an event is a courtesy: never fail the reconcile for it
             logger.warning("Could not post an event: %s", exc)

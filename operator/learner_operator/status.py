@@ -18,6 +18,71 @@ class Verdict(NamedTuple):
     message: str
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class PodProblem:
+    """Why one pod does not run: what `kubectl describe pod` would show first."""
+
+    pod: str
+    reason: str  # CrashLoopBackOff, OOMKilled, ImagePullBackOff, ErrImagePull, Unschedulable, InitContainerFailed...
+    container: str = ""
+    message: str = ""
+
+    def describe(self) -> str:
+        where = f"pod {self.pod}" + (f", container {self.container}" if self.container else "")
+        return f"{where}: {self.message}" if self.message else where
+
+
+#: A container stuck in one of these waiting reasons will not start without a fix.
+_STUCK_WAITING = {"CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError",
+                  "CreateContainerError", "InvalidImageName", "RunContainerError"}
+_MESSAGE_LIMIT = 400
+
+
+def _short(text: Any) -> str:
+    line = " ".join(str(text or "").split())
+    return line if len(line) <= _MESSAGE_LIMIT else line[: _MESSAGE_LIMIT - 1] + "…"
+
+
+def _container_problem(pod: str, status: dict[str, Any], init: bool) -> PodProblem | None:
+    name = str(status.get("name") or "")
+    state, last = status.get("state") or {}, status.get("lastState") or {}
+    waiting, terminated = state.get("waiting") or {}, state.get("terminated") or {}
+    last_terminated = last.get("terminated") or {}
+    said = last_terminated.get("message") or terminated.get("message")  # the termination message, if any
+    reason = str(waiting.get("reason") or "")
+    if "OOMKilled" in (last_terminated.get("reason"), terminated.get("reason")):
+        return PodProblem(pod, "OOMKilled", name, _short(
+            f"killed for using more memory than its limit ({status.get('restartCount', 0)} restarts); "
+            "raise resources.limits.memory"))
+    if reason in ("ImagePullBackOff", "ErrImagePull", "InvalidImageName"):
+        return PodProblem(pod, reason, name, _short(f"image {status.get('image', '')}: {waiting.get('message', '')}"))
+    if reason in _STUCK_WAITING:
+        detail = said or waiting.get("message") or (
+            f"exit code {last_terminated['exitCode']}" if "exitCode" in last_terminated else "")
+        return PodProblem(pod, "InitContainerFailed" if init and reason == "CrashLoopBackOff" else reason, name,
+                          _short(detail))
+    if init and terminated and terminated.get("exitCode", 0) != 0:
+        return PodProblem(pod, "InitContainerFailed", name,
+                          _short(said or f"exit code {terminated.get('exitCode')}"))
+    return None
+
+
+def pod_problem(pod: dict[str, Any]) -> PodProblem | None:
+    """The first thing keeping this pod from serving that a person has to fix; None if there is none yet."""
+    name = str((pod.get("metadata") or {}).get("name") or "")
+    status = pod.get("status") or {}
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("reason") == "Unschedulable":
+            return PodProblem(name, "Unschedulable", "", _short(condition.get("message")))
+    for init, key in ((True, "initContainerStatuses"), (False, "containerStatuses")):
+        for container in status.get(key) or []:
+            if (problem := _container_problem(name, container, init)) is not None:
+                return problem
+    if status.get("phase") == "Failed":
+        return PodProblem(name, str(status.get("reason") or "PodFailed"), "", _short(status.get("message")))
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class Workload:
     """A Deployment as the status needs it."""
@@ -29,6 +94,10 @@ class Workload:
     rolling_out: bool = False
     stalled: str = ""  # the Deployment's own message when its progress deadline passed
     image: str = ""
+    #: The ReplicaSet controller cannot create pods (admission, quota): the Deployment's ReplicaFailure.
+    replica_failure: str = ""
+    #: What keeps its pods from running (from the pods themselves).
+    problems: tuple[PodProblem, ...] = ()
 
 
 def observe_deployment(live: dict[str, Any] | None) -> Workload:
@@ -43,6 +112,7 @@ def observe_deployment(live: dict[str, Any] | None) -> Workload:
     conditions = {c.get("type"): c for c in status.get("conditions") or []}
     progressing = conditions.get("Progressing") or {}
     stalled = progressing.get("reason") == "ProgressDeadlineExceeded"
+    failure = conditions.get("ReplicaFailure") or {}
     containers = ((spec.get("template") or {}).get("spec") or {}).get("containers") or [{}]
     available_condition = conditions.get("Available")
     if desired == 0:
@@ -59,6 +129,8 @@ def observe_deployment(live: dict[str, Any] | None) -> Workload:
         rolling_out=observed < generation or updated < desired or total > updated or available_replicas < updated,
         stalled=str(progressing.get("message") or "progress deadline exceeded") if stalled else "",
         image=str(containers[0].get("image") or ""),
+        replica_failure=_short(failure.get("message") or failure.get("reason")) if failure.get("status") == "True"
+        else "",
     )
 
 
@@ -74,11 +146,26 @@ class Observation:
     unserved: tuple[str, ...] = ()  # optional kinds the spec asks for that the cluster does not serve
 
 
+def pods_failing(name: str, problems: tuple[PodProblem, ...]) -> Verdict | None:
+    """The most common problem among the pods, with one of them as the example; None when there is none."""
+    if not problems:
+        return None
+    reasons = [p.reason for p in problems]
+    reason = max(dict.fromkeys(reasons), key=reasons.count)
+    example = next(p for p in problems if p.reason == reason)
+    count = reasons.count(reason)
+    return Verdict("False", reason, f"{count} {name} pod{'s' * (count > 1)} {reason}: {example.describe()}")
+
+
 def _workload(name: str, w: Workload, deployment: str) -> Verdict:
     if not w.exists:
         return Verdict("False", "DeploymentMissing", f"the {name} Deployment {deployment} does not exist yet")
     if w.available:
         return Verdict("True", "MinimumReplicasAvailable", f"{w.ready}/{w.desired} {name} pods ready")
+    if w.replica_failure:
+        return Verdict("False", "FailedCreate", f"no {name} pod can be created: {w.replica_failure}")
+    if (failing := pods_failing(name, w.problems)) is not None:
+        return Verdict("False", failing.reason, f"{w.ready}/{w.desired} ready; {failing.message}")
     return Verdict("False", "MinimumReplicasUnavailable",
                    f"{w.ready}/{w.desired} {name} pods ready; see `kubectl describe deployment {deployment}`")
 
@@ -103,6 +190,9 @@ def verdicts(obs: Observation, api_deployment: str, evaluator_deployment: str) -
         out["EvaluatorAvailable"] = _workload("evaluator", obs.evaluator, evaluator_deployment)
 
     workloads = [obs.api] + ([obs.evaluator] if obs.evaluator is not None else [])
+    serving = False  # a Degraded=True that does not stop the platform from serving
+    serving_but_failing = [(w, name) for w, name in ((obs.api, "learner-api"), (obs.evaluator, "evaluator"))
+                           if w is not None and w.available and w.problems]
     stalled = [w.stalled for w in workloads if w.stalled]
     rolling = any(w.rolling_out for w in workloads)
     if obs.apply_errors:
@@ -111,8 +201,11 @@ def verdicts(obs: Observation, api_deployment: str, evaluator_deployment: str) -
         degraded = Verdict("True", secret.reason, secret.message)
     elif stalled:
         degraded = Verdict("True", "ProgressDeadlineExceeded", "; ".join(stalled))
+    elif failing := [v for w, name in serving_but_failing for v in [pods_failing(name, w.problems)] if v]:
+        # some pods fail while others serve (often a rollout's new pods): Ready stays True
+        degraded, serving = Verdict("True", failing[0].reason, "; ".join(v.message for v in failing)), True
     elif obs.unserved:  # serving all the same: Ready below does not turn False for it
-        degraded = Verdict("True", "ApiUnavailable", "; ".join(obs.unserved))
+        degraded, serving = Verdict("True", "ApiUnavailable", "; ".join(obs.unserved)), True
     else:
         degraded = Verdict("False", "AsExpected", "")
     out["Degraded"] = degraded
@@ -123,7 +216,7 @@ def verdicts(obs: Observation, api_deployment: str, evaluator_deployment: str) -
         else Verdict("False", "ProgressDeadlineExceeded", "; ".join(stalled))
     )
 
-    if degraded.status == "True" and degraded.reason != "ApiUnavailable":
+    if degraded.status == "True" and not serving:
         ready = Verdict("False", degraded.reason, degraded.message)
     elif out["LearnerApiAvailable"].status != "True":
         ready = out["LearnerApiAvailable"]

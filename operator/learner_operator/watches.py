@@ -1,8 +1,10 @@
-"""The children's and Secrets' informers, and what their events mean for the work queue.
+"""The children's, pods' and Secrets' informers, and what their events mean for the work queue.
 
 Each child kind is listed and watched by label (``app.kubernetes.io/managed-by``); an event updates
 the live state and asks for a reconcile of the owning platform, unless it is the echo of our own
-write. Secrets are watched as metadata only: a changed or deleted Secret asks for a reconcile of the
+write. The platforms' pods (same label) are watched for what keeps them from running
+(CrashLoopBackOff, an image that cannot be pulled...), which the conditions report. Secrets are
+watched as metadata only: a changed or deleted Secret asks for a reconcile of the
 platforms that reference it, and no Secret's values reach the operator through a watch.
 """
 
@@ -53,6 +55,9 @@ class Watches:
         for scope in scopes(self.namespaces):
             self.informers.start(Informer(self.deps.api, "v1", "secrets", namespace=scope, metadata_only=True,
                                           on_event=self._secret_event, on_listed=self._secrets_listed))
+            self.informers.start(Informer(self.deps.api, "v1", "pods", namespace=scope,
+                                          label_selector=MANAGED_SELECTOR, on_event=self._pod_event,
+                                          on_listed=self._pods_listed))
 
     def start_child(self, kind: builders.ChildKind) -> None:
         def listed(items: list[dict[str, Any]], version: str) -> None:
@@ -89,6 +94,19 @@ class Watches:
         for uid in changed:
             if uid in owners:
                 self.engine.trigger(owners[uid])
+
+    # -- pods: what keeps them from running --------------------------------------------------------
+
+    def _pod_event(self, event: str, body: dict[str, Any]) -> None:
+        if not self._wanted(body):
+            return
+        key = self.deps.pods.vanish(body) if event == "DELETED" else self.deps.pods.observe(body)
+        if key is not None:
+            self.engine.trigger(key)
+
+    def _pods_listed(self, items: list[dict[str, Any]], _: str) -> None:
+        for key in self.deps.pods.replace(item for item in items if self._wanted(item)):
+            self.engine.trigger(key)
 
     # -- Secrets -------------------------------------------------------------------------------------
 
