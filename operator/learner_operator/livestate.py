@@ -25,7 +25,7 @@ from typing import Any
 from learner_operator.drift import own_entry, ownership
 
 ChildKey = tuple[str, str]  # (kind, name)
-_KEEP_STATUS = {"Deployment"}
+_KEEP_STATUS = {"Deployment", "Job"}  # rollouts; a migration Job's outcome (learner_operator.migration)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

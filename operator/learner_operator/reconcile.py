@@ -16,7 +16,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from learner_operator import builders, drift
+from learner_operator import builders, drift, migration
 from learner_operator.builders import common
 from learner_operator.kube import ApiError, Discovery, KubeApi, ResourceRef, ref_of
 from learner_operator.kube.paths import plural_of
@@ -112,11 +112,11 @@ async def _still_wanted(deps: Deps, cr: Snapshot) -> bool:
 
 async def _sync_children(
     deps: Deps, cr: Snapshot, spec: LearnerPlatformSpec, secret_hash: str, live: dict[tuple[str, str], Any],
-    logger: Logger,
+    logger: Logger, gate: migration.Gate,
 ) -> SyncResult:
     """Apply the children that differ and delete the ones no longer wanted."""
     result = SyncResult()
-    platform = builders.Platform(cr.name, cr.namespace, cr.uid, spec, secret_hash)
+    platform = builders.Platform(cr.name, cr.namespace, cr.uid, spec, secret_hash, gate.serving_image)
     desired = await _desired(deps, platform, result)
     stale: list[dict[str, Any]] = []
     for manifest in desired:
@@ -128,7 +128,7 @@ async def _sync_children(
             deps.live.adopt(cr.uid, *key, live[key])
     wanted = {(m["kind"], m["metadata"]["name"]) for m in desired}
     unwanted = [(kind, name) for kind, name in live if (kind, name) not in wanted]
-    if (stale or unwanted) and not await _still_wanted(deps, cr):
+    if (stale or unwanted or gate.job is not None) and not await _still_wanted(deps, cr):
         logger.info("The platform is gone or being deleted: its children are left to the garbage collector")
         result.gone = True
         return result
@@ -162,6 +162,10 @@ async def _sync_children(
         logger.info("Deleted %s %s (switched off in the spec)", kind, name)
         deps.live.forget(cr.uid, kind, name, str(body.get("metadata", {}).get("resourceVersion", "")))
         del live[(kind, name)]
+    if gate.job is not None and (error := await migration.start(deps.api, deps.live, cr.uid, gate.job, logger)):
+        result.errors.append(error)  # after the other children: its ServiceAccount and ConfigMap exist now
+    if gate.error:
+        result.errors.append(gate.error)
     return result
 
 
@@ -180,9 +184,14 @@ async def reconcile(deps: Deps, cr: Snapshot, logger: Logger) -> float | None:
 
     secret, secret_hash = await check_secret(deps.api, cr.namespace, spec, cr.uid)
     live = deps.live.children_of(cr.uid)
+    # The migration Jobs are the gate's (learner_operator.migration), not the diff's: never applied, never pruned.
+    jobs = {name: body for (kind, name), body in live.items() if kind in builders.ONE_SHOT_KINDS}
+    live = {key: body for key, body in live.items() if key[0] not in builders.ONE_SHOT_KINDS}
     synced = SyncResult()
+    gate: migration.Gate | None = None
     if secret.status == "True":
-        synced = await _sync_children(deps, cr, spec, secret_hash, live, logger)
+        gate = await migration.decide(deps.api, cr, spec, jobs)
+        synced = await _sync_children(deps, cr, spec, secret_hash, live, logger, gate)
         if synced.gone:
             return None
     # Without the Secret nothing is applied, and nothing is pruned either: running pods keep running.
@@ -193,13 +202,16 @@ async def reconcile(deps: Deps, cr: Snapshot, logger: Logger) -> float | None:
     observation = Observation(
         cr.generation, secret=secret, apply_errors=tuple(synced.errors), api=api,
         evaluator=evaluator if spec.evaluator.enabled else None, unserved=tuple(synced.unserved),
+        migration=gate.verdict if gate is not None else None,
     )
-    await _report(deps, cr, observation, logger)
+    await _report(deps, cr, observation, logger, gate.status if gate is not None else {})
     return deps.retry_after_error if synced.errors else None
 
 
-async def _report(deps: Deps, cr: Snapshot, obs: Observation, logger: Logger) -> None:
-    """Write the status only when it differs from what the CR already says."""
+async def _report(
+    deps: Deps, cr: Snapshot, obs: Observation, logger: Logger, extra: dict[str, Any] | None = None,
+) -> None:
+    """Write the status only when it differs from what the CR already says (``extra``: more status fields)."""
     platform_names = (f"{cr.name}-learner-api", f"{cr.name}-evaluator")
     old_conditions = list(cr.status.get("conditions") or [])
     conditions = merge_conditions(old_conditions, verdicts(obs, *platform_names), cr.generation, deps.now())
@@ -207,6 +219,7 @@ async def _report(deps: Deps, cr: Snapshot, obs: Observation, logger: Logger) ->
     if not obs.invalid_spec and not obs.paused:
         status["learnerApi"] = summarise(obs.api)
         status["evaluator"] = summarise(obs.evaluator)
+    status.update(extra or {})
     if all(cr.status.get(key) == value for key, value in status.items()):
         return
     await _warn_on_transition(deps, cr, old_conditions, conditions, logger)
@@ -228,15 +241,23 @@ _QUIET_REASONS = {"RolloutInProgress", "Paused", "DeploymentMissing", "MinimumRe
 async def _warn_on_transition(
     deps: Deps, cr: Snapshot, old: list[dict[str, Any]], new: list[dict[str, Any]], logger: Logger,
 ) -> None:
-    """A Kubernetes Event when Ready turns False for a reason a person must fix (not during rollouts)."""
-    before = {c.get("type"): c for c in old}.get("Ready") or {}
-    after = {c.get("type"): c for c in new}.get("Ready") or {}
-    if after.get("status") == "False" and after.get("reason") not in _QUIET_REASONS and (
-        before.get("status") != "False" or before.get("reason") != after.get("reason")
+    """A Kubernetes Event when Ready turns False for a reason a person must fix (not during rollouts), and when
+    a migration fails (the old image may well keep Ready True)."""
+    before = {c.get("type"): c for c in old}
+    after = {c.get("type"): c for c in new}
+    warnings: list[dict[str, Any]] = []
+    ready_before, ready = before.get("Ready") or {}, after.get("Ready") or {}
+    if ready.get("status") == "False" and ready.get("reason") not in _QUIET_REASONS and (
+        ready_before.get("status") != "False" or ready_before.get("reason") != ready.get("reason")
     ):
-        involved = {"apiVersion": API_VERSION, "kind": "LearnerPlatform", "namespace": cr.namespace,
-                    "name": cr.name, "uid": cr.uid}
+        warnings.append(ready)
+    migrated_before, migrated = before.get("Migrated") or {}, after.get("Migrated") or {}
+    if migrated.get("reason") == "MigrationFailed" and migrated_before.get("message") != migrated.get("message"):
+        warnings = [w for w in warnings if w.get("reason") != "MigrationFailed"] + [migrated]
+    involved = {"apiVersion": API_VERSION, "kind": "LearnerPlatform", "namespace": cr.namespace,
+                "name": cr.name, "uid": cr.uid}
+    for warning in warnings:
         try:
-            await deps.api.post_event(involved, "Warning", str(after.get("reason")), str(after.get("message")))
+            await deps.api.post_event(involved, "Warning", str(warning.get("reason")), str(warning.get("message")))
         except ApiError as exc:  # an event is a courtesy: never fail the reconcile for it
             logger.warning("Could not post an event: %s", exc)

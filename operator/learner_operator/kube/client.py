@@ -104,6 +104,16 @@ class KubeApi:
             if not token:
                 return items, str(meta.get("resourceVersion") or "")
 
+    async def list_objects(
+        self, api_version: str, plural: str, namespace: str, label_selector: str,
+    ) -> list[dict[str, Any]]:
+        """The whole objects of a kind in one namespace that match ``label_selector`` (a small set: one page)."""
+        prefix = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+        page = await self._call("GET", f"{prefix}/namespaces/{quote(namespace, safe='')}/{plural}",
+                                query=[("labelSelector", label_selector)]) or {}
+        items: list[dict[str, Any]] = page.get("items") or []
+        return items
+
     async def served(self, api_version: str, plural: str) -> bool:
         """Does the cluster serve this kind? (Discovery: a kind without its CRD answers every write 404.)"""
         prefix = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
