@@ -1,9 +1,10 @@
-"""Seamless upgrades: a migration Job gates each rollout (the real operator against the emulated API server).
+"""Seamless upgrades: a migration Job gates each rollout (the real operator against the `cluster` fixture).
 
-The test plays the Job controller and the kubelet (``Cluster.start_job``/``finish_job``: the Job's pod
-ends with a termination message, the Job gets its terminal condition) and the TTL controller
-(``Cluster.remove``), and checks at each step what a platform team would look at: the Deployments'
-images, the conditions, ``status.schemaVersion`` and the events.
+On the emulator the test plays the Job controller and the kubelet (``start_job``/``finish_job``: the
+Job's pods end with a termination message, the Job gets its terminal condition); with a real
+kube-controller-manager the Job controller makes the pods and the test ends them as a kubelet would.
+The test plays the TTL controller (``remove``), and checks at each step what a platform team would look
+at: the Deployments' images, the conditions, ``status.schemaVersion`` and the events.
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ from typing import Any
 import kmock
 import pytest
 
-from tests.kube_emulator import Cluster
-from tests.operator_harness import NS, Operator, eventually, running_operator, settled
+from tests.operator_harness import NS, AnyCluster, Operator, eventually, running_operator, settled
 from tests.test_operator import API, EVALUATOR, condition, conditions, platform_doc, ready_platform
 
 pytestmark = pytest.mark.operator
@@ -28,12 +28,12 @@ FAILURE = ('learner-api migrate: refusing to start: migration 0008_rename_title 
 
 
 @pytest.fixture
-async def operator(cluster: Cluster) -> AsyncIterator[Operator]:
+async def operator(cluster: AnyCluster) -> AsyncIterator[Operator]:
     async with running_operator(cluster) as op:
         yield op
 
 
-def images(cluster: Cluster) -> tuple[str, str]:
+def images(cluster: AnyCluster) -> tuple[str, str]:
     """The images the learner-api and evaluator Deployments run."""
     return tuple(  # type: ignore[return-value]
         (cluster.get("apps/v1", "deployments", NS, name) or {})["spec"]["template"]["spec"]["containers"][0]["image"]
@@ -44,42 +44,42 @@ def on(tag: str) -> tuple[str, str]:
     return (f"{REPOSITORY}:{tag}",) * 2
 
 
-def jobs(cluster: Cluster) -> dict[str, dict[str, Any]]:
+def jobs(cluster: AnyCluster) -> dict[str, dict[str, Any]]:
     return {job["metadata"]["name"]: job for job in cluster.all("batch/v1", "jobs", NS)}
 
 
-def status(cluster: Cluster) -> dict[str, Any]:
+def status(cluster: AnyCluster) -> dict[str, Any]:
     return dict((cluster.get(*LP, NS, "ai-platform") or {}).get("status") or {})
 
 
-def warnings(cluster: Cluster, reason: str) -> list[dict[str, Any]]:
+def warnings(cluster: AnyCluster, reason: str) -> list[dict[str, Any]]:
     return [e for e in cluster.all("v1", "events", NS) if e.get("reason") == reason and e.get("type") == "Warning"]
 
 
-def job_for(cluster: Cluster, tag: str) -> str:
+def job_for(cluster: AnyCluster, tag: str) -> str:
     """The name of the one Job that migrates to ``tag`` (fails the test when there is none, or two)."""
     [name] = [name for name, job in jobs(cluster).items()
               if job["metadata"]["annotations"]["learner.dev/image"] == f"{REPOSITORY}:{tag}"]
     return name
 
 
-async def started(cluster: Cluster, tag: str) -> str:
+async def started(cluster: AnyCluster, tag: str) -> str:
     await eventually(lambda: any(j["metadata"]["annotations"]["learner.dev/image"].endswith(f":{tag}")
                                  for j in jobs(cluster).values()), what=f"a migration Job for {tag}")
     return job_for(cluster, tag)
 
 
-def set_tag(cluster: Cluster, tag: str) -> None:
+def set_tag(cluster: AnyCluster, tag: str) -> None:
     cluster.edit(*LP, NS, "ai-platform", {"spec": {"image": {"tag": tag}}})
 
 
-def pods_ready(cluster: Cluster) -> None:
+def pods_ready(cluster: AnyCluster) -> None:
     """Play the Deployment controller: the current templates' pods are all ready."""
     cluster.set_deployment_status(NS, API)
     cluster.set_deployment_status(NS, EVALUATOR)
 
 
-async def migrated_platform(cluster: Cluster, operator: Operator, tag: str = "v1") -> None:
+async def migrated_platform(cluster: AnyCluster, operator: Operator, tag: str = "v1") -> None:
     """A platform installed at ``tag``: its first migration succeeded and its pods are ready."""
     await ready_platform(cluster, operator, platform_doc(image={"tag": tag}))
     cluster.finish_job(NS, await started(cluster, tag), succeeded=True, message=SUCCESS.format("0007_startup", "all"))
@@ -87,7 +87,7 @@ async def migrated_platform(cluster: Cluster, operator: Operator, tag: str = "v1
     await settled(cluster, operator)
 
 
-async def resync_writes(cluster: Cluster, operator: Operator) -> list[tuple[str, str]]:
+async def resync_writes(cluster: AnyCluster, operator: Operator) -> list[tuple[str, str]]:
     start = len(cluster.log)
     await operator.resync_now()
     await settled(cluster, operator)
@@ -95,7 +95,7 @@ async def resync_writes(cluster: Cluster, operator: Operator) -> list[tuple[str,
 
 
 async def test_first_install_runs_one_restricted_job_owned_by_the_platform(
-    cluster: Cluster, operator: Operator,
+    cluster: AnyCluster, operator: Operator,
 ) -> None:
     await ready_platform(cluster, operator, platform_doc(image={"tag": "v1"}))
     name = await started(cluster, "v1")
@@ -130,7 +130,7 @@ async def test_first_install_runs_one_restricted_job_owned_by_the_platform(
 
 
 async def test_a_new_image_waits_for_its_migration_then_both_deployments_roll(
-    cluster: Cluster, operator: Operator,
+    cluster: AnyCluster, operator: Operator,
 ) -> None:
     await migrated_platform(cluster, operator, "v1")
     set_tag(cluster, "v2")
@@ -168,7 +168,7 @@ async def test_a_new_image_waits_for_its_migration_then_both_deployments_roll(
 
 
 async def test_a_failed_migration_leaves_the_old_version_serving_and_says_why(
-    cluster: Cluster, operator: Operator,
+    cluster: AnyCluster, operator: Operator,
 ) -> None:
     await migrated_platform(cluster, operator, "v1")
     set_tag(cluster, "v2")
@@ -204,7 +204,7 @@ async def test_a_failed_migration_leaves_the_old_version_serving_and_says_why(
     assert status(cluster)["schemaVersion"] == "0008_course_tags_fixed"
 
 
-async def test_rolling_back_to_the_migrated_tag_needs_no_job(cluster: Cluster, operator: Operator) -> None:
+async def test_rolling_back_to_the_migrated_tag_needs_no_job(cluster: AnyCluster, operator: Operator) -> None:
     await migrated_platform(cluster, operator, "v1")
     set_tag(cluster, "v2")
     cluster.finish_job(NS, await started(cluster, "v2"), succeeded=False, message=FAILURE)
@@ -220,7 +220,7 @@ async def test_rolling_back_to_the_migrated_tag_needs_no_job(cluster: Cluster, o
 
 
 async def test_rolling_back_a_successful_upgrade_keeps_the_newer_schema_version(
-    cluster: Cluster, operator: Operator,
+    cluster: AnyCluster, operator: Operator,
 ) -> None:
     """No down migrations: the previous release runs on the newer schema (expand/contract), which stays."""
     await migrated_platform(cluster, operator, "v1")
@@ -247,7 +247,8 @@ async def test_rolling_back_a_successful_upgrade_keeps_the_newer_schema_version(
     assert status(cluster)["schemaVersion"] == "0008_tags"
 
 
-async def test_an_unreadable_outcome_is_retried_not_guessed(cluster: Cluster, operator: Operator) -> None:
+@pytest.mark.emulator_only("kmock fault injection")
+async def test_an_unreadable_outcome_is_retried_not_guessed(cluster: AnyCluster, operator: Operator) -> None:
     failing = True
 
     def flaky(request: kmock.Request) -> Any:
@@ -270,7 +271,8 @@ async def test_an_unreadable_outcome_is_retried_not_guessed(cluster: Cluster, op
     await eventually(lambda: condition(cluster, "Degraded") == ("False", "AsExpected"))
 
 
-async def test_a_migration_stopped_at_its_deadline_is_reported(cluster: Cluster, operator: Operator) -> None:
+@pytest.mark.emulator_only("a real Job controller would stop the Job only after its 15-minute deadline")
+async def test_a_migration_stopped_at_its_deadline_is_reported(cluster: AnyCluster, operator: Operator) -> None:
     await migrated_platform(cluster, operator, "v1")
     set_tag(cluster, "v2")
     cluster.finish_job(NS, await started(cluster, "v2"), succeeded=False, message="", reason="DeadlineExceeded")
@@ -280,7 +282,7 @@ async def test_a_migration_stopped_at_its_deadline_is_reported(cluster: Cluster,
 
 
 async def test_a_failed_first_migration_is_why_the_platform_is_not_ready(
-    cluster: Cluster, operator: Operator,
+    cluster: AnyCluster, operator: Operator,
 ) -> None:
     await ready_platform(cluster, operator, platform_doc(image={"tag": "v1"}))
     cluster.set_deployment_status(NS, API, ready=0)  # the pods refuse a database without its schema
@@ -292,7 +294,7 @@ async def test_a_failed_first_migration_is_why_the_platform_is_not_ready(
     assert len(warnings(cluster, "MigrationFailed")) == 1
 
 
-async def test_the_operator_restarted_mid_migration_picks_up_the_running_job(cluster: Cluster) -> None:
+async def test_the_operator_restarted_mid_migration_picks_up_the_running_job(cluster: AnyCluster) -> None:
     async with running_operator(cluster) as first:
         await migrated_platform(cluster, first, "v1")
         set_tag(cluster, "v2")
@@ -312,7 +314,7 @@ async def test_the_operator_restarted_mid_migration_picks_up_the_running_job(clu
             if r.resource and r.resource.plural == "jobs"] == []
 
 
-async def test_a_job_that_finished_while_no_operator_ran_is_read_once(cluster: Cluster) -> None:
+async def test_a_job_that_finished_while_no_operator_ran_is_read_once(cluster: AnyCluster) -> None:
     async with running_operator(cluster) as first:
         await migrated_platform(cluster, first, "v1")
         set_tag(cluster, "v2")
@@ -330,7 +332,7 @@ async def test_a_job_that_finished_while_no_operator_ran_is_read_once(cluster: C
         assert reads == []  # the outcome is in the status now: the pod is not read again
 
 
-async def test_paused_pauses_migrations_too(cluster: Cluster, operator: Operator) -> None:
+async def test_paused_pauses_migrations_too(cluster: AnyCluster, operator: Operator) -> None:
     await migrated_platform(cluster, operator, "v1")
     cluster.edit(*LP, NS, "ai-platform", {"spec": {"paused": True}})
     await eventually(lambda: condition(cluster, "Ready") == ("False", "Paused"))
