@@ -369,8 +369,9 @@ async def main(rounds: int, many: int, memory: int) -> None:
           "each on average")
     print(f"  CPU seconds during the {many}: operator {cpu_op:.2f}, API server {cpu_emu:.2f} "
           f"({'kube-apiserver and etcd' if binaries else 'the emulator'}; {os.cpu_count()} cores in all)")
-    print(f"operator writes per created platform: {per_create:.1f} (goal: children + 1 status write = {kids + 1}: "
-          f"{'met' if per_create <= kids + 1 else 'MISSED'})")
+    # + the migration Job of its first image (created once, never applied again) + one status write
+    print(f"operator writes per created platform: {per_create:.1f} (goal: children + the migration Job + 1 status "
+          f"write = {kids + 2}: {'met' if per_create <= kids + 2 else 'MISSED'})")
     print(f"operator writes during a no-op resync of {rounds + many} platforms: {resync_writes:.0f}")
     per_cr = (full_rss - idle_rss) / total
     print(f"operator RSS: idle {idle_rss / 1024:.1f} MiB, with {total} platforms {full_rss / 1024:.1f} MiB: "

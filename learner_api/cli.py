@@ -24,7 +24,7 @@ from learner_api import __version__, http_server, startup_checks
 from learner_api.app import create_app
 from learner_api.metrics import metrics_app
 from learner_api.settings import ConfigError, Settings, load_migration_settings, load_settings
-from learner_api.termination import refuse
+from learner_api.termination import record, refuse
 
 logger = logging.getLogger("learner_api")
 
@@ -114,14 +114,19 @@ def evaluator_command() -> int:
 
 
 def migrate_command() -> int:
-    from learner_api.migrate import MigrationError, migrate
+    """On success the last line, also the container's termination message, names the schema version: the
+    operator's migration Job reports it as the LearnerPlatform's status.schemaVersion."""
+    from learner_api.migrate import MigrationError, upgrade
 
     try:
         settings = load_migration_settings()
-        applied = asyncio.run(migrate(settings.url.get_secret_value()))
+        outcome = asyncio.run(upgrade(settings.url.get_secret_value()))
     except (ConfigError, MigrationError) as exc:
         return refuse("learner-api migrate", str(exc))
-    print(f"applied: {', '.join(applied)}" if applied else "the database is up to date")
+    done = f"applied {', '.join(outcome.applied)}" if outcome.applied else "the database was up to date"
+    line = f"learner-api migrate: schema version {outcome.schema_version} ({done})"
+    print(line)
+    record(line)
     return 0
 
 

@@ -39,8 +39,22 @@ def bundled() -> list[Migration]:
     return [Migration(f.name.removesuffix(".sql"), f.read_text()) for f in found]
 
 
+@dataclass(frozen=True)
+class Outcome:
+    #: The versions this run applied (empty when the database was up to date).
+    applied: list[str]
+    #: The newest version the database records afterwards: its schema version. A database that a newer
+    #: release migrated already (a rollback) reports that release's version, not this image's newest.
+    schema_version: str
+
+
 async def migrate(dsn: str, migrations: list[Migration] | None = None) -> list[str]:
     """Apply what is missing; returns the versions applied by this call (empty when up to date)."""
+    return (await upgrade(dsn, migrations)).applied
+
+
+async def upgrade(dsn: str, migrations: list[Migration] | None = None) -> Outcome:
+    """Apply what is missing, and say which schema version the database is at afterwards."""
     migrations = bundled() if migrations is None else migrations
     connection = await asyncpg.connect(dsn, statement_cache_size=0)
     try:
@@ -67,7 +81,7 @@ async def migrate(dsn: str, migrations: list[Migration] | None = None) -> list[s
                     await connection.execute("INSERT INTO schema_migrations (version, checksum) VALUES ($1, $2)",
                                              migration.version, migration.checksum)
                 done.append(migration.version)
-            return done
+            return Outcome(done, max([*applied, *done], default=""))
         finally:
             await connection.execute("SELECT pg_advisory_unlock($1)", LOCK_KEY)
     finally:

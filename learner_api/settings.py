@@ -152,7 +152,7 @@ _S = TypeVar("_S", bound=BaseSettings)
 
 
 class MigrationSettings(BaseSettings):
-    """What `learner-api migrate` (the pods' init container) needs, and no more: it is given only the
+    """What `learner-api migrate` (the operator's migration Job) needs, and no more: it is given only the
     owner's DATABASE_MIGRATION_URL (or, without one, DATABASE_URL), never REDIS_URL or the JWT keys."""
 
     model_config = _ENV

@@ -21,7 +21,8 @@ logger = logging.getLogger("learner_api")
 
 APP_ROLE = "learner_app"
 ROLE_FIX = f"GRANT {APP_ROLE} TO {{role}} (docs/install.md, step 1)"
-MIGRATE_FIX = "run `learner-api migrate` with the tables' owner (the pods' migrate init container does)"
+MIGRATE_FIX = ("run `learner-api migrate` with the tables' owner (the operator's migration Job does: `kubectl get lp` "
+               "shows its progress)")
 #: What the tables' tenants are given in 0002_learning; the services' role must have all of it.
 _READ_WRITE = ("SELECT", "INSERT", "UPDATE")
 _APP_TABLES = ("tenants", "courses", "lessons", "products", "enrollments", "progress_events", "lesson_progress",

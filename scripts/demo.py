@@ -16,6 +16,7 @@ from typing import Any
 
 import kmock
 
+from learner_api.migrate import bundled
 from tests.conftest import CRD_FILE, EXAMPLES, load
 from tests.kube_emulator import Cluster, standard_cluster
 from tests.operator_harness import eventually, running_operator
@@ -24,11 +25,12 @@ NS = "learning"
 
 
 def _print_platforms(cluster: Cluster) -> None:
-    rows = [("NAME", "READY", "REASON", "API", "IMAGE")]
+    rows = [("NAME", "READY", "REASON", "API", "IMAGE", "SCHEMA")]
     for lp in cluster.all("learner.dev/v1alpha1", "learnerplatforms", NS):
         ready = {c["type"]: c for c in lp.get("status", {}).get("conditions", [])}.get("Ready", {})
         rows.append((lp["metadata"]["name"], ready.get("status", ""), ready.get("reason", ""),
-                     lp.get("status", {}).get("learnerApi", {}).get("ready", ""), lp["spec"]["image"]["tag"][:12]))
+                     lp.get("status", {}).get("learnerApi", {}).get("ready", ""), lp["spec"]["image"]["tag"][:12],
+                     lp.get("status", {}).get("schemaVersion", "")))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
@@ -68,13 +70,18 @@ async def main(seconds: float | None) -> None:
             ("v1", "serviceaccounts"), ("v1", "configmaps"), ("v1", "services"), ("apps/v1", "deployments"),
             ("autoscaling/v2", "horizontalpodautoscalers"), ("policy/v1", "poddisruptionbudgets"),
             ("networking.k8s.io/v1", "networkpolicies")] for o in cluster.all(av, p, NS))))
-        print("(the pods would start now: the demo plays the HPA and the Deployment controller)")
+        print("(the pods would start now: the demo plays the Job controller, the HPA and the Deployment controller)")
+        [job] = await eventually(lambda: cluster.all("batch/v1", "jobs", NS))
+        cluster.finish_job(NS, job["metadata"]["name"], succeeded=True,
+                           message=f"learner-api migrate: schema version {bundled()[-1].version} (applied all)")
         cluster.scale(NS, api["metadata"]["name"], 2)
         cluster.set_deployment_status(NS, "ai-platform-learner-api")
         cluster.set_deployment_status(NS, "ai-platform-evaluator")
         await eventually(lambda: {c["type"]: c["status"] for c in (cluster.get(
             "learner.dev/v1alpha1", "learnerplatforms", NS, "ai-platform") or {}).get("status", {})
             .get("conditions", [])}.get("Ready") == "True")
+        await eventually(lambda: (cluster.get("learner.dev/v1alpha1", "learnerplatforms", NS, "ai-platform") or {})
+                         .get("status", {}).get("schemaVersion"))
         print("\n$ kubectl get lp -n learning")
         _print_platforms(cluster)
         print("\n$ kubectl describe lp ai-platform   (conditions)")

@@ -31,12 +31,17 @@ Emulated (each is something a real API server does that our tests depend on):
 - Deletion with finalizers (``deletionTimestamp``), and background garbage collection of dependents
   through ``ownerReferences``; ``remove(quiet=True)`` is a deletion a platform watch missed.
 - Discovery from the declared kinds; :meth:`Cluster.undeclare` is a kind whose CRD is not installed.
+- Jobs as the Job REST strategy makes them: a generated ``spec.selector`` and the
+  ``batch.kubernetes.io/controller-uid``/``job-name`` labels on the pod template at creation, and an
+  immutable pod template afterwards (422). :meth:`Cluster.start_job` and :meth:`Cluster.finish_job`
+  play the Job controller and the kubelet.
 
 Not emulated (the tests do not rely on them): strategic merge patch directives, server-side apply of
 custom resources' lists by their ``x-kubernetes-list-*`` markers (built-in kinds only), admission
 webhooks, RBAC (the chart's rules are compared with the requests the operator made instead), any
 controller (Deployments never get pods: tests set Deployment status themselves with
-:meth:`Cluster.set_deployment_status` and play the HPA with :meth:`Cluster.scale`), CEL cost budgets.
+:meth:`Cluster.set_deployment_status` and play the HPA with :meth:`Cluster.scale`; Jobs run only when a
+test says how they end, and their TTL is :meth:`Cluster.remove`), CEL cost budgets.
 """
 
 from __future__ import annotations
@@ -69,7 +74,7 @@ _NAMESPACED = {
     ("apiextensions.k8s.io", "v1", "customresourcedefinitions"): False,
 }
 _WITH_STATUS = {"deployments", "horizontalpodautoscalers", "poddisruptionbudgets", "learnerplatforms", "services",
-                "pods"}
+                "jobs", "pods"}
 _HANG_UP: dict[str, Any] = {}
 #: Built-in kinds: stored as Go types, so read back normalised (omitempty, canonical quantities, defaults).
 _BUILTIN_GROUPS = {"", "apps", "autoscaling", "policy", "networking.k8s.io", "coordination.k8s.io", "batch",
@@ -329,12 +334,16 @@ class Cluster(kmock.KubernetesEmulator):
             ssa.server_defaults(res[2], new)
         if subresource != "status":
             new = self._admit(res, new)
+            if res == _JOBS and old is not None:
+                _refuse_job_change(old, new)
         if not applied:
             ssa.record_update(old, new, manager, now=_now(), subresource=subresource)
         if old is None:
             self._revision += 1
             new["metadata"].update(uid=str(uuid.uuid4()), generation=1, resourceVersion=str(self._revision),
                                    creationTimestamp=_now())
+            if res == _JOBS:
+                _generate_job_selector(new)
             self._store[key] = new
             self._emit(res, "ADDED", new)
             return copy.deepcopy(new)
@@ -534,6 +543,55 @@ class Cluster(kmock.KubernetesEmulator):
                             "reason": "MinimumReplicasAvailable"}],
         }}, status=True)
 
+    def start_job(self, namespace: str, name: str) -> dict[str, Any]:
+        """Play the Job controller: its pod has been created and runs."""
+        return self.edit("batch/v1", "jobs", namespace, name, {"status": {
+            "startTime": _now(), "active": 1, "ready": 0, "terminating": 0, "uncountedTerminatedPods": {}}},
+            status=True)
+
+    def finish_job(self, namespace: str, name: str, *, succeeded: bool, message: str, attempts: int = 1,
+                   reason: str = "BackoffLimitExceeded") -> dict[str, Any]:
+        """Play the Job controller and the kubelet to the end: ``attempts`` pods ran (restartPolicy Never),
+        each terminated with ``message`` as its container's termination message (exit 0 for the last one
+        when ``succeeded``, else 2), then the Job's terminal condition (Complete, or Failed for ``reason``)."""
+        job = self._store[(_JOBS, namespace, name)]
+        template = job["spec"]["template"]
+        labels = dict((template.get("metadata") or {}).get("labels") or {})
+        owner = {"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": job["metadata"]["uid"],
+                 "controller": True, "blockOwnerDeletion": True}
+        container = template["spec"]["containers"][0]["name"]
+        for attempt in range(attempts):
+            ok = succeeded and attempt == attempts - 1
+            pod = self.put({"apiVersion": "v1", "kind": "Pod", "metadata": {
+                "name": f"{name}-{uuid.uuid4().hex[:5]}", "namespace": namespace, "labels": labels,
+                "ownerReferences": [owner]}, "spec": copy.deepcopy(template["spec"])},
+                manager="kube-controller-manager")
+            self.edit("v1", "pods", namespace, pod["metadata"]["name"], {"status": {
+                "phase": "Succeeded" if ok else "Failed",
+                "containerStatuses": [{"name": container, "ready": False, "restartCount": 0, "image": "x",
+                                       "imageID": "", "state": {"terminated": {
+                                           "exitCode": 0 if ok else 2, "reason": "Completed" if ok else "Error",
+                                           "message": message, "startedAt": _now(), "finishedAt": _now()}}}],
+            }}, status=True, manager="kubelet")
+        now = _now()
+        if succeeded:
+            conditions = [{"type": "SuccessCriteriaMet", "status": "True", "reason": "CompletionsReached",
+                           "message": "Reached expected number of succeeded pods"},
+                          {"type": "Complete", "status": "True", "reason": "CompletionsReached",
+                           "message": "Reached expected number of succeeded pods"}]
+            counts = {"succeeded": 1, "failed": attempts - 1, "completionTime": now}
+        else:
+            text = {"BackoffLimitExceeded": "Job has reached the specified backoff limit",
+                    "DeadlineExceeded": "Job was active longer than specified deadline"}.get(reason, reason)
+            conditions = [{"type": "FailureTarget", "status": "True", "reason": reason, "message": text},
+                          {"type": "Failed", "status": "True", "reason": reason, "message": text}]
+            counts = {"failed": attempts}
+        started = (job.get("status") or {}).get("startTime") or now  # set once, as the Job controller does
+        return self.edit("batch/v1", "jobs", namespace, name, {"status": {
+            "startTime": started, "active": 0, "ready": 0, "terminating": 0, "uncountedTerminatedPods": {}, **counts,
+            "conditions": [{**c, "lastProbeTime": now, "lastTransitionTime": now} for c in conditions]}},
+            status=True)
+
     @property
     def log(self) -> list[kmock.Request]:
         """Every request served so far, in order (kmock records them all)."""
@@ -548,8 +606,30 @@ _PLURALS = {
     "Service": "services", "Deployment": "deployments", "HorizontalPodAutoscaler": "horizontalpodautoscalers",
     "PodDisruptionBudget": "poddisruptionbudgets", "NetworkPolicy": "networkpolicies",
     "ServiceMonitor": "servicemonitors", "LearnerPlatform": "learnerplatforms", "Event": "events",
-    "Lease": "leases", "CustomResourceDefinition": "customresourcedefinitions", "Pod": "pods",
+    "Lease": "leases", "CustomResourceDefinition": "customresourcedefinitions", "Job": "jobs", "Pod": "pods",
 }
+_JOBS: ResKey = ("batch", "v1", "jobs")
+
+
+def _generate_job_selector(job: dict[str, Any]) -> None:
+    """What the Job REST strategy does at creation (unless spec.manualSelector): select the Job's own pods
+    by its uid, and label the pod template so that they carry it."""
+    meta, spec = job["metadata"], job.setdefault("spec", {})
+    if spec.get("manualSelector"):
+        return
+    ids = {"batch.kubernetes.io/controller-uid": meta["uid"], "batch.kubernetes.io/job-name": meta["name"],
+           "controller-uid": meta["uid"], "job-name": meta["name"]}
+    spec["selector"] = {"matchLabels": {"batch.kubernetes.io/controller-uid": meta["uid"]}}
+    template_meta = spec.setdefault("template", {}).setdefault("metadata", {})
+    template_meta["labels"] = {**(template_meta.get("labels") or {}), **ids}
+
+
+def _refuse_job_change(old: dict[str, Any], new: dict[str, Any]) -> None:
+    """A Job's pod template and selector cannot change once it exists."""
+    for field in ("template", "selector"):
+        if (new.get("spec") or {}).get(field) != (old.get("spec") or {}).get(field):
+            raise _error(422, "Invalid", f'Job.batch "{old["metadata"]["name"]}" is invalid: spec.{field}: '
+                         "Invalid value: field is immutable")
 
 
 def standard_cluster(crd: dict[str, Any]) -> Cluster:
@@ -563,7 +643,7 @@ def standard_cluster(crd: dict[str, Any]) -> Cluster:
         api_version = {"Deployment": "apps/v1", "HorizontalPodAutoscaler": "autoscaling/v2",
                        "PodDisruptionBudget": "policy/v1", "NetworkPolicy": "networking.k8s.io/v1",
                        "ServiceMonitor": "monitoring.coreos.com/v1", "LearnerPlatform": "learner.dev/v1alpha1",
-                       "Lease": "coordination.k8s.io/v1"}.get(kind, "v1")
+                       "Lease": "coordination.k8s.io/v1", "Job": "batch/v1"}.get(kind, "v1")
         group, _, version = api_version.rpartition("/")
         names = crd["spec"]["names"] if kind == crd["spec"]["names"]["kind"] else {}
         cluster.declare(group, version, plural, kind, shortnames=tuple(names.get("shortNames", ())))

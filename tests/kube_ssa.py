@@ -376,6 +376,9 @@ def server_defaults(plural: str, obj: dict[str, Any]) -> None:
         spec.setdefault("backoffLimit", 6)
         spec.setdefault("completions", 1)
         spec.setdefault("parallelism", 1)
+        spec.setdefault("completionMode", "NonIndexed")
+        spec.setdefault("suspend", False)
+        spec.setdefault("podReplacementPolicy", "TerminatingOrFailed")
         pod = (spec.get("template") or {}).setdefault("spec", {})
         _pod_defaults(pod)
     elif plural == "services":

@@ -16,6 +16,9 @@ Where this backend differs from the emulator, and why:
   skip) and ``set_deployment_status`` writes the status as the emulator does. With it, the real
   Deployment controller owns that status, so ``set_deployment_status`` plays the kubelet instead: it
   marks the current ReplicaSet's pods Ready (no node, no scheduler: the pods stay unbound).
+  Likewise ``start_job``/``finish_job``: without it they write the Job's status (and its pods) as the
+  emulator's do; with it the real Job controller creates the pods, the test ends each one as a kubelet
+  would (terminated, with a termination message) until the controller marks the Job Complete or Failed.
 - ``hang_up`` and ``watch_gap`` restart kube-apiserver: seconds, not milliseconds (their docstrings).
 """
 
@@ -44,7 +47,8 @@ STRATEGIC = "application/strategic-merge-patch+json"
 # Emptied before each test, owners first so that no controller re-creates what was already swept.
 _EMPTIED = [
     ("learner.dev/v1alpha1", "learnerplatforms"), ("apps/v1", "deployments"), ("apps/v1", "replicasets"),
-    ("v1", "pods"), ("autoscaling/v2", "horizontalpodautoscalers"), ("policy/v1", "poddisruptionbudgets"),
+    ("batch/v1", "jobs"), ("v1", "pods"), ("autoscaling/v2", "horizontalpodautoscalers"),
+    ("policy/v1", "poddisruptionbudgets"),
     ("networking.k8s.io/v1", "networkpolicies"), ("monitoring.coreos.com/v1", "servicemonitors"),
     ("v1", "services"), ("v1", "configmaps"), ("v1", "secrets"), ("v1", "serviceaccounts"), ("v1", "events"),
     ("coordination.k8s.io/v1", "leases"),
@@ -235,6 +239,95 @@ class RealCluster:
                             {"type": "ContainersReady", "status": wanted, "lastTransitionTime": now},
                             {"type": "Ready", "status": wanted, "lastTransitionTime": now}]}},
                         content_type=STRATEGIC, params={"fieldManager": "kubelet"})
+
+    def start_job(self, namespace: str, name: str) -> dict[str, Any]:
+        """The Job runs: its pod exists (the Job controller's), or its status says so (as the emulator's)."""
+        job = self._rest.call("GET", self._path("batch/v1", "jobs", namespace, name))
+        if self.has_controllers:
+            self._wait_for(lambda: self._job_pods(job, running=True), f"a pod of Job {name}")
+            return job
+        return self.edit("batch/v1", "jobs", namespace, name, {"status": {
+            "startTime": _now(), "active": 1, "ready": 0, "terminating": 0}}, status=True, manager="job-controller")
+
+    def finish_job(self, namespace: str, name: str, *, succeeded: bool, message: str, attempts: int = 1,
+                   reason: str = "BackoffLimitExceeded") -> dict[str, Any]:
+        """The Job ends, its pods having terminated with ``message`` (see the emulator's). With the real Job
+        controller, every pod it starts is ended as a kubelet would (exit 0 when ``succeeded``, else 2, so it
+        retries up to its backoffLimit, with its own delays) until the Job is Complete or Failed; ``attempts``
+        and ``reason`` are then the controller's business."""
+        where = self._path("batch/v1", "jobs", namespace, name)
+        job = self._rest.call("GET", where)
+        if not self.has_controllers:
+            return self._write_job_outcome(job, succeeded=succeeded, message=message, attempts=attempts,
+                                           reason=reason)
+
+        def ended() -> dict[str, Any] | None:
+            current = self._rest.call("GET", where)
+            conditions = (current.get("status") or {}).get("conditions") or []
+            if any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True" for c in conditions):
+                return current
+            for pod in self._job_pods(current, running=True):
+                self._terminate(pod, exit_code=0 if succeeded else 2, message=message)
+            return None
+
+        return self._wait_for(ended, f"Job {name} to end", timeout=120.0)
+
+    def _wait_for(self, check: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
+        deadline = time.monotonic() + timeout
+        while not (result := check()):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not within {timeout:.0f} s: {what}")
+            time.sleep(0.2)
+        return result
+
+    def _job_pods(self, job: dict[str, Any], *, running: bool) -> list[dict[str, Any]]:
+        pods = [pod for pod in self.all("v1", "pods", job["metadata"]["namespace"])
+                if _owned_by(pod, job["metadata"]["uid"]) and not pod["metadata"].get("deletionTimestamp")]
+        return [pod for pod in pods if (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed")] \
+            if running else pods
+
+    def _terminate(self, pod: dict[str, Any], *, exit_code: int, message: str) -> None:
+        """What the kubelet reports when the pod's only container (restartPolicy Never) has exited."""
+        now = _now()
+        [container] = pod["spec"]["containers"]
+        meta = pod["metadata"]
+        self._rest.call("PATCH", self._path("v1", "pods", meta["namespace"], meta["name"], "status"), {"status": {
+            "phase": "Succeeded" if exit_code == 0 else "Failed", "startTime": now,
+            "containerStatuses": [{"name": container["name"], "image": container["image"], "imageID": "",
+                                   "ready": False, "restartCount": 0, "started": False, "state": {"terminated": {
+                                       "exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error",
+                                       "message": message, "startedAt": now, "finishedAt": now}}}]}},
+            content_type=MERGE, params={"fieldManager": "kubelet"})
+
+    def _write_job_outcome(self, job: dict[str, Any], *, succeeded: bool, message: str, attempts: int,
+                           reason: str) -> dict[str, Any]:
+        """Without a Job controller: its pods and its status, written as the emulator's finish_job does."""
+        meta, template = job["metadata"], job["spec"]["template"]
+        owner = {"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"], "uid": meta["uid"],
+                 "controller": True, "blockOwnerDeletion": True}
+        for attempt in range(attempts):
+            pod = self.put({"apiVersion": "v1", "kind": "Pod", "metadata": {
+                "name": f"{meta['name']}-{attempt}", "namespace": meta["namespace"],
+                "labels": (template.get("metadata") or {}).get("labels") or {}, "ownerReferences": [owner]},
+                "spec": copy.deepcopy(template["spec"])})
+            self._terminate(pod, exit_code=0 if succeeded and attempt == attempts - 1 else 2, message=message)
+        now = _now()
+        started = (job.get("status") or {}).get("startTime") or now
+        if succeeded:
+            text = "Reached expected number of succeeded pods"
+            conditions = [{"type": "SuccessCriteriaMet", "reason": "CompletionsReached", "message": text},
+                          {"type": "Complete", "reason": "CompletionsReached", "message": text}]
+            counts: dict[str, Any] = {"succeeded": 1, "failed": attempts - 1, "completionTime": now}
+        else:
+            text = {"BackoffLimitExceeded": "Job has reached the specified backoff limit",
+                    "DeadlineExceeded": "Job was active longer than specified deadline"}.get(reason, reason)
+            conditions = [{"type": "FailureTarget", "reason": reason, "message": text},
+                          {"type": "Failed", "reason": reason, "message": text}]
+            counts = {"failed": attempts}
+        return self.edit("batch/v1", "jobs", meta["namespace"], meta["name"], {"status": {
+            "startTime": started, "active": 0, "ready": 0, "terminating": 0, **counts,
+            "conditions": [{**c, "status": "True", "lastProbeTime": now, "lastTransitionTime": now}
+                           for c in conditions]}}, status=True, manager="job-controller")
 
     @property
     def log(self) -> list[kmock.Request]:

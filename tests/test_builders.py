@@ -224,16 +224,14 @@ def test_the_evaluator_reads_the_alert_rules_the_operator_writes() -> None:
     assert (production[0].for_, production[0].above) == (1800.0, 7200.0)
 
 
-def test_learner_api_pods_migrate_the_database_before_serving() -> None:
-    template = by_kind(builders.children(platform({"image": {"tag": "abc"}})))[
-        ("Deployment", "ai-platform-learner-api")]["spec"]["template"]["spec"]
-    [migrate] = template["initContainers"]
-    assert (migrate["command"], migrate["args"], migrate["image"]) == (
-        ["learner-api"], ["migrate"], template["containers"][0]["image"])
-    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in migrate["env"]}
-    assert env["DATABASE_URL"]["key"] == "DATABASE_URL"
-    assert env["DATABASE_MIGRATION_URL"]["optional"] is True  # an owner role for DDL, when the team has one
-
+def test_no_pod_of_a_deployment_migrates_or_holds_the_owners_url() -> None:
+    """The migration Job migrates (tests/test_migration_job.py); the serving pods only check the schema."""
+    for path in EXAMPLE_FILES:
+        for template in pod_templates(builders.children(platform(load(path)["spec"]))):
+            assert "initContainers" not in template["spec"]
+            for container in template["spec"]["containers"]:
+                assert "migrate" not in container.get("args", [])
+                assert "DATABASE_MIGRATION_URL" not in {e["name"] for e in container.get("env", [])}
 
 
 def test_changing_alert_rules_rolls_the_evaluator_and_nothing_else() -> None:
@@ -250,10 +248,10 @@ def test_changing_alert_rules_rolls_the_evaluator_and_nothing_else() -> None:
 
 
 def test_every_child_kind_is_in_exactly_one_apply_wave() -> None:
-    from learner_operator.builders import APPLY_WAVES, CHILD_KINDS
+    from learner_operator.builders import APPLY_WAVES, CHILD_KINDS, ONE_SHOT_KINDS
 
     waves = [kind for wave in APPLY_WAVES for kind in wave]
-    assert sorted(waves) == sorted(kind.kind for kind in CHILD_KINDS)
+    assert sorted(waves) == sorted(kind.kind for kind in CHILD_KINDS if kind.kind not in ONE_SHOT_KINDS)
 
 
 #: Which Secret keys reach which container (and nothing else). Written out here on purpose: changing
@@ -266,15 +264,17 @@ SECRET_KEYS_BY_CONTAINER = {
 }
 
 
-def containers(manifests: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [c for t in pod_templates(manifests) for c in (*t["spec"].get("initContainers", []),
-                                                           *t["spec"]["containers"])]
+def containers(manifests: list[dict[str, Any]], p: builders.Platform | None = None) -> list[dict[str, Any]]:
+    """Every container of the Deployments, and of the migration Job when the platform ``p`` is given."""
+    templates = pod_templates(manifests) + ([builders.migration.job(p)["spec"]["template"]] if p else [])
+    return [c for t in templates for c in (*t["spec"].get("initContainers", []), *t["spec"]["containers"])]
 
 
 @pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: p.name)
 def test_each_container_gets_only_its_own_secret_keys(path: Path) -> None:
     seen = set()
-    for container in containers(builders.children(platform(load(path)["spec"]))):
+    p = platform(load(path)["spec"])
+    for container in containers(builders.children(p), p):
         refs = {e["valueFrom"]["secretKeyRef"]["key"]: e["valueFrom"]["secretKeyRef"]
                 for e in container.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})}
         assert set(refs) == SECRET_KEYS_BY_CONTAINER[container["name"]], container["name"]
@@ -290,14 +290,16 @@ def test_each_container_gets_only_its_own_secret_keys(path: Path) -> None:
 
 @pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: p.name)
 def test_every_container_reports_why_it_died(path: Path) -> None:
-    for container in containers(builders.children(platform(load(path)["spec"]))):
+    p = platform(load(path)["spec"])
+    for container in containers(builders.children(p), p):
         assert container["terminationMessagePolicy"] == "FallbackToLogsOnError", container["name"]
 
 
 def test_a_digest_pins_the_image_and_the_tag_still_labels_it() -> None:
     digest = "sha256:" + "0123456789abcdef" * 4
-    manifests = builders.children(platform({"image": {"tag": "1234567", "digest": digest}}))
-    for container in containers(manifests):
+    p = platform({"image": {"tag": "1234567", "digest": digest}})
+    manifests = builders.children(p)
+    for container in containers(manifests, p):
         if container["name"] != "pushgateway":
             assert container["image"] == f"ghcr.io/ai-platform/learner-api@{digest}"
     api = by_kind(manifests)[("Deployment", "ai-platform-learner-api")]

@@ -194,6 +194,9 @@ async def test_rbac_is_exactly_what_the_operator_does(cluster: Any) -> None:
         await eventually(lambda: condition(cluster, "SecretReady") == ("False", "SecretNotFound"))
         cluster.put(secret("not-yet"))
         await eventually(lambda: len(children(cluster)) == 13)
+        [job] = await eventually(lambda: cluster.all("batch/v1", "jobs", NS), what="the migration Job")
+        cluster.finish_job(NS, job["metadata"]["name"], succeeded=True, message="schema version 0007_x")
+        await eventually(lambda: condition(cluster, "Migrated") == ("True", "MigrationSucceeded"))
         cluster.edit("learner.dev/v1alpha1", "learnerplatforms", NS, "ai-platform", {"spec": {
             "evaluator": {"enabled": False}, "observability": {"serviceMonitor": False},
             "learnerApi": {"autoscaling": {"enabled": False}, "replicas": 3,

@@ -36,7 +36,7 @@ async def test_only_the_leader_writes_and_a_follower_takes_over(cluster: AnyClus
         cluster.put(load(EXAMPLES / "01-minimal.yaml"))
         await eventually(lambda: len(children(cluster)) == 12)
         await settled(cluster, first)
-        assert first.writes == 13  # 12 children and one status write
+        assert first.writes == 14  # 12 children, the migration Job and one status write
         assert second.writes == 0  # it watched everything, and wrote nothing
 
         await first.stop()  # a clean stop releases the Lease: no waiting for it to expire

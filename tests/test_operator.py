@@ -75,7 +75,7 @@ async def test_create_makes_every_child_and_reports_conditions(cluster: AnyClust
     assert status["observedGeneration"] == 1
     assert status["learnerApi"]["ready"] == "2/2"
     assert set(conditions(cluster)) == {"Ready", "SecretReady", "LearnerApiAvailable", "EvaluatorAvailable",
-                                        "Progressing", "Degraded"}
+                                        "Progressing", "Degraded", "Migrated"}
 
 
 async def ready_platform(cluster: AnyCluster, operator: Operator, doc: dict[str, Any] | None = None) -> None:
@@ -325,7 +325,8 @@ async def test_apply_failures_are_reported_and_retried(cluster: Emulator, operat
 
 
 async def test_write_budget_create_noop_and_drift_repair(cluster: AnyCluster, operator: Operator) -> None:
-    """Create <= children + 1 status write; a no-op resync writes nothing; one drifted child costs one write."""
+    """Create <= children + the migration Job + 1 status write; a no-op resync writes nothing; one drifted child
+    costs one write."""
     cluster.put(secret())
     start = len(cluster.log)
     cluster.put(load(EXAMPLES / "01-minimal.yaml"))
@@ -335,7 +336,7 @@ async def test_write_budget_create_noop_and_drift_repair(cluster: AnyCluster, op
     applies = [r for r in writes if r.headers.get("Content-Type", "").startswith("application/apply-patch")]
     assert len(applies) == len(children(cluster)) == 12
     assert [(r.resource.plural, r.subresource) for r in writes if r not in applies] == [
-        ("learnerplatforms", "status")]
+        ("jobs", None), ("learnerplatforms", "status")]
 
     start = len(cluster.log)
     await operator.resync_now()

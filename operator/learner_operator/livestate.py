@@ -9,7 +9,7 @@ API conventions call it opaque; a non-integer counts as newer, so the latest wor
 Kept small, because an operator serving a thousand platforms keeps a dozen children of each: a
 child is its kind, name, resourceVersion, the digest annotation and our ownership fingerprint (all
 that drift detection needs), plus the trimmed body (zlib) only where something still needs it: a
-Deployment's status, and a child no apply of this process has produced yet (a fresh start decides
+Deployment's or the migration Job's status, and a child no apply of this process has produced yet (a fresh start decides
 once, from the body, whether it is in sync).
 """
 
@@ -24,7 +24,7 @@ from typing import Any
 from learner_operator.drift import DIGEST_ANNOTATION, OWNERSHIP_KEY, own_entry, ownership
 
 ChildKey = tuple[str, str]  # (kind, name)
-_KEEP_BODY = {"Deployment"}
+_KEEP_BODY = {"Deployment", "Job"}  # rollouts; a migration Job's outcome (learner_operator.migration)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from learner_operator import builders, drift
+from learner_operator import builders, drift, migration
 from learner_operator.builders import common, learner_api
 from learner_operator.builders import evaluator as evaluator_builders
 from learner_operator.kube import ApiError, Discovery, KubeApi, ResourceRef, ref_of
@@ -119,11 +119,11 @@ async def _still_wanted(deps: Deps, cr: Snapshot, fresh: asyncio.Task[dict[str, 
 
 async def _sync_children(
     deps: Deps, cr: Snapshot, spec: LearnerPlatformSpec, secret_hash: str, live: dict[tuple[str, str], Any],
-    logger: Logger, fresh: asyncio.Task[dict[str, Any] | None] | None = None,
+    logger: Logger, gate: migration.Gate, fresh: asyncio.Task[dict[str, Any] | None] | None = None,
 ) -> SyncResult:
     """Apply the children that differ and delete the ones no longer wanted."""
     result = SyncResult()
-    platform = builders.Platform(cr.name, cr.namespace, cr.uid, spec, secret_hash)
+    platform = builders.Platform(cr.name, cr.namespace, cr.uid, spec, secret_hash, gate.serving_image)
     desired = await _desired(deps, platform, result)
     stale: list[dict[str, Any]] = []
     for manifest in desired:
@@ -135,7 +135,7 @@ async def _sync_children(
             deps.live.adopt(cr.uid, *key, live[key])
     wanted = {(m["kind"], m["metadata"]["name"]) for m in desired}
     unwanted = [(kind, name) for kind, name in live if (kind, name) not in wanted]
-    if (stale or unwanted) and not await _still_wanted(deps, cr, fresh):
+    if (stale or unwanted or gate.job is not None) and not await _still_wanted(deps, cr, fresh):
         logger.info("The platform is gone or being deleted: its children are left to the garbage collector")
         result.gone = True
         return result
@@ -171,6 +171,10 @@ async def _sync_children(
         logger.info("Deleted %s %s (switched off in the spec)", kind, name)
         deps.live.forget(cr.uid, kind, name, str(body.get("metadata", {}).get("resourceVersion", "")))
         del live[(kind, name)]
+    if gate.job is not None and (error := await migration.start(deps.api, deps.live, cr.uid, gate.job, logger)):
+        result.errors.append(error)  # after the other children: its ServiceAccount and ConfigMap exist now
+    if gate.error:
+        result.errors.append(gate.error)
     return result
 
 
@@ -188,13 +192,18 @@ async def reconcile(deps: Deps, cr: Snapshot, logger: Logger) -> float | None:
         return None
 
     live = deps.live.children_of(cr.uid)
+    # The migration Jobs are the gate's (learner_operator.migration), not the diff's: never applied, never pruned.
+    jobs = {name: body for (kind, name), body in live.items() if kind in builders.ONE_SHOT_KINDS}
+    live = {key: body for key, body in live.items() if key[0] not in builders.ONE_SHOT_KINDS}
     # A platform without children is about to be written for: read it alongside the Secret.
     fresh = asyncio.create_task(deps.api.get(cr.ref)) if not live else None
+    gate: migration.Gate | None = None
     try:
         secret, secret_hash = await check_secret(deps.api, cr.namespace, spec, cr.uid)
         synced = SyncResult()
         if secret.status == "True":
-            synced = await _sync_children(deps, cr, spec, secret_hash, live, logger, fresh)
+            gate = await migration.decide(deps.api, cr, spec, jobs)
+            synced = await _sync_children(deps, cr, spec, secret_hash, live, logger, gate, fresh)
             if synced.gone:
                 return None
     finally:
@@ -212,15 +221,18 @@ async def reconcile(deps: Deps, cr: Snapshot, logger: Logger) -> float | None:
     observation = Observation(
         cr.generation, secret=secret, apply_errors=tuple(synced.errors), api=api,
         evaluator=evaluator if spec.evaluator.enabled else None, unserved=tuple(synced.unserved),
+        migration=gate.verdict if gate is not None else None,
     )
-    await _report(deps, cr, observation, logger)
+    await _report(deps, cr, observation, logger, gate.status if gate is not None else {})
     if synced.errors:
         return deps.retry_after_error
     return AGAIN if synced.changed_meanwhile else None
 
 
-async def _report(deps: Deps, cr: Snapshot, obs: Observation, logger: Logger) -> None:
-    """Write the status only when it differs from what the CR already says."""
+async def _report(
+    deps: Deps, cr: Snapshot, obs: Observation, logger: Logger, extra: dict[str, Any] | None = None,
+) -> None:
+    """Write the status only when it differs from what the CR already says (``extra``: more status fields)."""
     platform_names = (f"{cr.name}-learner-api", f"{cr.name}-evaluator")
     old_conditions = list(cr.status.get("conditions") or [])
     conditions = merge_conditions(old_conditions, verdicts(obs, *platform_names), cr.generation, deps.now())
@@ -228,6 +240,7 @@ async def _report(deps: Deps, cr: Snapshot, obs: Observation, logger: Logger) ->
     if not obs.invalid_spec and not obs.paused:
         status["learnerApi"] = summarise(obs.api)
         status["evaluator"] = summarise(obs.evaluator)
+    status.update(extra or {})
     if all(cr.status.get(key) == value for key, value in status.items()):
         return
     await _warn_on_transition(deps, cr, old_conditions, conditions, logger)
@@ -250,7 +263,7 @@ async def _warn_on_transition(
     deps: Deps, cr: Snapshot, old: list[dict[str, Any]], new: list[dict[str, Any]], logger: Logger,
 ) -> None:
     """A Kubernetes Event when Ready turns False, or Degraded True, for a reason a person must fix (not for
-    a rollout under way); once per reason."""
+    a rollout under way), and when a migration fails (the old image may well keep Ready True); once per reason."""
     before = {c.get("type"): c for c in old}
     after = {c.get("type"): c for c in new}
     reasons: dict[str, str] = {}
@@ -260,6 +273,9 @@ async def _warn_on_transition(
             then.get("status") != bad or then.get("reason") != now.get("reason")
         ):
             reasons.setdefault(str(now.get("reason")), str(now.get("message")))
+    migrated_before, migrated = before.get("Migrated") or {}, after.get("Migrated") or {}
+    if migrated.get("reason") == "MigrationFailed" and migrated_before.get("message") != migrated.get("message"):
+        reasons["MigrationFailed"] = str(migrated.get("message"))  # its own words, each new failure
     involved = {"apiVersion": API_VERSION, "kind": "LearnerPlatform", "namespace": cr.namespace,
                 "name": cr.name, "uid": cr.uid}
     for reason, message in reasons.items():

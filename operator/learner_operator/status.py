@@ -144,6 +144,7 @@ class Observation:
     api: Workload = Workload()
     evaluator: Workload | None = None  # None: the evaluator is switched off
     unserved: tuple[str, ...] = ()  # optional kinds the spec asks for that the cluster does not serve
+    migration: Verdict | None = None  # the Migrated condition; None: not judged (the Secret is not usable)
 
 
 def pods_failing(name: str, problems: tuple[PodProblem, ...]) -> Verdict | None:
@@ -195,12 +196,19 @@ def verdicts(obs: Observation, api_deployment: str, evaluator_deployment: str) -
                            if w is not None and w.available and w.problems]
     stalled = [w.stalled for w in workloads if w.stalled]
     rolling = any(w.rolling_out for w in workloads)
+    migration = obs.migration
+    if migration is not None:
+        out["Migrated"] = migration
+    migrating = migration is not None and migration.reason == "MigrationRunning"
+    failed = migration is not None and migration.reason == "MigrationFailed"
     if obs.apply_errors:
         degraded = Verdict("True", "ApplyFailed", "; ".join(obs.apply_errors))
     elif secret.status != "True":
         degraded = Verdict("True", secret.reason, secret.message)
     elif stalled:
         degraded = Verdict("True", "ProgressDeadlineExceeded", "; ".join(stalled))
+    elif failed and migration is not None:  # the last migrated image keeps serving: Ready stays as its pods are
+        degraded, serving = Verdict("True", "MigrationFailed", migration.message), True
     elif failing := [v for w, name in serving_but_failing for v in [pods_failing(name, w.problems)] if v]:
         # some pods fail while others serve (often a rollout's new pods): Ready stays True
         degraded, serving = Verdict("True", failing[0].reason, "; ".join(v.message for v in failing)), True
@@ -211,13 +219,17 @@ def verdicts(obs: Observation, api_deployment: str, evaluator_deployment: str) -
     out["Degraded"] = degraded
     out["Progressing"] = (
         Verdict("False", secret.reason, "nothing is rolled out until the Secret is usable") if secret.status != "True"
-        else Verdict("True", "RolloutInProgress", "new pods are being rolled out") if rolling and not stalled
-        else Verdict("False", "RolloutComplete", "all pods run the desired template") if not stalled
-        else Verdict("False", "ProgressDeadlineExceeded", "; ".join(stalled))
+        else Verdict("False", "ProgressDeadlineExceeded", "; ".join(stalled)) if stalled
+        else Verdict("True", "MigrationRunning", migration.message) if migrating and migration is not None
+        else Verdict("False", "MigrationFailed", migration.message) if failed and migration is not None
+        else Verdict("True", "RolloutInProgress", "new pods are being rolled out") if rolling
+        else Verdict("False", "RolloutComplete", "all pods run the desired template")
     )
 
     if degraded.status == "True" and not serving:
         ready = Verdict("False", degraded.reason, degraded.message)
+    elif failed and out["LearnerApiAvailable"].status != "True":
+        ready = Verdict("False", "MigrationFailed", degraded.message)  # nothing serves: the likely reason why
     elif out["LearnerApiAvailable"].status != "True":
         ready = out["LearnerApiAvailable"]
     elif out["EvaluatorAvailable"].status != "True":

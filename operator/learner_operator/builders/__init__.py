@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from learner_operator.builders import common as c
-from learner_operator.builders import config, evaluator, learner_api, network, observability
+from learner_operator.builders import config, evaluator, learner_api, migration, network, observability
 from learner_operator.builders.common import (
     CONTAINER_SECRET_KEYS,
     OPTIONAL_SECRET_KEYS,
@@ -41,7 +41,11 @@ CHILD_KINDS: tuple[ChildKind, ...] = (
     ChildKind("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers"),
     ChildKind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets"),
     ChildKind("monitoring.coreos.com/v1", "ServiceMonitor", "servicemonitors"),
+    ChildKind("batch/v1", "Job", "jobs"),
 )
+#: Children created once and never applied or pruned by the reconcile's diff: the migration Job (its pod
+#: template is immutable, it runs once per image, and its TTL removes it; see learner_operator.migration).
+ONE_SHOT_KINDS: frozenset[str] = frozenset({"Job"})
 _ORDER = {kind.kind: index for index, kind in enumerate(CHILD_KINDS)}
 #: Applied wave after wave, each wave's kinds at once: what the pods refer to (ServiceAccount, config,
 #: network policy, Service) first, so that their first start finds it; then the workloads and what
@@ -61,10 +65,11 @@ def children(p: Platform) -> list[Manifest]:
     """All children the spec asks for. Whatever is missing from this list gets pruned."""
     spec = p.spec
     api, ev, gw = c.api_name(p), c.evaluator_name(p), c.pushgateway_name(p)
+    workloads = c.serving(p)  # on the image they may run now: the spec's, once its migration succeeded
     out: list[Manifest] = [
         config.config_map(p),
         config.service_account(p, api, learner_api.APP, learner_api.COMPONENT),
-        learner_api.deployment(p),
+        learner_api.deployment(workloads),
         learner_api.service(p),
     ]
     if spec.learner_api.autoscaling.enabled:
@@ -73,12 +78,13 @@ def children(p: Platform) -> list[Manifest]:
         out.append(learner_api.disruption_budget(p))
     if spec.network_policy.enabled:
         out.append(network.policy(p, api, learner_api.APP, learner_api.COMPONENT,
-                                  ingress_port=c.API_PORT, egress=True, metrics_port=c.API_METRICS_PORT))
+                                  ingress_port=c.API_PORT, egress=True, metrics_port=c.API_METRICS_PORT,
+                                  also=(migration.APP,)))
     if spec.evaluator.enabled:
         out += [
             config.service_account(p, ev, evaluator.APP, evaluator.COMPONENT),
             config.alert_rules_config_map(p),
-            evaluator.deployment(p),
+            evaluator.deployment(workloads),
             evaluator.metrics_service(p),
         ]
         if spec.network_policy.enabled:
@@ -104,6 +110,7 @@ __all__ = [
     "CHILD_KINDS",
     "CONTAINER_SECRET_KEYS",
     "FIELD_MANAGER",
+    "ONE_SHOT_KINDS",
     "OPTIONAL_KINDS",
     "OPTIONAL_SECRET_KEYS",
     "REQUIRED_SECRET_KEYS",
@@ -113,6 +120,7 @@ __all__ = [
     "Platform",
     "SecretNeed",
     "children",
+    "migration",
     "secret_digest",
     "secret_needs",
     "unmet_secret_needs",

@@ -8,7 +8,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from learner_operator.models import API_VERSION, FIELD_MANAGER, KIND, LearnerPlatformSpec
+from learner_operator.models import API_VERSION, FIELD_MANAGER, KIND, ImageSpec, LearnerPlatformSpec
 
 Manifest = dict[str, Any]
 
@@ -33,9 +33,10 @@ OPTIONAL_SECRET_KEYS = ("JWT_SECRET", "JWT_PUBLIC_KEY", "PAYMENT_WEBHOOK_SECRET"
 
 MIGRATE_CONTAINER = "migrate"
 #: Which of the Secret's keys each container gets (by secretKeyRef), and nothing else: the table owner's
-#: DATABASE_MIGRATION_URL reaches only the migrate init container, the JWT and webhook keys only the
-#: server. Kubernetes has no "this key, else that one", so migrate gets DATABASE_URL as its fallback too
-#: (`learner-api migrate` prefers DATABASE_MIGRATION_URL).
+#: DATABASE_MIGRATION_URL reaches only the migration Job's pod (it runs for minutes per image, never
+#: beside the serving pods), the JWT and webhook keys only the server. Kubernetes has no "this key, else
+#: that one", so migrate gets DATABASE_URL as its fallback too (`learner-api migrate` prefers
+#: DATABASE_MIGRATION_URL).
 CONTAINER_SECRET_KEYS: dict[str, tuple[str, ...]] = {
     MIGRATE_CONTAINER: ("DATABASE_MIGRATION_URL", "DATABASE_URL"),
     "learner-api": ("DATABASE_URL", "REDIS_URL", "JWT_SECRET", "JWT_PUBLIC_KEY", "PAYMENT_WEBHOOK_SECRET"),
@@ -83,6 +84,16 @@ class Platform:
     spec: LearnerPlatformSpec
     #: A digest of the referenced Secret's wired keys; never the values themselves.
     secret_hash: str = "unknown"
+    #: The image learner-api and the evaluator run when it is not the spec's: the last one whose migration
+    #: succeeded, while the spec's image is being migrated (or its migration failed). None: the spec's.
+    serving_image: ImageSpec | None = None
+
+
+def serving(p: Platform) -> Platform:
+    """The platform as its workloads are built: on the image they may run now (see ``serving_image``)."""
+    if p.serving_image is None:
+        return p
+    return dataclasses.replace(p, spec=p.spec.model_copy(update={"image": p.serving_image}), serving_image=None)
 
 
 def secret_digest(uid: str, data: Mapping[str, bytes]) -> str:
@@ -243,7 +254,6 @@ def config_data(p: Platform) -> dict[str, str]:
 def pod_template(
     p: Platform, app: str, component: str, *, metrics_port: int, grace_seconds: int, container: dict[str, Any],
     mounts: Sequence[tuple[dict[str, Any], dict[str, Any]]] = (), annotations: Mapping[str, str] | None = None,
-    init_args: Sequence[str] = (),
 ) -> dict[str, Any]:
     """A restricted pod running the platform image; ``container`` adds what differs (args, ports, probes).
 
@@ -255,15 +265,6 @@ def pod_template(
             # A fatal start-up error is one line in /dev/termination-log (or, failing that, the log's
             # tail): `kubectl describe pod` and the operator's conditions can quote it.
             "terminationMessagePolicy": "FallbackToLogsOnError"}
-    wiring = {"envFrom": [{"configMapRef": {"name": config_name(p)}}], "env": secret_env(p, MIGRATE_CONTAINER),
-              "securityContext": container_security_context(), "volumeMounts": [mount]}
-    init = [{
-        # `learner-api migrate` before the server starts: safe when every replica runs it at once (an
-        # advisory lock), a no-op when the schema is current, and a failed migration stops the rollout
-        # (maxUnavailable 0) instead of serving against a schema the code does not know.
-        "name": MIGRATE_CONTAINER, **same, "args": list(init_args), **wiring,
-        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"cpu": "500m", "memory": "128Mi"}},
-    }] if init_args else []
     return {
         "metadata": {
             "labels": labels(p, app, component),
@@ -282,7 +283,6 @@ def pod_template(
             "securityContext": pod_security_context(),
             "terminationGracePeriodSeconds": grace_seconds,
             "topologySpreadConstraints": topology_spread(p, app),
-            **({"initContainers": init} if init else {}),
             "containers": [{
                 "name": app,
                 **same,

@@ -11,6 +11,10 @@ COMPONENT = "api"
 
 
 def pod_template(p: c.Platform) -> dict[str, Any]:
+    """No migrate init container: the migration Job runs `learner-api migrate` once per image before this
+    template gets the image (builders.migration), and `learner-api serve` itself refuses to start, in one
+    line, against a database that lacks a migration its image ships (learner_api.startup_checks), which
+    is the check an init container would make, without giving the tables' owner's URL to every pod."""
     return c.pod_template(p, APP, COMPONENT, metrics_port=c.API_METRICS_PORT, grace_seconds=30, container={
         "args": ["serve"],
         "ports": [{"name": "http", "containerPort": c.API_PORT, "protocol": "TCP"},
@@ -19,7 +23,7 @@ def pod_template(p: c.Platform) -> dict[str, Any]:
         "startupProbe": c.http_probe("/livez", "http", 2, 30),
         "readinessProbe": c.http_probe("/readyz", "http", 5, 3),
         "livenessProbe": c.http_probe("/livez", "http", 10, 3),
-    }, init_args=["migrate"])
+    })
 
 
 def deployment(p: c.Platform) -> c.Manifest:

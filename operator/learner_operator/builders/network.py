@@ -25,10 +25,15 @@ def _pushgateway_port(p: c.Platform) -> int | None:
 
 
 def policy(p: c.Platform, name: str, app: str, component: str, *, ingress_port: int, egress: bool,
-           metrics_port: int | None = None) -> c.Manifest:
+           metrics_port: int | None = None, also: tuple[str, ...] = ()) -> c.Manifest:
     """Ingress on the served port from anywhere (learners come through an ingress controller, Prometheus
     from its own namespace), and on the metrics port when it is another; egress to DNS and to the managed
-    databases' ports only."""
+    databases' ports only. ``also``: other apps' pods that need the same egress (learner-api's migration
+    Job, which a default-deny namespace would otherwise cut off from the database)."""
+    selector: dict[str, Any] = {"matchLabels": c.selector_labels(p, app)}
+    if also:
+        selector = {"matchLabels": {"app.kubernetes.io/instance": p.name}, "matchExpressions": [
+            {"key": "app.kubernetes.io/name", "operator": "In", "values": [app, *also]}]}
     egress_rules: list[dict[str, Any]] = []
     if egress:
         egress_rules = [_dns(), _tcp(*p.spec.network_policy.egress_ports)]
@@ -39,7 +44,7 @@ def policy(p: c.Platform, name: str, app: str, component: str, *, ingress_port: 
         "kind": "NetworkPolicy",
         "metadata": c.metadata(p, name, app, component),
         "spec": {
-            "podSelector": {"matchLabels": c.selector_labels(p, app)},
+            "podSelector": selector,
             "policyTypes": ["Ingress", "Egress"],
             "ingress": [_tcp(ingress_port)] + ([_tcp(metrics_port)] if metrics_port is not None else []),
             "egress": egress_rules,

@@ -15,6 +15,8 @@ _PLURALS = {
     "PodDisruptionBudget": "poddisruptionbudgets",
     "NetworkPolicy": "networkpolicies",
     "ServiceMonitor": "servicemonitors",
+    "Job": "jobs",
+    "Pod": "pods",
     "LearnerPlatform": "learnerplatforms",
 }
 

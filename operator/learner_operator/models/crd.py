@@ -37,6 +37,8 @@ _PRINTER_COLUMNS = [
     {"name": "API", "type": "string", "jsonPath": ".status.learnerApi.ready",
      "description": "learner-api pods ready / desired"},
     {"name": "Image", "type": "string", "jsonPath": ".spec.image.tag"},
+    {"name": "Schema", "type": "string", "jsonPath": ".status.schemaVersion",
+     "description": "the database schema version the last migration left"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

@@ -294,6 +294,19 @@ class NetworkPolicySpec(_Model):
         return ports
 
 
+class MigrationSpec(_Model):
+    """The migration Job the operator runs (``learner-api migrate``) before each new image rolls out."""
+
+    active_deadline_seconds: int = Field(
+        default=900, ge=30, le=86400,
+        description="How long one migration may run before its Job is stopped and counted as failed.",
+    )
+    backoff_limit: int = Field(
+        default=2, ge=0, le=10,
+        description="Retries of a failed migration pod before the Job fails (each run is all-or-nothing).",
+    )
+
+
 class LearnerPlatformSpec(_Model):
     paused: bool = Field(default=False, description="Stop all writes to the children (for maintenance).")
     image: ImageSpec
@@ -306,15 +319,18 @@ class LearnerPlatformSpec(_Model):
     evaluator: EvaluatorSpec = Field(default_factory=EvaluatorSpec)
     observability: ObservabilitySpec = Field(default_factory=ObservabilitySpec)
     network_policy: NetworkPolicySpec = Field(default_factory=NetworkPolicySpec)
+    migration: MigrationSpec = Field(default_factory=MigrationSpec)
 
 
 # ---------------------------------------------------------------------------------------------
 # Status: written by the operator only.
 
-ConditionType = Literal["SecretReady", "LearnerApiAvailable", "EvaluatorAvailable", "Progressing", "Degraded", "Ready"]
+ConditionType = Literal["SecretReady", "LearnerApiAvailable", "EvaluatorAvailable", "Progressing", "Degraded", "Ready",
+                        "Migrated"]
 CONDITION_TYPES: tuple[ConditionType, ...] = (
-    "Ready", "SecretReady", "LearnerApiAvailable", "EvaluatorAvailable", "Progressing", "Degraded",
+    "Ready", "SecretReady", "LearnerApiAvailable", "EvaluatorAvailable", "Progressing", "Degraded", "Migrated",
 )
+MigrationPhase = Literal["", "Running", "Succeeded", "Failed"]
 REASON_PATTERN = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
 
 
@@ -336,6 +352,24 @@ class WorkloadStatus(_Model):
     image: str = ""
 
 
+class ImageStatus(_Model):
+    """An image as the spec names it (``digest`` empty when it is not pinned)."""
+
+    repository: str = ""
+    tag: str = ""
+    digest: str = ""
+
+
+class MigrationStatus(_Model):
+    """The migration Job of the spec's image: which one, and how it went (kept after the Job is gone)."""
+
+    image: str = Field(default="", description="The image the Job migrates to (repository:tag or @digest).")
+    job: str = Field(default="", description="The Job's name: <name>-migrate-<hash of the image>.")
+    phase: MigrationPhase = ""
+    message: str = Field(default="", max_length=4096,
+                         description="Why it failed: the Job's reason and its pod's termination message.")
+
+
 class LearnerPlatformStatus(_Model):
     observed_generation: int = 0
     conditions: list[Condition] = Field(
@@ -344,3 +378,10 @@ class LearnerPlatformStatus(_Model):
     )
     learner_api: WorkloadStatus = Field(default_factory=WorkloadStatus)
     evaluator: WorkloadStatus = Field(default_factory=WorkloadStatus)
+    schema_version: str = Field(default="", description="The database schema version the last migration left.")
+    migration: MigrationStatus = Field(default_factory=MigrationStatus)
+    migrated_image: ImageStatus = Field(
+        default_factory=ImageStatus,
+        description="The last image whose migration succeeded: learner-api and evaluator run it until the "
+        "next migration succeeds.",
+    )
