@@ -209,9 +209,8 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, login: Cal
         if event.get("type") is None:  # a listing: at start, or a re-list that may have missed deletions
             runtime.verify_soon(config)
         if event.get("type") == "DELETED":
-            runtime.platforms.forget(key)
+            runtime.deps.forget_platform(key, str(meta.get("uid")))
             runtime.engine.forget(key)
-            runtime.deps.live.drop_owner(str(meta.get("uid")))
         elif runtime.platforms.observe(body):
             runtime.engine.trigger(key)
         runtime.deps.metrics.platforms.set(len(runtime.platforms))

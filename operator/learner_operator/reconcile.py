@@ -24,8 +24,9 @@ from learner_operator.kube.paths import plural_of
 from learner_operator.livestate import LiveState
 from learner_operator.metrics import Metrics
 from learner_operator.models import API_VERSION, InvalidSpec, LearnerPlatformSpec, parse_spec
-from learner_operator.platforms import Platforms, Snapshot
+from learner_operator.platforms import Key, Platforms, Snapshot
 from learner_operator.podstate import PodStates
+from learner_operator.secretcache import SecretCache
 from learner_operator.status import Observation, Verdict, merge_conditions, observe_deployment, verdicts
 from learner_operator.status import workload_status as summarise
 
@@ -42,17 +43,33 @@ class Deps:
     metrics: Metrics
     discovery: Discovery
     pods: PodStates = dataclasses.field(default_factory=PodStates)
+    secrets: SecretCache = dataclasses.field(default_factory=SecretCache)
+
+    def forget_platform(self, key: Key, uid: str) -> None:
+        """The platform is gone: drop everything known about it (unless a new one took its name)."""
+        self.platforms.forget_if(key, uid)
+        self.live.drop_owner(uid)
+        self.secrets.forget_platform(uid)
+        if self.platforms.get(key) is None:
+            self.pods.forget(key)
     #: Seconds before retrying a platform whose reconcile hit an API error (doubled per failure).
     retry_after_error: float = 10.0
     now: Callable[[], str] = lambda: datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-async def check_secret(api: KubeApi, namespace: str, spec: LearnerPlatformSpec, uid: str) -> tuple[Verdict, str]:
+async def check_secret(
+    api: KubeApi, namespace: str, spec: LearnerPlatformSpec, uid: str, cache: SecretCache | None = None,
+) -> tuple[Verdict, str]:
     """Does the referenced Secret hold what the enabled components need? Returns the verdict and the digest.
 
-    Only key names ever appear in messages; the values are decoded for the digest and dropped.
+    Only key names ever appear in messages; the values are decoded for the digest and dropped. With a
+    ``cache`` whose Secret is still at the version last read, nothing is read at all.
     """
     name = spec.secret_ref.name
+    cached = cache.lookup((namespace, name), uid) if cache is not None else None
+    if cached is not None:
+        present, digest = cached
+        return _secret_verdict(namespace, name, spec, present, digest)
     secret = await api.get(ResourceRef("v1", "secrets", namespace, name))
     if secret is None:
         return Verdict("False", "SecretNotFound", (
@@ -67,14 +84,24 @@ async def check_secret(api: KubeApi, namespace: str, spec: LearnerPlatformSpec, 
             data[key] = b""
     for key, value in (secret.get("stringData") or {}).items():
         data.setdefault(key, str(value).encode())
-    if unmet := builders.unmet_secret_needs(spec, data):
+    present = frozenset(key for key, value in data.items() if value)
+    digest = builders.secret_digest(uid, data)
+    if cache is not None:
+        cache.store((namespace, name), str((secret.get("metadata") or {}).get("resourceVersion", "")), present, uid,
+                    digest)
+    return _secret_verdict(namespace, name, spec, present, digest)
+
+
+def _secret_verdict(
+    namespace: str, name: str, spec: LearnerPlatformSpec, present: frozenset[str], digest: str,
+) -> tuple[Verdict, str]:
+    if unmet := builders.unmet_secret_needs(spec, dict.fromkeys(present, b"x")):
         return Verdict("False", "SecretKeysMissing", (
             f"Secret {namespace}/{name} lacks {'; '.join(map(str, unmet))} (or they are empty); "
             f"add them to the env file and recreate the Secret"
         )), ""
-    wanted = sorted({key for need in builders.secret_needs(spec) for key in need.keys if data.get(key)})
-    return Verdict("True", "SecretFound", f"Secret {name} holds {', '.join(wanted)}"), \
-        builders.secret_digest(uid, data)
+    wanted = sorted({key for need in builders.secret_needs(spec) for key in need.keys if key in present})
+    return Verdict("True", "SecretFound", f"Secret {name} holds {', '.join(wanted)}"), digest
 
 
 @dataclasses.dataclass
@@ -112,8 +139,7 @@ async def _still_wanted(deps: Deps, cr: Snapshot, fresh: asyncio.Task[dict[str, 
     meta = (found or {}).get("metadata") or {}
     if found is not None and meta.get("uid") == cr.uid and not meta.get("deletionTimestamp"):
         return True
-    deps.platforms.forget_if(cr.key, cr.uid)
-    deps.live.drop_owner(cr.uid)
+    deps.forget_platform(cr.key, cr.uid)
     return False
 
 
@@ -199,7 +225,7 @@ async def reconcile(deps: Deps, cr: Snapshot, logger: Logger) -> float | None:
     fresh = asyncio.create_task(deps.api.get(cr.ref)) if not live else None
     gate: migration.Gate | None = None
     try:
-        secret, secret_hash = await check_secret(deps.api, cr.namespace, spec, cr.uid)
+        secret, secret_hash = await check_secret(deps.api, cr.namespace, spec, cr.uid, deps.secrets)
         synced = SyncResult()
         if secret.status == "True":
             gate = await migration.decide(deps.api, cr, spec, jobs)
@@ -249,8 +275,7 @@ async def _report(
     except ApiError as exc:
         if exc.status != 404:
             raise
-        deps.platforms.forget_if(cr.key, cr.uid)  # deleted meanwhile, whatever the watch stream says
-        deps.live.drop_owner(cr.uid)
+        deps.forget_platform(cr.key, cr.uid)  # deleted meanwhile, whatever the watch stream says
         return
     deps.platforms.wrote(written)
     logger.debug("Status written: %s", {c["type"]: c["reason"] for c in conditions})

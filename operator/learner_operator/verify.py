@@ -45,7 +45,6 @@ async def compare_with_server(deps: Deps, namespaces: Sequence[str]) -> list[Key
         snapshot = deps.platforms.get(key)
         if snapshot is None or present.get(key) == snapshot.uid or _newer(snapshot.resource_version, version):
             continue
-        deps.platforms.forget_if(key, snapshot.uid)
-        deps.live.drop_owner(snapshot.uid)
+        deps.forget_platform(key, snapshot.uid)
         gone.append(key)
     return gone

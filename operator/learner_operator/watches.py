@@ -46,8 +46,6 @@ class Watches:
         self.deps, self.engine, self.namespaces = deps, engine, tuple(namespaces)
         self.informers = Informers()
         self._wanted = _in_scope(self.namespaces)
-        self._secrets: dict[tuple[str, str], str] = {}  # (namespace, name) -> resourceVersion
-        self._secrets_listed_once = False
 
     def start(self, kinds: Sequence[builders.ChildKind]) -> None:
         for kind in kinds:
@@ -113,22 +111,13 @@ class Watches:
     def _secret_event(self, event: str, body: dict[str, Any]) -> None:
         meta = body.get("metadata") or {}
         where = (str(meta.get("namespace")), str(meta.get("name")))
-        if event == "DELETED":
-            self._secrets.pop(where, None)
-        else:
-            self._secrets[where] = str(meta.get("resourceVersion"))
-        for key in self.deps.platforms.referencing_secret(*where):
-            self.engine.trigger(key)
+        if self.deps.secrets.changed(where, None if event == "DELETED" else str(meta.get("resourceVersion"))):
+            for key in self.deps.platforms.referencing_secret(*where):
+                self.engine.trigger(key)
 
     def _secrets_listed(self, items: list[dict[str, Any]], _: str) -> None:
         fresh = {(str((i.get("metadata") or {}).get("namespace")), str((i.get("metadata") or {}).get("name"))):
-                 str((i.get("metadata") or {}).get("resourceVersion")) for i in items}
-        changed = {where for where in fresh.keys() | self._secrets.keys()
-                   if fresh.get(where) != self._secrets.get(where)}
-        self._secrets = fresh
-        if not self._secrets_listed_once:
-            self._secrets_listed_once = True
-            return  # the first listing: the platforms' own events start their reconciles
-        for where in changed:
+                 str((i.get("metadata") or {}).get("resourceVersion")) for i in items if self._wanted(i)}
+        for where in self.deps.secrets.listed(fresh):
             for key in self.deps.platforms.referencing_secret(*where):
                 self.engine.trigger(key)
