@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import zlib
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -49,7 +50,32 @@ class Live:
         return loaded
 
     def without_body(self) -> Live:
-        return self if self.blob is None or self.kind in _KEEP_BODY else dataclasses.replace(self, blob=None)
+        """What is left once the child is known to be in sync: a Deployment's status view, else nothing."""
+        if self.blob is None or self.kind == "Job":
+            return self
+        if self.kind == "Deployment":
+            return dataclasses.replace(self, blob=_pack(_status_view(json.loads(zlib.decompress(self.blob)))))
+        return dataclasses.replace(self, blob=None)
+
+
+def _pack(value: Any) -> bytes:
+    return zlib.compress(json.dumps(value, separators=(",", ":")).encode(), 1)
+
+
+def _status_view(body: dict[str, Any]) -> dict[str, Any]:
+    """The part of a Deployment that its conditions read (status.observe_deployment)."""
+    meta, spec = body.get("metadata") or {}, body.get("spec") or {}
+    containers = ((spec.get("template") or {}).get("spec") or {}).get("containers") or []
+    view: dict[str, Any] = {
+        "apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
+        "metadata": {key: meta[key] for key in ("name", "generation", "resourceVersion", "annotations") if key in meta},
+        "spec": {"template": {"spec": {"containers": [{"image": c.get("image")} for c in containers[:1]]}}},
+    }
+    if "replicas" in spec:
+        view["spec"]["replicas"] = spec["replicas"]
+    if "status" in body:
+        view["status"] = body["status"]
+    return view
 
 
 def compact(body: Mapping[str, Any]) -> Live:
@@ -65,8 +91,8 @@ def compact(body: Mapping[str, Any]) -> Live:
     kind = str(body.get("kind", ""))
     if kind in _KEEP_BODY and "status" in body:
         trimmed["status"] = body["status"]
-    blob = zlib.compress(json.dumps(trimmed, separators=(",", ":")).encode(), 1)
-    return Live(kind, str(meta.get("name", "")), str(body.get("apiVersion", "")),
+    blob = _pack(trimmed)
+    return Live(sys.intern(kind), str(meta.get("name", "")), sys.intern(str(body.get("apiVersion", ""))),
                 str(meta.get("resourceVersion", "")), str(annotations.get(DIGEST_ANNOTATION, "")), fingerprint, blob)
 
 

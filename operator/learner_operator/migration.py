@@ -130,9 +130,10 @@ async def decide(
     Job has just finished; never writes."""
     platform = builders.Platform(cr.name, cr.namespace, cr.uid, spec)
     target, name = common.image(platform), job_builder.job_name(platform)
-    record = cr.status.get("migration") or {}
-    schema = str(cr.status.get("schemaVersion") or "")
-    migrated = _last_migrated(cr.status, spec)
+    status = cr.status  # unpacked once
+    record = status.get("migration") or {}
+    schema = str(status.get("schemaVersion") or "")
+    migrated = _last_migrated(status, spec)
     held = _reference(platform, migrated)
     stay = (f"learner-api and the evaluator stay on {held} until it succeeds" if held
             else "the pods start once it succeeds (they refuse a database that lacks their migrations)")

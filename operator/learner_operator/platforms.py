@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import zlib
 from typing import Any
 
 from learner_operator.kube import ResourceRef
@@ -29,16 +31,33 @@ def _newer(a: str, b: str) -> bool:
         return a != b
 
 
-@dataclasses.dataclass(frozen=True)
+def _pack(value: Any) -> bytes:
+    return zlib.compress(json.dumps(value, separators=(",", ":")).encode(), 1)  # order kept: it reaches YAML
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Snapshot:
+    """One platform as last seen. Spec and status are kept packed (compact JSON, zlib): a thousand
+    platforms' nested dicts would otherwise be the operator's largest memory; a reconcile unpacks them."""
+
     namespace: str
     name: str
     uid: str
     generation: int
     resource_version: str
-    spec: Any
-    status: dict[str, Any]
+    packed_spec: bytes
+    packed_status: bytes
+    secret_name: str
     deleting: bool = False
+
+    @property
+    def spec(self) -> Any:
+        return json.loads(zlib.decompress(self.packed_spec))
+
+    @property
+    def status(self) -> dict[str, Any]:
+        loaded = json.loads(zlib.decompress(self.packed_status))
+        return loaded if isinstance(loaded, dict) else {}
 
     @property
     def key(self) -> Key:
@@ -48,19 +67,16 @@ class Snapshot:
     def ref(self) -> ResourceRef:
         return ResourceRef(API_VERSION, PLURAL, self.namespace, self.name)
 
-    @property
-    def secret_name(self) -> str:
-        spec = self.spec if isinstance(self.spec, dict) else {}
-        ref = spec.get("secretRef") if isinstance(spec.get("secretRef"), dict) else {}
-        return str((ref or {}).get("name") or _DEFAULT_SECRET)
-
     @classmethod
     def of(cls, body: Any) -> Snapshot:
         meta = body.get("metadata") or {}
+        spec = _plain(body.get("spec"))
+        ref = spec.get("secretRef") if isinstance(spec, dict) and isinstance(spec.get("secretRef"), dict) else {}
         return cls(
             namespace=str(meta.get("namespace", "")), name=str(meta.get("name", "")), uid=str(meta.get("uid", "")),
             generation=int(meta.get("generation") or 0), resource_version=str(meta.get("resourceVersion", "")),
-            spec=_plain(body.get("spec")), status=_plain(body.get("status")) or {},
+            packed_spec=_pack(spec), packed_status=_pack(_plain(body.get("status")) or {}),
+            secret_name=str((ref or {}).get("name") or _DEFAULT_SECRET),
             deleting=bool(meta.get("deletionTimestamp")),
         )
 
@@ -85,8 +101,8 @@ class Platforms:
         if old is not None and old.uid == new.uid and not _newer(new.resource_version, old.resource_version):
             return False  # older than what we already know (e.g. than our own status write)
         self._by_key[new.key] = new
-        return (old is None or old.uid != new.uid or old.generation != new.generation or old.spec != new.spec
-                or old.deleting != new.deleting)
+        return (old is None or old.uid != new.uid or old.generation != new.generation
+                or old.packed_spec != new.packed_spec or old.deleting != new.deleting)
 
     def wrote(self, body: Any) -> None:
         """Our own write's result: newer than anything the watch stream has shown so far."""

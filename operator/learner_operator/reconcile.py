@@ -260,14 +260,15 @@ async def _report(
 ) -> None:
     """Write the status only when it differs from what the CR already says (``extra``: more status fields)."""
     platform_names = (f"{cr.name}-learner-api", f"{cr.name}-evaluator")
-    old_conditions = list(cr.status.get("conditions") or [])
+    current = cr.status
+    old_conditions = list(current.get("conditions") or [])
     conditions = merge_conditions(old_conditions, verdicts(obs, *platform_names), cr.generation, deps.now())
     status: dict[str, Any] = {"observedGeneration": cr.generation, "conditions": conditions}
     if not obs.invalid_spec and not obs.paused:
         status["learnerApi"] = summarise(obs.api)
         status["evaluator"] = summarise(obs.evaluator)
     status.update(extra or {})
-    if all(cr.status.get(key) == value for key, value in status.items()):
+    if all(current.get(key) == value for key, value in status.items()):
         return
     await _warn_on_transition(deps, cr, old_conditions, conditions, logger)
     try:
