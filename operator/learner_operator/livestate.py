@@ -37,6 +37,8 @@ class Live:
     digest: str
     ownership: str
     blob: bytes | None
+    #: What our last apply (or adoption after a start) made us own; None when this process has not.
+    applied: str | None = None
 
     def body(self) -> dict[str, Any]:
         """The child as the reconciler sees it (a skeleton when the body was not kept)."""
@@ -122,8 +124,6 @@ class LiveState:
         self._deleted: dict[tuple[str, str, str], str] = {}
         # The resourceVersion of each of our writes whose watch event has not come back yet.
         self._own_writes: dict[tuple[str, str, str], str] = {}
-        # What our last apply of each child made us own (drift.ownership of the apply's answer).
-        self._ownership: dict[tuple[str, str, str], str] = {}
         # Our writes whose answer has not come back yet -> the newest event seen for them meanwhile.
         self._in_flight: dict[tuple[str, str, str], str] = {}
 
@@ -160,7 +160,6 @@ class LiveState:
         key = (owner_uid, kind, name)
         self._deleted.pop(key, None)
         self._own_writes.pop(key, None)
-        self._ownership.pop(key, None)
         return True
 
     def replace(self, kind: str, listed: Iterable[tuple[str, Mapping[str, Any]]], version: str) -> set[str]:
@@ -204,9 +203,9 @@ class LiveState:
         someone else changed the child right after us, and it needs another look.
         """
         live = compact(body)
+        live = dataclasses.replace(live, applied=live.ownership)
         key = (owner_uid, live.kind, live.name)
         seen = self._in_flight.pop(key, "")
-        self._ownership[key] = live.ownership
         self._deleted.pop(key, None)
         known = self._children.get(owner_uid, {}).get((live.kind, live.name))
         if seen and not _newer(live.resource_version, seen):
@@ -215,18 +214,20 @@ class LiveState:
             self._own_writes[key] = live.resource_version
         if known is None or _newer(live.resource_version, known.resource_version):
             self._store(owner_uid, live)
+        else:
+            self._store(owner_uid, dataclasses.replace(known, applied=live.ownership))
         return bool(seen) and _newer(seen, live.resource_version)
 
     def applied_ownership(self, owner_uid: str, kind: str, name: str) -> str | None:
         """What our last apply made us own; None when this process has not applied (or adopted) the child."""
-        return self._ownership.get((owner_uid, kind, name))
+        live = self._children.get(owner_uid, {}).get((kind, name))
+        return live.applied if live is not None else None
 
     def adopt(self, owner_uid: str, kind: str, name: str, body: Mapping[str, Any]) -> None:
         """Take a child found in sync (after a restart) as if we had just applied it."""
-        self._ownership[(owner_uid, kind, name)] = ownership(dict(body))
         children = self._children.get(owner_uid, {})
         if (live := children.get((kind, name))) is not None:
-            children[(kind, name)] = live.without_body()
+            children[(kind, name)] = dataclasses.replace(live.without_body(), applied=ownership(dict(body)))
 
     def forget(self, owner_uid: str, kind: str, name: str, resource_version: str) -> None:
         """We deleted it (at ``resource_version``): gone now, whatever older events still say."""
@@ -235,11 +236,15 @@ class LiveState:
 
     def drop_owner(self, owner_uid: str) -> None:
         self._children.pop(owner_uid, None)
-        for store in (self._deleted, self._own_writes, self._ownership, self._in_flight):
+        for store in (self._deleted, self._own_writes, self._in_flight):
             for key in [key for key in store if key[0] == owner_uid]:
                 del store[key]
 
     def _store(self, owner_uid: str, live: Live) -> None:
-        if (owner_uid, live.kind, live.name) in self._ownership:
+        """Keep ``live`` (with what our last apply owned, carried over from the child it replaces)."""
+        children = self._children.setdefault(owner_uid, {})
+        if live.applied is None and (known := children.get((live.kind, live.name))) is not None:
+            live = dataclasses.replace(live, applied=known.applied)
+        if live.applied is not None:
             live = live.without_body()
-        self._children.setdefault(owner_uid, {})[(live.kind, live.name)] = live
+        children[(live.kind, live.name)] = live
