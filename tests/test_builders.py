@@ -320,3 +320,11 @@ def test_the_secret_needs_follow_the_enabled_components(spec: dict[str, Any], da
                                                         unmet: list[str]) -> None:
     parsed = parse_spec({"image": {"tag": "abc"}, **spec})
     assert [str(need) for need in builders.unmet_secret_needs(parsed, data)] == unmet
+
+
+def test_redis_cluster_mode_reaches_the_pods_and_one_server_keeps_its_config() -> None:
+    one = by_kind(builders.children(platform({"image": {"tag": "abc"}})))[("ConfigMap", "ai-platform-config")]
+    assert not {"REDIS_CLUSTER", "PROGRESS_STREAM_SHARDS"} & set(one["data"])
+    spec = {"image": {"tag": "abc"}, "redis": {"cluster": True, "progressStreamShards": 6}}
+    config = by_kind(builders.children(platform(spec)))[("ConfigMap", "ai-platform-config")]
+    assert (config["data"]["REDIS_CLUSTER"], config["data"]["PROGRESS_STREAM_SHARDS"]) == ("true", "6")

@@ -237,6 +237,9 @@ def config_data(p: Platform) -> dict[str, str]:
     }
     if url := pushgateway_url(p):
         data["PUSHGATEWAY_URL"] = url
+    if p.spec.redis.cluster:  # absent on one server, so platforms made before this keep their ConfigMap
+        data["REDIS_CLUSTER"] = "true"
+        data["PROGRESS_STREAM_SHARDS"] = str(p.spec.redis.progress_stream_shards)
     return data
 
 

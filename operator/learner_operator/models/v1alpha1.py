@@ -294,6 +294,18 @@ class NetworkPolicySpec(_Model):
         return ports
 
 
+class RedisSpec(_Model):
+    cluster: bool = Field(
+        default=False, description="REDIS_URL is a Redis Cluster (ElastiCache cluster mode, Memorystore for "
+        "Redis Cluster...): the pods get REDIS_CLUSTER=true.",
+    )
+    progress_stream_shards: int = Field(
+        default=12, ge=1, le=1024,
+        description="Progress streams on a cluster (PROGRESS_STREAM_SHARDS); only ever increase it. "
+        "Unused on one Redis server, which always has one stream.",
+    )
+
+
 class LearnerPlatformSpec(_Model):
     paused: bool = Field(default=False, description="Stop all writes to the children (for maintenance).")
     image: ImageSpec
@@ -304,6 +316,7 @@ class LearnerPlatformSpec(_Model):
     secret_ref: SecretRef = Field(default_factory=SecretRef)
     learner_api: LearnerApiSpec = Field(default_factory=LearnerApiSpec)
     evaluator: EvaluatorSpec = Field(default_factory=EvaluatorSpec)
+    redis: RedisSpec = Field(default_factory=RedisSpec)
     observability: ObservabilitySpec = Field(default_factory=ObservabilitySpec)
     network_policy: NetworkPolicySpec = Field(default_factory=NetworkPolicySpec)
 
