@@ -44,10 +44,13 @@ class Deps:
     now: Callable[[], str] = lambda: datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-async def check_secret(api: KubeApi, namespace: str, spec: LearnerPlatformSpec, uid: str) -> tuple[Verdict, str]:
+async def check_secret(
+    api: KubeApi, namespace: str, spec: LearnerPlatformSpec, uid: str, *, autoscaler: bool = False,
+) -> tuple[Verdict, str]:
     """Does the referenced Secret hold what the enabled components need? Returns the verdict and the digest.
 
     Only key names ever appear in messages; the values are decoded for the digest and dropped.
+    ``autoscaler``: KEDA will scale the evaluator, so its scaler's key is needed too.
     """
     name = spec.secret_ref.name
     secret = await api.get(ResourceRef("v1", "secrets", namespace, name))
@@ -64,12 +67,13 @@ async def check_secret(api: KubeApi, namespace: str, spec: LearnerPlatformSpec, 
             data[key] = b""
     for key, value in (secret.get("stringData") or {}).items():
         data.setdefault(key, str(value).encode())
-    if unmet := builders.unmet_secret_needs(spec, data):
+    if unmet := builders.unmet_secret_needs(spec, data, autoscaler=autoscaler):
         return Verdict("False", "SecretKeysMissing", (
             f"Secret {namespace}/{name} lacks {'; '.join(map(str, unmet))} (or they are empty); "
             f"add them to the env file and recreate the Secret"
         )), ""
-    wanted = sorted({key for need in builders.secret_needs(spec) for key in need.keys if data.get(key)})
+    wanted = sorted({key for need in builders.secret_needs(spec, autoscaler=autoscaler) for key in need.keys
+                     if data.get(key)})
     return Verdict("True", "SecretFound", f"Secret {name} holds {', '.join(wanted)}"), \
         builders.secret_digest(uid, data)
 
@@ -86,16 +90,28 @@ class SyncResult:
 
 
 async def _desired(deps: Deps, platform: builders.Platform, result: SyncResult) -> list[dict[str, Any]]:
-    desired: list[dict[str, Any]] = []
+    """The children to apply: those of optional kinds the cluster does not serve are left out (and
+    reported, together when the advice is the same), and the builders adapt the rest to that."""
+    missing: dict[str, list[dict[str, Any]]] = {}
     for manifest in builders.children(platform):
         kind = manifest["kind"]
         if kind in builders.OPTIONAL_KINDS and not await deps.discovery.served(manifest["apiVersion"],
                                                                                  plural_of(kind)):
-            result.unserved.append(f"{kind} {manifest['metadata']['name']} is not created: the cluster does not "
-                                   f"serve {manifest['apiVersion']} {kind}; {builders.OPTIONAL_KINDS[kind]}")
-            continue
-        desired.append(drift.with_digest(manifest))
-    return desired
+            missing.setdefault(builders.OPTIONAL_KINDS[kind], []).append(manifest)
+    for advice, manifests in missing.items():
+        names = " and ".join(f"{m['kind']} {m['metadata']['name']}" for m in manifests)
+        apis = " nor ".join(f"{m['apiVersion']} {m['kind']}" for m in manifests)
+        result.unserved.append(f"{names} {'is' if len(manifests) == 1 else 'are'} not created: the cluster does "
+                               f"not serve {apis}; {advice}")
+    unserved = {m["kind"] for manifests in missing.values() for m in manifests}
+    return [drift.with_digest(m) for m in builders.children(platform, unserved=unserved)]
+
+
+async def _serves_autoscaler(deps: Deps, spec: LearnerPlatformSpec) -> bool:
+    """Will KEDA scale the evaluator? (Asked for, and discovery finds KEDA's kinds; cached by Discovery.)"""
+    if not builders.wants_autoscaler(spec):
+        return False
+    return all([await deps.discovery.served(kind.api_version, kind.plural) for kind in builders.AUTOSCALER_KINDS])
 
 
 async def _still_wanted(deps: Deps, cr: Snapshot, fresh: asyncio.Task[dict[str, Any] | None] | None) -> bool:
@@ -188,7 +204,8 @@ async def reconcile(deps: Deps, cr: Snapshot, logger: Logger) -> float | None:
     # A platform without children is about to be written for: read it alongside the Secret.
     fresh = asyncio.create_task(deps.api.get(cr.ref)) if not live else None
     try:
-        secret, secret_hash = await check_secret(deps.api, cr.namespace, spec, cr.uid)
+        autoscaler = await _serves_autoscaler(deps, spec)
+        secret, secret_hash = await check_secret(deps.api, cr.namespace, spec, cr.uid, autoscaler=autoscaler)
         synced = SyncResult()
         if secret.status == "True":
             synced = await _sync_children(deps, cr, spec, secret_hash, live, logger, fresh)

@@ -15,6 +15,8 @@ _PLURALS = {
     "PodDisruptionBudget": "poddisruptionbudgets",
     "NetworkPolicy": "networkpolicies",
     "ServiceMonitor": "servicemonitors",
+    "TriggerAuthentication": "triggerauthentications",
+    "ScaledObject": "scaledobjects",
     "LearnerPlatform": "learnerplatforms",
 }
 
