@@ -214,6 +214,27 @@ async def test_switching_autoscaling_off_prunes_keda_objects_and_restores_replic
     assert await resync_writes(cluster, with_keda) == []
 
 
+async def test_a_scaled_object_held_by_kedas_finalizer_is_deleted_once(
+    cluster: AnyCluster, with_keda: Operator,
+) -> None:
+    """KEDA keeps a ScaledObject (finalizer.keda.sh) until it has removed its HPA: the object is being
+    deleted meanwhile, and every change of it is no reason to delete it again."""
+    await converge(cluster, with_keda, autoscaled(), REDIS_ADDRESS=REDIS_ADDRESS)
+    cluster.edit(*SCALED_OBJECTS, NS, EVALUATOR, {"metadata": {"finalizers": ["finalizer.keda.sh"]}}, manager="keda")
+    await settled(cluster, with_keda)
+    start = len(cluster.log)
+    cluster.edit(*LP, NS, "ai-platform", {"spec": {"evaluator": {"autoscaling": {"enabled": False}}}})
+    await eventually(lambda: ((scaled_object(cluster) or {}).get("metadata") or {}).get("deletionTimestamp"),
+                     what="the ScaledObject being deleted")
+    await settled(cluster, with_keda)
+    cluster.edit(*SCALED_OBJECTS, NS, EVALUATOR, {"metadata": {"finalizers": None}}, manager="keda")  # KEDA is done
+    await eventually(lambda: scaled_object(cluster) is None, what="the ScaledObject gone")
+    await settled(cluster, with_keda)
+    deletes = [r.resource.plural for r in cluster.mutating_requests(start) if r.method.value == "DELETE"]
+    assert sorted(deletes) == ["scaledobjects", "triggerauthentications"]
+    assert condition(cluster, "Degraded") == ("False", "AsExpected")
+
+
 async def test_with_keda_a_secret_without_the_redis_address_is_a_condition(
     cluster: AnyCluster, with_keda: Operator,
 ) -> None:

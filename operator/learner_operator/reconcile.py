@@ -147,7 +147,9 @@ async def _sync_children(
         elif owned is None:
             deps.live.adopt(cr.uid, *key, live[key])
     wanted = {(m["kind"], m["metadata"]["name"]) for m in desired}
-    unwanted = [(kind, name) for kind, name in live if (kind, name) not in wanted]
+    # A child being deleted already is left to its finalizers (KEDA holds a ScaledObject until its HPA is gone).
+    unwanted = [(kind, name) for (kind, name), body in live.items()
+                if (kind, name) not in wanted and not (body.get("metadata") or {}).get("deletionTimestamp")]
     if (stale or unwanted) and not await _still_wanted(deps, cr, fresh):
         logger.info("The platform is gone or being deleted: its children are left to the garbage collector")
         result.gone = True
