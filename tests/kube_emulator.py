@@ -422,7 +422,7 @@ class Cluster(kmock.KubernetesEmulator):
                 new = copy.deepcopy(obj)
                 new["metadata"]["deletionTimestamp"] = datetime.datetime.now(datetime.UTC).strftime(
                     "%Y-%m-%dT%H:%M:%SZ")
-                return self._store_object(key, new, obj)
+                return self._store_object(key, new, obj, manager=self._manager(request))
             return copy.deepcopy(obj)
         self._revision += 1
         return self._remove(key, obj)

@@ -10,11 +10,14 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
+import yaml
 
 from learner_operator import builders, yamlio
 from learner_operator.cli import render
-from learner_operator.models import parse_spec
+from learner_operator.kube.paths import plural_of
+from learner_operator.models import InvalidSpec, parse_spec
 from tests.conftest import EXAMPLES, load
+from tests.crd_schema import admit, validate_crd
 
 #: The oldest Kubernetes minor still commonly run, and the newest kubernetes-validate ships.
 K8S_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
@@ -44,8 +47,8 @@ def pod_templates(manifests: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def test_every_child_validates_strictly(path: Path, version: str) -> None:
     manifests = builders.children(platform(load(path)["spec"]))
     for manifest in manifests:
-        if manifest["kind"] == "ServiceMonitor":
-            continue  # not a built-in kind: no official schema; checked below
+        if manifest["kind"] == "ServiceMonitor" or manifest["apiVersion"] == "keda.sh/v1alpha1":
+            continue  # not built-in kinds: no official schema; checked below (KEDA's against tests/crds/keda.yaml)
         kubernetes_validate.validate(manifest, version, strict=True)
 
 
@@ -322,3 +325,140 @@ def test_the_secret_needs_follow_the_enabled_components(spec: dict[str, Any], da
                                                         unmet: list[str]) -> None:
     parsed = parse_spec({"image": {"tag": "abc"}, **spec})
     assert [str(need) for need in builders.unmet_secret_needs(parsed, data)] == unmet
+
+
+# -- the evaluator's autoscaling on lag (KEDA) ---------------------------------------------------
+
+KEDA = "keda.sh/v1alpha1"
+KEDA_CRDS = {doc["spec"]["names"]["kind"]: doc for doc in yaml.safe_load_all(
+    (Path(__file__).parent / "crds" / "keda.yaml").read_text()) if doc}
+
+
+def autoscaled_spec(**extra: Any) -> dict[str, Any]:
+    return {"image": {"tag": "abc"}, "evaluator": {"replicas": 3, "autoscaling": {
+        "enabled": True, "minReplicas": 2, "maxReplicas": 9, "targetLagPerReplica": 250}}, **extra}
+
+
+def test_keda_crds_for_the_suite_are_what_the_api_server_accepts() -> None:
+    assert set(KEDA_CRDS) == {"ScaledObject", "TriggerAuthentication"}
+    for crd in KEDA_CRDS.values():
+        assert validate_crd(crd) == []
+
+
+@pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: p.name)
+def test_keda_objects_are_valid_against_kedas_documented_fields(path: Path) -> None:
+    for manifest in builders.children(platform(load(path)["spec"])):
+        if manifest["apiVersion"] == KEDA:
+            _, errors = admit(KEDA_CRDS[manifest["kind"]], manifest)
+            assert errors == [], manifest["kind"]
+
+
+@pytest.mark.parametrize("redis", [{}, {"cluster": True}, {"cluster": True, "progressStreamShards": 3}])
+def test_the_scaled_object_reads_the_streams_the_evaluator_consumes(redis: dict[str, Any]) -> None:
+    """Stream names and the consumer group as learner_api names them (a rename there must not leave KEDA
+    reading a stream nobody writes), and the target as one sum over every shard."""
+    from learner_api.settings import Settings
+    from learner_api.streams import CONSUMER_GROUP, ProgressStreams
+
+    spec = autoscaled_spec(redis=redis)
+    so = by_kind(builders.children(platform(spec)))[("ScaledObject", "ai-platform-evaluator")]
+    parsed = parse_spec(spec)
+    shards = parsed.redis.progress_stream_shards if parsed.redis.cluster else 1
+    expected = ProgressStreams(str(Settings.model_fields["progress_stream"].default), shards, parsed.redis.cluster)
+    triggers = so["spec"]["triggers"]
+    assert [t["metadata"]["stream"] for t in triggers] == expected.streams
+    assert {t["metadata"]["consumerGroup"] for t in triggers} == {CONSUMER_GROUP}
+    assert {t["type"] for t in triggers} == {"redis-cluster-streams" if parsed.redis.cluster else "redis-streams"}
+    assert all("lagCount" in t["metadata"] and "pendingEntriesCount" not in t["metadata"] for t in triggers)
+    assert (so["spec"]["minReplicaCount"], so["spec"]["maxReplicaCount"]) == (2, 9)
+    if len(triggers) == 1:
+        assert triggers[0]["metadata"]["lagCount"] == "250"
+        assert "advanced" not in so["spec"]
+    else:  # the HPA takes the largest of several metrics: summed into one, the target stays per replica
+        modifiers = so["spec"]["advanced"]["scalingModifiers"]
+        assert modifiers["formula"] == " + ".join(t["name"] for t in triggers)
+        assert (modifiers["target"], modifiers["metricType"]) == ("250", "AverageValue")
+
+
+def test_keda_objects_name_the_secrets_keys_and_hold_no_value() -> None:
+    secret = {**SECRET, "REDIS_ADDRESS": b"cache.example:6380", "REDIS_PASSWORD": b"s3cr3t-redis"}
+    manifests = builders.children(platform(autoscaled_spec(), secret))
+    ta = by_kind(manifests)[("TriggerAuthentication", "ai-platform-evaluator")]
+    assert {(r["parameter"], r["name"], r["key"]) for r in ta["spec"]["secretTargetRef"]} == {
+        ("address", "ai-platform-secrets", "REDIS_ADDRESS"), ("username", "ai-platform-secrets", "REDIS_USERNAME"),
+        ("password", "ai-platform-secrets", "REDIS_PASSWORD")}
+    so = by_kind(manifests)[("ScaledObject", "ai-platform-evaluator")]
+    assert {t["authenticationRef"]["name"] for t in so["spec"]["triggers"]} == {"ai-platform-evaluator"}
+    rendered = yamlio.dump_all(manifests)
+    for value in secret.values():
+        assert value.decode() not in rendered
+    # No container gets the scaler's keys: they are KEDA's alone.
+    for container in containers(manifests):
+        assert not {e["name"] for e in container.get("env", [])} & {"REDIS_ADDRESS", "REDIS_PASSWORD"}
+
+
+def test_with_a_scaled_object_the_evaluator_leaves_replicas_to_kedas_hpa() -> None:
+    manifests = by_kind(builders.children(platform(autoscaled_spec())))
+    assert "replicas" not in manifests[("Deployment", "ai-platform-evaluator")]["spec"]
+    assert "replicas" not in manifests[("Deployment", "ai-platform-learner-api")]["spec"]  # its own HPA's
+    off = by_kind(builders.children(platform({**autoscaled_spec(), "evaluator": {"replicas": 3}})))
+    assert off[("Deployment", "ai-platform-evaluator")]["spec"]["replicas"] == 3
+    assert not {kind for kind, _ in off} & {"ScaledObject", "TriggerAuthentication"}
+
+
+@pytest.mark.parametrize("unserved", [{"ScaledObject", "TriggerAuthentication"}, {"TriggerAuthentication"}])
+def test_without_kedas_api_the_fixed_replicas_apply(unserved: set[str]) -> None:
+    manifests = builders.children(platform(autoscaled_spec()), unserved=unserved)
+    assert not {m["kind"] for m in manifests} & {"ScaledObject", "TriggerAuthentication"}
+    assert by_kind(manifests)[("Deployment", "ai-platform-evaluator")]["spec"]["replicas"] == 3
+
+
+def test_no_keda_objects_for_a_disabled_evaluator() -> None:
+    spec = autoscaled_spec()
+    spec["evaluator"]["enabled"] = False
+    assert not {m["apiVersion"] for m in builders.children(platform(spec))} & {KEDA}
+
+
+def test_keda_kinds_are_optional_watched_and_applied_after_their_references() -> None:
+    kinds = {kind.kind: kind for kind in builders.CHILD_KINDS}
+    for name in ("ScaledObject", "TriggerAuthentication"):
+        assert kinds[name].api_version == KEDA
+        assert plural_of(name) == kinds[name].plural
+        assert name in builders.OPTIONAL_KINDS
+    assert {k.kind for k in builders.AUTOSCALER_KINDS} == {"ScaledObject", "TriggerAuthentication"}
+    waves = [next(i for i, wave in enumerate(builders.APPLY_WAVES) if kind in wave)
+             for kind in ("TriggerAuthentication", "ScaledObject", "Deployment")]
+    assert waves[0] < waves[1] == waves[2]
+
+
+def test_tls_for_kedas_connection_follows_the_environment() -> None:
+    """Outside development the pods refuse a plain redis:// URL, so KEDA connects with TLS there too."""
+    for environment, tls in (("production", "true"), ("staging", "true"), ("development", "false")):
+        so = by_kind(builders.children(platform(autoscaled_spec(environment=environment))))[
+            ("ScaledObject", "ai-platform-evaluator")]
+        assert {t["metadata"]["enableTLS"] for t in so["spec"]["triggers"]} == {tls}
+
+
+def test_redis_cluster_mode_reaches_the_pods_and_one_server_keeps_its_config() -> None:
+    one = by_kind(builders.children(platform({"image": {"tag": "abc"}})))[("ConfigMap", "ai-platform-config")]
+    assert not {"REDIS_CLUSTER", "PROGRESS_STREAM_SHARDS"} & set(one["data"])
+    spec = {"image": {"tag": "abc"}, "redis": {"cluster": True, "progressStreamShards": 6}}
+    config = by_kind(builders.children(platform(spec)))[("ConfigMap", "ai-platform-config")]
+    assert (config["data"]["REDIS_CLUSTER"], config["data"]["PROGRESS_STREAM_SHARDS"]) == ("true", "6")
+
+
+def test_the_redis_address_is_needed_only_where_keda_will_read_it() -> None:
+    parsed = parse_spec(autoscaled_spec())
+    data = {"DATABASE_URL": b"x", "REDIS_URL": b"y", "JWT_SECRET": b"z"}
+    assert builders.unmet_secret_needs(parsed, data) == []
+    assert [str(n) for n in builders.unmet_secret_needs(parsed, data, autoscaler=True)] == [
+        "REDIS_ADDRESS (for KEDA's scaler of the evaluator)"]
+    assert builders.unmet_secret_needs(parsed, {**data, "REDIS_ADDRESS": b"h:6379"}, autoscaler=True) == []
+
+
+def test_evaluator_autoscaling_is_off_by_default_and_min_within_max() -> None:
+    assert not parse_spec({"image": {"tag": "abc"}}).evaluator.autoscaling.enabled
+    with pytest.raises(InvalidSpec, match=r"evaluator\.autoscaling\.minReplicas"):
+        parse_spec({"image": {"tag": "abc"}, "evaluator": {"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}})
+    with pytest.raises(InvalidSpec):
+        parse_spec({"image": {"tag": "abc"}, "evaluator": {"autoscaling": {"minReplicas": 0}}})

@@ -179,21 +179,30 @@ def requested(log: list[Any]) -> set[tuple[str, str, str]]:
 
 
 async def test_rbac_is_exactly_what_the_operator_does(cluster: Any) -> None:
-    """Run the operator through create, rotation of features and a missing Secret; compare with the rules."""
+    """Run the operator through create, rotation of features and a missing Secret, on a cluster with KEDA
+    (the evaluator's ScaledObject and TriggerAuthentication are made, watched and pruned); compare with the rules."""
     from learner_operator.handlers import LeaseConfig
+    from tests import keda_api
     from tests.operator_harness import NS, Operator, eventually, settled
     from tests.test_operator import children, condition, secret
 
+    def keda_objects() -> int:
+        return sum(len(cluster.all(keda_api.API_VERSION, plural, NS)) for plural in
+                   ("scaledobjects", "triggerauthentications"))
+
+    await keda_api.install(cluster)
     operator = Operator(cluster, lease=LeaseConfig(namespace=NS, identity="rbac", lease_seconds=2,
                                                    renew_seconds=0.2))
     await operator.start()
     try:
         doc = load(EXAMPLES / "03-production.yaml")
         doc["spec"]["secretRef"]["name"] = "not-yet"
+        doc["spec"]["evaluator"]["autoscaling"] = {"enabled": True, "minReplicas": 2, "maxReplicas": 6}
         cluster.put(doc)
         await eventually(lambda: condition(cluster, "SecretReady") == ("False", "SecretNotFound"))
-        cluster.put(secret("not-yet"))
-        await eventually(lambda: len(children(cluster)) == 13)
+        cluster.put(secret("not-yet", DATABASE_URL="postgresql://app:pw@db:5432/learn",
+                           REDIS_URL="rediss://cache:6380/0", REDIS_ADDRESS="cache:6380"))
+        await eventually(lambda: len(children(cluster)) == 13 and keda_objects() == 2)
         [job] = await eventually(lambda: cluster.all("batch/v1", "jobs", NS), what="the migration Job")
         cluster.finish_job(NS, job["metadata"]["name"], succeeded=True, message="schema version 0007_x")
         await eventually(lambda: condition(cluster, "Migrated") == ("True", "MigrationSucceeded"))
@@ -201,10 +210,12 @@ async def test_rbac_is_exactly_what_the_operator_does(cluster: Any) -> None:
             "evaluator": {"enabled": False}, "observability": {"serviceMonitor": False},
             "learnerApi": {"autoscaling": {"enabled": False}, "replicas": 3,
                            "podDisruptionBudget": {"enabled": False}}}})
-        await eventually(lambda: len(children(cluster)) == 5, what="pruned to the api, its SA, Service, NP, config")
+        await eventually(lambda: len(children(cluster)) == 5 and keda_objects() == 0,
+                         what="pruned to the api, its SA, Service, NP, config")
         await settled(cluster, operator)
     finally:
         await operator.stop()
+        await keda_api.uninstall(cluster)
     rules = granted(render())
     used = requested(cluster.log)
     assert used - rules == set(), "the operator does something the chart does not allow"

@@ -13,7 +13,16 @@ from typing import Any, NoReturn
 from pydantic import ValidationError
 
 from learner_operator import __version__, yamlio
-from learner_operator.builders import Platform, children, secret_digest, unmet_secret_needs
+from learner_operator.builders import (
+    AUTOSCALER_KINDS,
+    CHILD_KINDS,
+    OPTIONAL_KINDS,
+    Platform,
+    children,
+    secret_digest,
+    unmet_secret_needs,
+    wants_autoscaler,
+)
 from learner_operator.drift import with_digest
 from learner_operator.models import InvalidSpec, ParsedPlatform, parse_object
 from learner_operator.models.crd import custom_resource_definition
@@ -81,10 +90,16 @@ def platforms(documents: Sequence[Any], namespace: str | None = None) -> list[tu
     return out
 
 
+def _unserved(without_apis: Sequence[str]) -> set[str]:
+    """The optional kinds of the API versions given to --without-api."""
+    return {kind.kind for kind in CHILD_KINDS if kind.kind in OPTIONAL_KINDS and kind.api_version in without_apis}
+
+
 def render(documents: Sequence[Any], secret_data: dict[str, bytes] | None,
-           namespace: str | None = None) -> list[dict[str, Any]]:
+           namespace: str | None = None, without_apis: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Exactly what the operator would apply for these LearnerPlatforms (InvalidSpec if admission or the
-    operator would refuse one)."""
+    operator would refuse one), on a cluster that serves every optional kind the specs ask for except
+    those of ``without_apis`` (the operator asks the cluster's discovery; render has no cluster to ask)."""
     out: list[dict[str, Any]] = []
     for parsed, target in platforms(documents, namespace):
         uid = parsed.uid or _PLACEHOLDER_UID
@@ -92,7 +107,7 @@ def render(documents: Sequence[Any], secret_data: dict[str, bytes] | None,
             name=parsed.name, namespace=target, uid=uid, spec=parsed.spec,
             secret_hash=secret_digest(uid, secret_data) if secret_data is not None else "unknown",
         )
-        out += [with_digest(manifest) for manifest in children(platform)]
+        out += [with_digest(manifest) for manifest in children(platform, unserved=_unserved(without_apis))]
     return out
 
 
@@ -105,15 +120,22 @@ def _cmd_render(args: argparse.Namespace) -> int:
         if not documents:
             raise InvalidSpec("no LearnerPlatform in it (the file is empty)")
         checked = platforms(documents, args.namespace)
-        manifests = render(documents, secret, args.namespace)
+        manifests = render(documents, secret, args.namespace, args.without_api)
     except (yamlio.NotYaml, InvalidSpec) as exc:
         raise UsageError(f"{source}: {exc}") from None
+    if assumed := sorted({f"{m['apiVersion']} {m['kind']}" for m in manifests if m["kind"] in OPTIONAL_KINDS}):
+        apis = " ".join(sorted({a.split()[0] for a in assumed}))
+        print(f"notice: {source}: rendered for a cluster that serves {', '.join(assumed)}; where it does not, the "
+              f"operator leaves those out and says so in the Degraded condition (--without-api {apis} prints that)",
+              file=sys.stderr)
+    keda_served = not any(kind.api_version in args.without_api for kind in AUTOSCALER_KINDS)
     for parsed, target in checked:
         if not args.namespace and not parsed.namespace:
             print(f"notice: {source}: {parsed.name} has no metadata.namespace; rendered for namespace "
                   f"{target!r} (kubectl apply would use your context's); pass -n NAMESPACE to choose",
                   file=sys.stderr)
-        if secret is not None and (unmet := unmet_secret_needs(parsed.spec, secret)):
+        autoscaler = keda_served and wants_autoscaler(parsed.spec)
+        if secret is not None and (unmet := unmet_secret_needs(parsed.spec, secret, autoscaler=autoscaler)):
             print(f"warning: {args.secret_env_file} lacks {'; '.join(map(str, unmet))}: the operator would "
                   f"report SecretReady=False (SecretKeysMissing) for {parsed.name} and create nothing",
                   file=sys.stderr)
@@ -183,6 +205,10 @@ def parser() -> argparse.ArgumentParser:
                       "'default', with a notice)")
     rend.add_argument("--secret-env-file", help="the env file the Secret is made from: the rollout hash, and a "
                       "warning for keys the platform needs that it lacks")
+    rend.add_argument("--without-api", action="append", default=[], metavar="GROUP/VERSION",
+                      choices=sorted({kind.api_version for kind in CHILD_KINDS if kind.kind in OPTIONAL_KINDS}),
+                      help="render for a cluster that does not serve this add-on API (repeatable): the operator "
+                      "asks discovery, render assumes every optional API the spec uses is served unless told so")
     rend.set_defaults(func=_cmd_render)
 
     crd = sub.add_parser("crd", help="print the CustomResourceDefinition generated from the models")

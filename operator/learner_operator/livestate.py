@@ -39,6 +39,8 @@ class Live:
     blob: bytes | None
     #: What our last apply (or adoption after a start) made us own; None when this process has not.
     applied: str | None = None
+    #: Its deletionTimestamp: being deleted, held by finalizers (e.g. KEDA's on a ScaledObject).
+    deleting: str = ""
 
     def body(self) -> dict[str, Any]:
         """The child as the reconciler sees it (a skeleton when the body was not kept)."""
@@ -47,7 +49,8 @@ class Live:
         else:
             loaded = {"apiVersion": self.api_version, "kind": self.kind,
                       "metadata": {"name": self.name, "resourceVersion": self.resource_version,
-                                   "annotations": {DIGEST_ANNOTATION: self.digest}}}
+                                   "annotations": {DIGEST_ANNOTATION: self.digest},
+                                   **({"deletionTimestamp": self.deleting} if self.deleting else {})}}
         loaded[OWNERSHIP_KEY] = self.ownership
         return loaded
 
@@ -70,7 +73,8 @@ def _status_view(body: dict[str, Any]) -> dict[str, Any]:
     containers = ((spec.get("template") or {}).get("spec") or {}).get("containers") or []
     view: dict[str, Any] = {
         "apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
-        "metadata": {key: meta[key] for key in ("name", "generation", "resourceVersion", "annotations") if key in meta},
+        "metadata": {key: meta[key] for key in ("name", "generation", "resourceVersion", "annotations",
+                                                 "deletionTimestamp") if key in meta},
         "spec": {"template": {"spec": {"containers": [{"image": c.get("image")} for c in containers[:1]]}}},
     }
     if "replicas" in spec:
@@ -95,7 +99,8 @@ def compact(body: Mapping[str, Any]) -> Live:
         trimmed["status"] = body["status"]
     blob = _pack(trimmed)
     return Live(sys.intern(kind), str(meta.get("name", "")), sys.intern(str(body.get("apiVersion", ""))),
-                str(meta.get("resourceVersion", "")), str(annotations.get(DIGEST_ANNOTATION, "")), fingerprint, blob)
+                str(meta.get("resourceVersion", "")), str(annotations.get(DIGEST_ANNOTATION, "")), fingerprint, blob,
+                deleting=str(meta.get("deletionTimestamp") or ""))
 
 
 def controller_uid(body: Mapping[str, Any], owner_kind: str) -> str | None:

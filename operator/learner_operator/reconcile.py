@@ -58,18 +58,20 @@ class Deps:
 
 
 async def check_secret(
-    api: KubeApi, namespace: str, spec: LearnerPlatformSpec, uid: str, cache: SecretCache | None = None,
+    api: KubeApi, namespace: str, spec: LearnerPlatformSpec, uid: str, cache: SecretCache | None = None, *,
+    autoscaler: bool = False,
 ) -> tuple[Verdict, str]:
     """Does the referenced Secret hold what the enabled components need? Returns the verdict and the digest.
 
     Only key names ever appear in messages; the values are decoded for the digest and dropped. With a
-    ``cache`` whose Secret is still at the version last read, nothing is read at all.
+    ``cache`` whose Secret is still at the version last read, nothing is read at all. ``autoscaler``:
+    KEDA will scale the evaluator, so its scaler's key is needed too.
     """
     name = spec.secret_ref.name
     cached = cache.lookup((namespace, name), uid) if cache is not None else None
     if cached is not None:
         present, digest = cached
-        return _secret_verdict(namespace, name, spec, present, digest)
+        return _secret_verdict(namespace, name, spec, present, digest, autoscaler)
     secret = await api.get(ResourceRef("v1", "secrets", namespace, name))
     if secret is None:
         return Verdict("False", "SecretNotFound", (
@@ -89,18 +91,19 @@ async def check_secret(
     if cache is not None:
         cache.store((namespace, name), str((secret.get("metadata") or {}).get("resourceVersion", "")), present, uid,
                     digest)
-    return _secret_verdict(namespace, name, spec, present, digest)
+    return _secret_verdict(namespace, name, spec, present, digest, autoscaler)
 
 
 def _secret_verdict(
-    namespace: str, name: str, spec: LearnerPlatformSpec, present: frozenset[str], digest: str,
+    namespace: str, name: str, spec: LearnerPlatformSpec, present: frozenset[str], digest: str, autoscaler: bool,
 ) -> tuple[Verdict, str]:
-    if unmet := builders.unmet_secret_needs(spec, dict.fromkeys(present, b"x")):
+    if unmet := builders.unmet_secret_needs(spec, dict.fromkeys(present, b"x"), autoscaler=autoscaler):
         return Verdict("False", "SecretKeysMissing", (
             f"Secret {namespace}/{name} lacks {'; '.join(map(str, unmet))} (or they are empty); "
             f"add them to the env file and recreate the Secret"
         )), ""
-    wanted = sorted({key for need in builders.secret_needs(spec) for key in need.keys if key in present})
+    wanted = sorted({key for need in builders.secret_needs(spec, autoscaler=autoscaler) for key in need.keys
+                     if key in present})
     return Verdict("True", "SecretFound", f"Secret {name} holds {', '.join(wanted)}"), digest
 
 
@@ -116,16 +119,28 @@ class SyncResult:
 
 
 async def _desired(deps: Deps, platform: builders.Platform, result: SyncResult) -> list[dict[str, Any]]:
-    desired: list[dict[str, Any]] = []
+    """The children to apply: those of optional kinds the cluster does not serve are left out (and
+    reported, together when the advice is the same), and the builders adapt the rest to that."""
+    missing: dict[str, list[dict[str, Any]]] = {}
     for manifest in builders.children(platform):
         kind = manifest["kind"]
         if kind in builders.OPTIONAL_KINDS and not await deps.discovery.served(manifest["apiVersion"],
                                                                                  plural_of(kind)):
-            result.unserved.append(f"{kind} {manifest['metadata']['name']} is not created: the cluster does not "
-                                   f"serve {manifest['apiVersion']} {kind}; {builders.OPTIONAL_KINDS[kind]}")
-            continue
-        desired.append(drift.with_digest(manifest))
-    return desired
+            missing.setdefault(builders.OPTIONAL_KINDS[kind], []).append(manifest)
+    for advice, manifests in missing.items():
+        names = " and ".join(f"{m['kind']} {m['metadata']['name']}" for m in manifests)
+        apis = " nor ".join(f"{m['apiVersion']} {m['kind']}" for m in manifests)
+        result.unserved.append(f"{names} {'is' if len(manifests) == 1 else 'are'} not created: the cluster does "
+                               f"not serve {apis}; {advice}")
+    unserved = {m["kind"] for manifests in missing.values() for m in manifests}
+    return [drift.with_digest(m) for m in builders.children(platform, unserved=unserved)]
+
+
+async def _serves_autoscaler(deps: Deps, spec: LearnerPlatformSpec) -> bool:
+    """Will KEDA scale the evaluator? (Asked for, and discovery finds KEDA's kinds; cached by Discovery.)"""
+    if not builders.wants_autoscaler(spec):
+        return False
+    return all([await deps.discovery.served(kind.api_version, kind.plural) for kind in builders.AUTOSCALER_KINDS])
 
 
 async def _still_wanted(deps: Deps, cr: Snapshot, fresh: asyncio.Task[dict[str, Any] | None] | None) -> bool:
@@ -160,7 +175,9 @@ async def _sync_children(
         elif owned is None:
             deps.live.adopt(cr.uid, *key, live[key])
     wanted = {(m["kind"], m["metadata"]["name"]) for m in desired}
-    unwanted = [(kind, name) for kind, name in live if (kind, name) not in wanted]
+    # A child being deleted already is left to its finalizers (KEDA holds a ScaledObject until its HPA is gone).
+    unwanted = [(kind, name) for (kind, name), body in live.items()
+                if (kind, name) not in wanted and not (body.get("metadata") or {}).get("deletionTimestamp")]
     if (stale or unwanted or gate.job is not None) and not await _still_wanted(deps, cr, fresh):
         logger.info("The platform is gone or being deleted: its children are left to the garbage collector")
         result.gone = True
@@ -225,7 +242,9 @@ async def reconcile(deps: Deps, cr: Snapshot, logger: Logger) -> float | None:
     fresh = asyncio.create_task(deps.api.get(cr.ref)) if not live else None
     gate: migration.Gate | None = None
     try:
-        secret, secret_hash = await check_secret(deps.api, cr.namespace, spec, cr.uid, deps.secrets)
+        autoscaler = await _serves_autoscaler(deps, spec)
+        secret, secret_hash = await check_secret(deps.api, cr.namespace, spec, cr.uid, deps.secrets,
+                                                 autoscaler=autoscaler)
         synced = SyncResult()
         if secret.status == "True":
             gate = await migration.decide(deps.api, cr, spec, jobs)

@@ -31,6 +31,12 @@ REQUIRED_SECRET_KEYS = ("DATABASE_URL", "REDIS_URL")
 OPTIONAL_SECRET_KEYS = ("JWT_SECRET", "JWT_PUBLIC_KEY", "PAYMENT_WEBHOOK_SECRET", "ALERTMANAGER_URL",
                         "DATABASE_MIGRATION_URL")
 
+#: KEDA's Redis scalers take an address (host:port, or a comma-separated list of a cluster's nodes), not
+#: a URL: the Secret holds it beside REDIS_URL for the evaluator's autoscaler, which reads it through a
+#: TriggerAuthentication (builders/autoscaling.py). No container gets it.
+SCALER_ADDRESS_KEY = "REDIS_ADDRESS"
+SCALER = "KEDA's scaler of the evaluator"
+
 MIGRATE_CONTAINER = "migrate"
 #: Which of the Secret's keys each container gets (by secretKeyRef), and nothing else: the table owner's
 #: DATABASE_MIGRATION_URL reaches only the migration Job's pod (it runs for minutes per image, never
@@ -58,20 +64,26 @@ class SecretNeed:
         return f"{' or '.join(self.keys)} (for {', '.join(self.needed_by)})"
 
 
-def secret_needs(spec: LearnerPlatformSpec) -> list[SecretNeed]:
+def secret_needs(spec: LearnerPlatformSpec, *, autoscaler: bool = False) -> list[SecretNeed]:
     """What the enabled components cannot start without. Outside development learner-api refuses to
-    start without a JWT key (every route would answer 503), so that is a need there, not an option."""
+    start without a JWT key (every route would answer 503), so that is a need there, not an option.
+    ``autoscaler``: the evaluator is to be scaled by KEDA (asked for, and the cluster serves KEDA's
+    API), whose scaler cannot reach Redis without REDIS_ADDRESS."""
     components = ["learner-api", *(["evaluator"] if spec.evaluator.enabled else [])]
     needs = [SecretNeed((key,), tuple(components)) for key in REQUIRED_SECRET_KEYS]
     if spec.environment != "development":
         needs.append(SecretNeed(("JWT_SECRET", "JWT_PUBLIC_KEY"), ("learner-api",)))
+    if autoscaler:
+        needs.append(SecretNeed((SCALER_ADDRESS_KEY,), (SCALER,)))
     return needs
 
 
-def unmet_secret_needs(spec: LearnerPlatformSpec, data: Mapping[str, bytes]) -> list[SecretNeed]:
+def unmet_secret_needs(
+    spec: LearnerPlatformSpec, data: Mapping[str, bytes], *, autoscaler: bool = False,
+) -> list[SecretNeed]:
     """The needs an env file or Secret leaves unmet (an empty value, as a blank line in the env file
     makes, counts as missing)."""
-    return [need for need in secret_needs(spec) if not need.met_by(data)]
+    return [need for need in secret_needs(spec, autoscaler=autoscaler) if not need.met_by(data)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,6 +260,9 @@ def config_data(p: Platform) -> dict[str, str]:
     }
     if url := pushgateway_url(p):
         data["PUSHGATEWAY_URL"] = url
+    if p.spec.redis.cluster:  # absent on one server, so platforms made before this keep their ConfigMap
+        data["REDIS_CLUSTER"] = "true"
+        data["PROGRESS_STREAM_SHARDS"] = str(p.spec.redis.progress_stream_shards)
     return data
 
 

@@ -32,17 +32,20 @@ def pod_template(p: c.Platform) -> dict[str, Any]:
     )
 
 
-def deployment(p: c.Platform) -> c.Manifest:
+def deployment(p: c.Platform, *, autoscaled: bool = False) -> c.Manifest:
+    spec: dict[str, Any] = {
+        "selector": {"matchLabels": c.selector_labels(p, APP)},
+        "revisionHistoryLimit": 5,
+        "template": pod_template(p),
+    }
+    if not autoscaled:
+        # With KEDA's ScaledObject in place, replicas is its HPA's field: setting it here would fight it.
+        spec = {"replicas": p.spec.evaluator.replicas, **spec}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": c.metadata(p, c.evaluator_name(p), APP, COMPONENT),
-        "spec": {
-            "replicas": p.spec.evaluator.replicas,
-            "selector": {"matchLabels": c.selector_labels(p, APP)},
-            "revisionHistoryLimit": 5,
-            "template": pod_template(p),
-        },
+        "spec": spec,
     }
 
 

@@ -17,6 +17,8 @@ _PLURALS = {
     "ServiceMonitor": "servicemonitors",
     "Job": "jobs",
     "Pod": "pods",
+    "TriggerAuthentication": "triggerauthentications",
+    "ScaledObject": "scaledobjects",
     "LearnerPlatform": "learnerplatforms",
 }
 

@@ -245,9 +245,45 @@ class AlertRule(_Model):
         return self
 
 
+class EvaluatorAutoscalingSpec(_Model):
+    """The evaluator scaled on progress lag by KEDA; off by default (it needs KEDA, and REDIS_ADDRESS in the Secret)."""
+
+    # Never below one replica (no scaling to zero): the evaluator also runs the alert rules, which must
+    # keep running when nobody sends progress.
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [{
+        "rule": "self.minReplicas <= self.maxReplicas",
+        "message": "evaluator.autoscaling.minReplicas must be less than or equal to evaluator.autoscaling.maxReplicas",
+        "reason": "FieldValueInvalid",
+    }]})
+
+    enabled: bool = Field(
+        default=False, description="Scale the evaluator on progress lag with a KEDA ScaledObject (KEDA 2.12+); "
+        "where the cluster does not serve KEDA's API, spec.evaluator.replicas applies and a condition says so.",
+    )
+    min_replicas: int = Field(default=1, ge=1, le=100)
+    max_replicas: int = Field(default=10, ge=1, le=100)
+    target_lag_per_replica: int = Field(
+        default=1000, ge=1, le=10_000_000,
+        description="Progress entries not yet read by the evaluator's consumer group (all shards together) "
+        "per replica that KEDA aims for.",
+    )
+
+    @model_validator(mode="after")
+    def _min_within_max(self) -> EvaluatorAutoscalingSpec:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"evaluator.autoscaling.minReplicas ({self.min_replicas}) must be less than or equal to "
+                f"evaluator.autoscaling.maxReplicas ({self.max_replicas})"
+            )
+        return self
+
+
 class EvaluatorSpec(_Model):
     enabled: bool = Field(default=True, description="Run the evaluator worker (progress pipeline and alerts).")
-    replicas: int = Field(default=1, ge=0, le=100)
+    replicas: int = Field(default=1, ge=0, le=100,
+                          description="Used unless autoscaling is on and the cluster serves KEDA's API.")
+    autoscaling: EvaluatorAutoscalingSpec = Field(default_factory=EvaluatorAutoscalingSpec)
     resources: ResourceRequirements = Field(default_factory=_evaluator_resources)
     alert_rules: list[AlertRule] = Field(
         default_factory=list, max_length=100,
@@ -307,6 +343,18 @@ class MigrationSpec(_Model):
     )
 
 
+class RedisSpec(_Model):
+    cluster: bool = Field(
+        default=False, description="REDIS_URL is a Redis Cluster (ElastiCache cluster mode, Memorystore for "
+        "Redis Cluster...): the pods get REDIS_CLUSTER=true, and the evaluator's autoscaler reads every shard.",
+    )
+    progress_stream_shards: int = Field(
+        default=12, ge=1, le=1024,
+        description="Progress streams on a cluster (PROGRESS_STREAM_SHARDS); only ever increase it. "
+        "Unused on one Redis server, which always has one stream.",
+    )
+
+
 class LearnerPlatformSpec(_Model):
     paused: bool = Field(default=False, description="Stop all writes to the children (for maintenance).")
     image: ImageSpec
@@ -317,6 +365,7 @@ class LearnerPlatformSpec(_Model):
     secret_ref: SecretRef = Field(default_factory=SecretRef)
     learner_api: LearnerApiSpec = Field(default_factory=LearnerApiSpec)
     evaluator: EvaluatorSpec = Field(default_factory=EvaluatorSpec)
+    redis: RedisSpec = Field(default_factory=RedisSpec)
     observability: ObservabilitySpec = Field(default_factory=ObservabilitySpec)
     network_policy: NetworkPolicySpec = Field(default_factory=NetworkPolicySpec)
     migration: MigrationSpec = Field(default_factory=MigrationSpec)
