@@ -64,6 +64,7 @@ import yaml
 from kmock._internal import apps
 
 from tests import kube_ssa as ssa
+from tests.controllers import deployment_status
 from tests.crd_schema import admit, validate_crd
 
 ResKey = tuple[str, str, str]  # group, version, plural
@@ -534,14 +535,8 @@ class Cluster(kmock.KubernetesEmulator):
     def set_deployment_status(self, namespace: str, name: str, *, ready: int | None = None) -> dict[str, Any]:
         """Play the Deployment controller and kubelet: all replicas of the current template ready."""
         deployment = self._store[(("apps", "v1", "deployments"), namespace, name)]
-        replicas = int(deployment["spec"].get("replicas", 1))
-        ready = replicas if ready is None else ready
-        return self.edit("apps/v1", "deployments", namespace, name, {"status": {
-            "observedGeneration": deployment["metadata"]["generation"],
-            "replicas": replicas, "updatedReplicas": replicas, "readyReplicas": ready, "availableReplicas": ready,
-            "conditions": [{"type": "Available", "status": "True" if ready >= replicas else "False",
-                            "reason": "MinimumReplicasAvailable"}],
-        }}, status=True)
+        return self.edit("apps/v1", "deployments", namespace, name,
+                         {"status": deployment_status(deployment, ready)}, status=True)
 
     def start_job(self, namespace: str, name: str) -> dict[str, Any]:
         """Play the Job controller: its pod has been created and runs."""

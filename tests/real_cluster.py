@@ -39,6 +39,7 @@ import yarl
 
 from tests.audit_log import MUTATING, AuditLog
 from tests.control_plane import OPERATOR_SERVICE_ACCOUNT, ControlPlane
+from tests.controllers import deployment_status
 from tests.kube_rest import MERGE, path
 
 USER_MANAGER = "test-user"  # the field manager of every change a test makes
@@ -188,14 +189,8 @@ class RealCluster:
         if self.has_controllers:
             return self._play_kubelet(namespace, name, ready)
         deployment = self._rest.call("GET", self._path("apps/v1", "deployments", namespace, name))
-        replicas = int(deployment["spec"].get("replicas", 1))
-        ready = replicas if ready is None else ready
-        return self.edit("apps/v1", "deployments", namespace, name, {"status": {
-            "observedGeneration": deployment["metadata"]["generation"],
-            "replicas": replicas, "updatedReplicas": replicas, "readyReplicas": ready, "availableReplicas": ready,
-            "conditions": [{"type": "Available", "status": "True" if ready >= replicas else "False",
-                            "reason": "MinimumReplicasAvailable"}],
-        }}, status=True)
+        return self.edit("apps/v1", "deployments", namespace, name,
+                         {"status": deployment_status(deployment, ready)}, status=True)
 
     def _play_kubelet(self, namespace: str, name: str, ready: int | None, timeout: float = 30.0) -> dict[str, Any]:
         """Mark the current ReplicaSet's pods Ready until the Deployment controller reports the rollout done."""

@@ -8,6 +8,7 @@ Tests stay independent by working in a tenant of their own and a Redis stream of
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import time
@@ -48,6 +49,19 @@ async def admin_execute(sql: str, *args: object, url: str = ADMIN_URL) -> None:
         await connection.execute(sql, *args)
     finally:
         await connection.close()
+
+
+@contextlib.asynccontextmanager
+async def throwaway_database(prefix: str) -> AsyncIterator[str]:
+    """An empty database of its own, dropped afterwards (a superuser URL to it)."""
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(ADMIN_URL)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
 
 
 @pytest.fixture(scope="session")

@@ -10,19 +10,13 @@ import asyncpg
 import pytest
 
 from learner_api.migrate import Migration, MigrationError, bundled, migrate
-from tests.api.conftest import ADMIN_URL
+from tests.api.conftest import ADMIN_URL, throwaway_database
 
 
 @pytest.fixture
 async def empty_database() -> AsyncIterator[str]:
-    name = f"learner_migrate_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(ADMIN_URL)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+    async with throwaway_database("learner_migrate") as url:
+        yield url
 
 
 async def fetch(dsn: str, sql: str) -> list[asyncpg.Record]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import ast
 import asyncio
 import re
-import secrets
 import subprocess
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
@@ -28,7 +27,7 @@ import pytest
 from learner_api import cli
 from learner_api.migrate import Migration, bundled, migrate, upgrade
 from learner_operator.migration import schema_version_of
-from tests.api.conftest import ADMIN_URL
+from tests.api.conftest import throwaway_database
 
 ROOT = Path(__file__).resolve().parents[2]
 MIGRATIONS = "learner_api/migrations"
@@ -105,14 +104,8 @@ def releases() -> list[object]:
 
 @pytest.fixture
 async def database() -> AsyncIterator[str]:
-    name = f"learner_compat_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(ADMIN_URL)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+    async with throwaway_database("learner_compat") as url:
+        yield url
 
 
 async def refused(dsn: str, sql: Iterable[str]) -> dict[str, str]:

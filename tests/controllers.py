@@ -1,0 +1,18 @@
+"""What Kubernetes' controllers write, for tests that play them (no controller runs on the emulator,
+and a real control plane without kube-controller-manager has none either)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def deployment_status(deployment: dict[str, Any], ready: int | None = None) -> dict[str, Any]:
+    """The Deployment controller's status once ``ready`` replicas (all, by default) of the current template run."""
+    replicas = int(deployment["spec"].get("replicas", 1))
+    ready = replicas if ready is None else ready
+    return {
+        "observedGeneration": deployment["metadata"]["generation"],
+        "replicas": replicas, "updatedReplicas": replicas, "readyReplicas": ready, "availableReplicas": ready,
+        "conditions": [{"type": "Available", "status": "True" if ready >= replicas else "False",
+                        "reason": "MinimumReplicasAvailable"}],
+    }
