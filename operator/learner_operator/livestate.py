@@ -41,6 +41,8 @@ class Live:
     applied: str | None = None
     #: Its deletionTimestamp: being deleted, held by finalizers (e.g. KEDA's on a ScaledObject).
     deleting: str = ""
+    #: The blob is the whole trimmed body (not yet reduced to what an in-sync child needs).
+    full: bool = True
 
     def body(self) -> dict[str, Any]:
         """The child as the reconciler sees it (a skeleton when the body was not kept)."""
@@ -56,11 +58,12 @@ class Live:
 
     def without_body(self) -> Live:
         """What is left once the child is known to be in sync: a Deployment's status view, else nothing."""
-        if self.blob is None or self.kind == "Job":
+        if self.blob is None or self.kind == "Job" or not self.full:
             return self
         if self.kind == "Deployment":
-            return dataclasses.replace(self, blob=_pack(_status_view(json.loads(zlib.decompress(self.blob)))))
-        return dataclasses.replace(self, blob=None)
+            return dataclasses.replace(self, blob=_pack(_status_view(json.loads(zlib.decompress(self.blob)))),
+                                       full=False)
+        return dataclasses.replace(self, blob=None, full=False)
 
 
 def _pack(value: Any) -> bytes:
@@ -84,23 +87,31 @@ def _status_view(body: dict[str, Any]) -> dict[str, Any]:
     return view
 
 
-def compact(body: Mapping[str, Any]) -> Live:
-    """Keep what drift detection and status need; managedFields become our ownership fingerprint."""
-    meta = dict(body.get("metadata") or {})
-    fingerprint = ownership(dict(body))
-    meta.pop("managedFields", None)
-    annotations = dict(meta.get("annotations") or {})
-    annotations.pop("kubectl.kubernetes.io/last-applied-configuration", None)
-    meta["annotations"] = annotations
-    trimmed = {key: value for key, value in body.items() if key not in ("metadata", "status")}
-    trimmed["metadata"] = meta
+def compact(body: Mapping[str, Any], *, in_sync: bool = False) -> Live:
+    """Keep what drift detection and status need; managedFields become our ownership fingerprint.
+
+    ``in_sync``: the child is known to be ours and in sync (an apply of this process, or adopted), so
+    only what the status reads is packed (see :meth:`Live.without_body`), and nothing for most kinds.
+    """
+    meta = body.get("metadata") or {}
     kind = str(body.get("kind", ""))
-    if kind in _KEEP_BODY and "status" in body:
-        trimmed["status"] = body["status"]
-    blob = _pack(trimmed)
+    annotations = meta.get("annotations") or {}
+    blob: bytes | None = None
+    if in_sync and kind == "Deployment":
+        blob = _pack(_status_view(dict(body)))
+    elif not in_sync or kind == "Job":
+        trimmed_meta = {key: value for key, value in meta.items() if key != "managedFields"}
+        trimmed_meta["annotations"] = {key: value for key, value in annotations.items()
+                                       if key != "kubectl.kubernetes.io/last-applied-configuration"}
+        trimmed = {key: value for key, value in body.items() if key not in ("metadata", "status")}
+        trimmed["metadata"] = trimmed_meta
+        if kind in _KEEP_BODY and "status" in body:
+            trimmed["status"] = body["status"]
+        blob = _pack(trimmed)
     return Live(sys.intern(kind), str(meta.get("name", "")), sys.intern(str(body.get("apiVersion", ""))),
-                str(meta.get("resourceVersion", "")), str(annotations.get(DIGEST_ANNOTATION, "")), fingerprint, blob,
-                deleting=str(meta.get("deletionTimestamp") or ""))
+                str(meta.get("resourceVersion", "")), str(annotations.get(DIGEST_ANNOTATION, "")),
+                ownership(dict(body)), blob, deleting=str(meta.get("deletionTimestamp") or ""),
+                full=not in_sync or kind == "Job")
 
 
 def controller_uid(body: Mapping[str, Any], owner_kind: str) -> str | None:
@@ -136,7 +147,9 @@ class LiveState:
 
     def observe(self, owner_uid: str, body: Mapping[str, Any]) -> bool:
         """A watch event's object; True if it is news (not older than what we know, not our own echo)."""
-        live = compact(body)
+        meta = body.get("metadata") or {}
+        before = self._children.get(owner_uid, {}).get((str(body.get("kind", "")), str(meta.get("name", ""))))
+        live = compact(body, in_sync=before is not None and before.applied is not None)
         key = (owner_uid, live.kind, live.name)
         deleted = self._deleted.get(key)
         if deleted is not None and not _newer(live.resource_version, deleted):
@@ -207,7 +220,7 @@ class LiveState:
         True when a watch event that came while the write was on its way is newer than the answer:
         someone else changed the child right after us, and it needs another look.
         """
-        live = compact(body)
+        live = compact(body, in_sync=True)
         live = dataclasses.replace(live, applied=live.ownership)
         key = (owner_uid, live.kind, live.name)
         seen = self._in_flight.pop(key, "")
