@@ -74,8 +74,10 @@ ensure_actionlint() {
 # answers, start throwaway ones from local binaries (data under .tools/, gone with it), or say what to install.
 port_open() { .venv/bin/python -c "import socket,sys; s=socket.socket(); s.settimeout(1); sys.exit(s.connect_ex(('127.0.0.1', $1)))"; }
 ensure_services() {
+  # The Redis Cluster tests start redis-server processes of their own and join them with redis-cli.
+  command -v redis-server >/dev/null && command -v redis-cli >/dev/null \
+    || apt_install "the Redis Cluster tests start their own redis-server nodes" redis-server
   if ! port_open 6379; then
-    command -v redis-server >/dev/null || apt_install "no Redis answers on 127.0.0.1:6379" redis-server
     step "starting a throwaway Redis on 127.0.0.1:6379"
     mkdir -p .tools/redis
     redis-server --bind 127.0.0.1 --port 6379 --daemonize yes --save '' --appendonly no --dir "$PWD/.tools/redis" \
