@@ -232,8 +232,13 @@ class Cluster(kmock.KubernetesEmulator):
 
     async def _serve_list(self, request: kmock.Request) -> Any:
         self._refuse_in_gap()
+        items = self._select(request)
+        as_ = _partial(request, listing=True)
+        if as_ == "PartialObjectMetadataList":
+            return {"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList",
+                    "metadata": {"resourceVersion": str(self._revision)}, "items": [_metadata_of(o) for o in items]}
         return {"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": str(self._revision)},
-                "items": self._select(request)}
+                "items": items}
 
     async def _serve_fetch(self, request: kmock.Request) -> Any:
         obj = self._store.get((self._res(request), request.namespace, str(request.name)))
@@ -247,6 +252,7 @@ class Cluster(kmock.KubernetesEmulator):
 
     async def _serve_watch(self, request: kmock.Request) -> AsyncIterator[Any]:
         self._refuse_in_gap()
+        metadata_only = _partial(request, listing=False) == "PartialObjectMetadata"
         yield b""
         res, selector = self._res(request), request.params.get("labelSelector", "")
         since = int(request.params.get("resourceVersion") or 0)
@@ -264,13 +270,16 @@ class Cluster(kmock.KubernetesEmulator):
                 matches_selector(meta.get("labels") or {}, selector)
 
         try:
+            def shown(event: dict[str, Any]) -> dict[str, Any]:
+                return {"type": event["type"], "object": _metadata_of(event["object"])} if metadata_only else event
+
             if since:
                 for revision, event in list(self._history[res]):
                     if revision > since and wanted(event):
-                        yield event
+                        yield shown(event)
             else:
                 for obj in self._select(request):
-                    yield {"type": "ADDED", "object": obj}
+                    yield shown({"type": "ADDED", "object": obj})
             deadline = asyncio.get_running_loop().time() + timeout
             while (left := deadline - asyncio.get_running_loop().time()) > 0:
                 try:
@@ -280,7 +289,7 @@ class Cluster(kmock.KubernetesEmulator):
                 if event is _HANG_UP:
                     break
                 if wanted(event):
-                    yield event
+                    yield shown(event)
         finally:
             self._watchers[res].discard(queue)
 
@@ -644,6 +653,23 @@ def standard_cluster(crd: dict[str, Any]) -> Cluster:
         cluster.declare(group, version, plural, kind, shortnames=tuple(names.get("shortNames", ())))
     cluster.create_crd(crd)
     return cluster
+
+
+def _partial(request: kmock.Request, *, listing: bool) -> str:
+    """The ``as=`` of the Accept header's first type, as the API server negotiates it: a list asked for as
+    PartialObjectMetadata (or a watch as PartialObjectMetadataList) is 406 Not Acceptable."""
+    first = request.headers.get("Accept", "").split(",")[0]
+    params = dict(part.strip().split("=", 1) for part in first.split(";")[1:] if "=" in part)
+    as_ = params.get("as", "")
+    if as_ and as_ != ("PartialObjectMetadataList" if listing else "PartialObjectMetadata"):
+        raise _error(406, "NotAcceptable", f"only the following media types are accepted: as={as_} is not "
+                     f"served for a {'list' if listing else 'watch or single object'}")
+    return as_
+
+
+def _metadata_of(obj: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+            "metadata": copy.deepcopy(obj.get("metadata") or {})}
 
 
 def _without_times(obj: dict[str, Any]) -> dict[str, Any]:

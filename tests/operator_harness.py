@@ -66,8 +66,10 @@ class Operator:
     stops; sharing the test's loop would make it wait for (and then cancel) pytest's fixture tasks.
     """
 
-    def __init__(self, cluster: AnyCluster, resync_seconds: float = 300.0, lease: LeaseConfig | None = None) -> None:
+    def __init__(self, cluster: AnyCluster, resync_seconds: float = 300.0, lease: LeaseConfig | None = None,
+                 namespaces: tuple[str, ...] = ()) -> None:
         self.memo = kopf.Memo()
+        self._namespaces = namespaces  # empty: every namespace
         self._lease = lease
         self._login, self._where = connection(cluster)
         self._resync = resync_seconds
@@ -84,11 +86,14 @@ class Operator:
             return self._login
 
         self._config = OperatorConfig(**self._where, metrics_port=None, resync_seconds=self._resync, workers=4,
-                                      retry_after_error=0.5, leader_election=self._lease, verify_delay=0.1)
+                                      retry_after_error=0.5, leader_election=self._lease, verify_delay=0.1,
+                                      namespaces=self._namespaces)
         register(registry, self._config, login=login)
 
         async def main() -> None:
             self._loop = asyncio.get_running_loop()
+            # kopf itself stays cluster-wide even with ``namespaces``: a namespaced kopf lists /api/v1/namespaces,
+            # which kmock cannot route. The operator's own scoping (informers, verify) is what is tested.
             await kopf.operator(registry=registry, settings=kopf.OperatorSettings(), clusterwide=True,
                                 standalone=True, memo=self.memo, stop_flag=self._stop, ready_flag=self._ready)
 
@@ -140,8 +145,9 @@ class Operator:
 
 
 @contextlib.asynccontextmanager
-async def running_operator(cluster: AnyCluster, *, resync_seconds: float = 300.0) -> AsyncIterator[Operator]:
-    operator = Operator(cluster, resync_seconds)
+async def running_operator(cluster: AnyCluster, *, resync_seconds: float = 300.0,
+                           namespaces: tuple[str, ...] = ()) -> AsyncIterator[Operator]:
+    operator = Operator(cluster, resync_seconds, namespaces=namespaces)
     await operator.start()
     try:
         yield operator

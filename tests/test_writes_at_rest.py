@@ -151,3 +151,48 @@ async def test_a_restarted_operator_finds_the_children_in_sync_without_writes(
         await settled(cluster, second)
         assert second.writes == 0
     assert cluster.mutating_requests(start) == []
+
+
+@pytest.mark.emulator_only("a second namespace of the suite's own; the real backend resets only NS")
+async def test_an_operator_of_named_namespaces_keeps_each_ones_caches(cluster: AnyCluster) -> None:
+    """One listing per namespace: each replaces only its own namespace's children, pods and Secrets."""
+    other = "learning-b"
+    cluster.put({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": other}})
+    async with running_operator(cluster, namespaces=(NS, other)) as operator:
+        for namespace in (NS, other):
+            doc = _platform("01-minimal.yaml")
+            doc["metadata"]["namespace"] = namespace
+            cluster.put({**secret(), "metadata": {"name": "ai-platform-secrets", "namespace": namespace}})
+            cluster.put(doc)
+        for namespace in (NS, other):
+            await eventually(lambda ns=namespace: cluster.get("apps/v1", "deployments", ns, API), what=namespace)
+        await settled(cluster, operator)
+        start = len(cluster.log)
+        async with cluster.watch_gap():  # every informer lists again: one namespace's list must not drop the other's
+            pass
+        await settled(cluster, operator, quiet=1.0)
+        await operator.resync_now()
+        await settled(cluster, operator)
+        assert cluster.mutating_requests(start) == []
+        reads = [r for r in cluster.log[start:]
+                 if r.method.value == "GET" and r.name and r.params.get("watch") != "true"]
+        assert reads == []  # not even the Secrets
+
+
+async def test_autoscaling_switched_on_keeps_the_replicas_until_the_hpa_moves_them(
+    cluster: AnyCluster, operator: Operator,
+) -> None:
+    """Server-side apply drops a field its only manager stops sending: without a hand-over the Deployment
+    would fall back to 1 replica until the HPA acts."""
+    doc = _platform("01-minimal.yaml", learnerApi={"replicas": 4, "autoscaling": {"enabled": False}})
+    namespace = await _converged(cluster, operator, doc)
+    assert cluster.get("apps/v1", "deployments", namespace, API)["spec"]["replicas"] == 4
+    cluster.edit("learner.dev/v1alpha1", "learnerplatforms", namespace, "ai-platform",
+                 {"spec": {"learnerApi": {"autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 6}}}})
+    await eventually(lambda: cluster.get("autoscaling/v2", "horizontalpodautoscalers", namespace, API), what="HPA")
+    await settled(cluster, operator)
+    assert cluster.get("apps/v1", "deployments", namespace, API)["spec"]["replicas"] == 4
+    cluster.scale(namespace, API, 5)  # the HPA takes over from there
+    await settled(cluster, operator)
+    assert await _resync_writes(cluster, operator) == []
+    assert cluster.get("apps/v1", "deployments", namespace, API)["spec"]["replicas"] == 5

@@ -33,6 +33,10 @@ from learner_operator.models import FIELD_MANAGER, parse_quantity
 DIGEST_ANNOTATION = "learner.dev/applied-digest"
 #: Where a cached child (see livestate) carries its fingerprint instead of the bulky managedFields.
 OWNERSHIP_KEY = "__ownership__"
+#: And whether our entry owns ``spec.replicas`` (see :func:`hands_over_replicas`).
+OWNS_REPLICAS_KEY = "__owns_replicas__"
+#: Co-owns a Deployment's replicas for a moment when an autoscaler takes them over from us.
+HANDOVER_MANAGER = f"{FIELD_MANAGER}-handover"
 _QUANTITY_PARENTS = {"requests", "limits"}
 #: Lists the server merges by key: entries other managers add are theirs, not drift.
 _LIST_KEYS = {"containers": "name", "initContainers": "name", "env": "name", "volumes": "name",
@@ -70,6 +74,32 @@ def ownership(body: dict[str, Any] | None) -> str:
         return ""
     canonical = json.dumps(entry.get("fieldsV1") or {}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:20]
+
+
+def owns_replicas(body: dict[str, Any] | None) -> bool:
+    """Does our apply's entry own ``spec.replicas`` in ``body``?"""
+    if body is not None and OWNS_REPLICAS_KEY in body:
+        return bool(body[OWNS_REPLICAS_KEY])
+    entry = own_entry(body or {}) or {}
+    return "f:replicas" in ((entry.get("fieldsV1") or {}).get("f:spec") or {})
+
+
+def hands_over_replicas(desired: dict[str, Any], live: dict[str, Any] | None) -> bool:
+    """Is this the apply that stops setting a Deployment's replicas (an HPA or KEDA takes them over)?
+
+    Server-side apply removes a field its only manager stops sending: the Deployment would fall back
+    to 1 replica until the autoscaler acts. So first another manager of ours applies the current count
+    (shared ownership), then our apply leaves it out and the count stays until the autoscaler moves it.
+    """
+    return (desired.get("kind") == "Deployment" and "replicas" not in (desired.get("spec") or {})
+            and live is not None and owns_replicas(live))
+
+
+def replicas_handover(desired: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
+    meta = desired["metadata"]
+    replicas = int((live.get("spec") or {}).get("replicas", 1))
+    return {"apiVersion": desired["apiVersion"], "kind": desired["kind"],
+            "metadata": {"name": meta["name"], "namespace": meta["namespace"]}, "spec": {"replicas": replicas}}
 
 
 def _same_quantity(want: Any, have: Any) -> bool:
@@ -116,4 +146,4 @@ def needs_apply(desired: dict[str, Any], live: dict[str, Any] | None, applied_ow
     if applied_ownership is not None:
         return ownership(live) != applied_ownership
     return not contains({k: v for k, v in desired.items() if k != "status"},
-                        {k: v for k, v in live.items() if k != OWNERSHIP_KEY})
+                        {k: v for k, v in live.items() if k not in (OWNERSHIP_KEY, OWNS_REPLICAS_KEY)})

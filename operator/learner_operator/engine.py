@@ -102,11 +102,12 @@ class Engine(Generic[K]):
             else:
                 failures = self._failures[key] = self._failures.get(key, 0) + 1
                 retry = min(self._max_backoff, retry * 2.0 ** (failures - 1))
-            if key in self._dirty or again:
+            if retry is not None:  # a failure backs off, whatever asked for the key meanwhile
+                self._dirty.discard(key)
+                self.trigger_later(key, retry)
+            elif key in self._dirty or again:
                 self._dirty.discard(key)
                 self.trigger(key)
-            elif retry is not None:
-                self.trigger_later(key, retry)
             if not self._waiting and not self._active:
                 self._idle.set()
 

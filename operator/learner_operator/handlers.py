@@ -95,7 +95,9 @@ class Runtime:
                 with contextlib.suppress(ApiError, aiohttp.ClientError, TimeoutError):
                     if await self.deps.discovery.served(kind.api_version, kind.plural):
                         self.watches.start_child(kind)
-                        await self.watches.informers.ready()
+        # Let a kind that appeared be listed before reconciling, but never wait on one that cannot be.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.watches.informers.ready(), timeout=30)
         for key in self.platforms.known():
             self.engine.trigger(key)
 
@@ -211,8 +213,12 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, login: Cal
         if event.get("type") == "DELETED":
             runtime.deps.forget_platform(key, str(meta.get("uid")))
             runtime.engine.forget(key)
-        elif runtime.platforms.observe(body):
-            runtime.engine.trigger(key)
+        else:
+            known = runtime.platforms.get(key)
+            if known is not None and known.uid != str(meta.get("uid")):  # deleted and made again meanwhile
+                runtime.deps.forget_platform(key, known.uid)
+            if runtime.platforms.observe(body):
+                runtime.engine.trigger(key)
         runtime.deps.metrics.platforms.set(len(runtime.platforms))
 
 
@@ -259,9 +265,17 @@ class _WatchRestarts(logging.Filter):
         return record.levelno >= logging.getLogger().getEffectiveLevel()
 
 
-async def _start_when_listed(runtime: Runtime) -> None:
-    """No reconcile before every child kind is listed: a half-filled cache would look like missing children."""
-    await runtime.watches.informers.ready()
+async def _start_when_listed(runtime: Runtime, patience: float = 60.0) -> None:
+    """No reconcile before every child kind is listed: a half-filled cache would look like missing children.
+
+    A kind that cannot be listed at all (RBAC, a broken conversion webhook) must not stop every platform,
+    though: after ``patience`` the work starts anyway, and what is missing is said in the log.
+    """
+    try:
+        await asyncio.wait_for(runtime.watches.informers.ready(), timeout=patience)
+    except TimeoutError:
+        logger.error("Not listed after %.0f s (see the warnings above): %s; reconciling without them",
+                     patience, ", ".join(map(repr, runtime.watches.informers.unready())))
     runtime.engine.start()
 
 
@@ -284,7 +298,10 @@ async def _resync(runtime: Runtime, config: OperatorConfig) -> None:
     reconciled, at least once per period."""
     while True:
         await asyncio.sleep(config.resync_seconds)
-        await runtime.resync(config)
+        try:
+            await runtime.resync(config)
+        except Exception:  # the safety net must outlive whatever went wrong this time
+            logger.exception("The periodic resync failed; trying again in %.0f s", config.resync_seconds)
 
 
 async def _serve_metrics(metrics: Metrics, port: int) -> Callable[[], Any]:

@@ -22,7 +22,14 @@ import zlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from learner_operator.drift import DIGEST_ANNOTATION, OWNERSHIP_KEY, own_entry, ownership
+from learner_operator.drift import (
+    DIGEST_ANNOTATION,
+    OWNERSHIP_KEY,
+    OWNS_REPLICAS_KEY,
+    own_entry,
+    ownership,
+    owns_replicas,
+)
 
 ChildKey = tuple[str, str]  # (kind, name)
 _KEEP_BODY = {"Deployment", "Job"}  # rollouts; a migration Job's outcome (learner_operator.migration)
@@ -43,6 +50,8 @@ class Live:
     deleting: str = ""
     #: The blob is the whole trimmed body (not yet reduced to what an in-sync child needs).
     full: bool = True
+    namespace: str = ""
+    owns_replicas: bool = False
 
     def body(self) -> dict[str, Any]:
         """The child as the reconciler sees it (a skeleton when the body was not kept)."""
@@ -54,6 +63,7 @@ class Live:
                                    "annotations": {DIGEST_ANNOTATION: self.digest},
                                    **({"deletionTimestamp": self.deleting} if self.deleting else {})}}
         loaded[OWNERSHIP_KEY] = self.ownership
+        loaded[OWNS_REPLICAS_KEY] = self.owns_replicas
         return loaded
 
     def without_body(self) -> Live:
@@ -111,7 +121,8 @@ def compact(body: Mapping[str, Any], *, in_sync: bool = False) -> Live:
     return Live(sys.intern(kind), str(meta.get("name", "")), sys.intern(str(body.get("apiVersion", ""))),
                 str(meta.get("resourceVersion", "")), str(annotations.get(DIGEST_ANNOTATION, "")),
                 ownership(dict(body)), blob, deleting=str(meta.get("deletionTimestamp") or ""),
-                full=not in_sync or kind == "Job")
+                full=not in_sync or kind == "Job", namespace=sys.intern(str(meta.get("namespace", ""))),
+                owns_replicas=kind == "Deployment" and owns_replicas(dict(body)))
 
 
 def controller_uid(body: Mapping[str, Any], owner_kind: str) -> str | None:
@@ -170,21 +181,26 @@ class LiveState:
         """The child is gone (a DELETED event, or absent from a fresh listing); True if we knew it."""
         children = self._children.get(owner_uid, {})
         known = children.get((kind, name))
+        key = (owner_uid, kind, name)
+        if resource_version:  # a DELETED event: our own delete, if that is what it was, is confirmed now
+            self._deleted.pop(key, None)
         if known is None or (resource_version and _newer(known.resource_version, resource_version)):
             return False
         del children[(kind, name)]
         if not children:
             self._children.pop(owner_uid, None)
-        key = (owner_uid, kind, name)
         self._deleted.pop(key, None)
         self._own_writes.pop(key, None)
         return True
 
-    def replace(self, kind: str, listed: Iterable[tuple[str, Mapping[str, Any]]], version: str) -> set[str]:
-        """A fresh listing of ``kind`` (owner uid, body): returns the owners whose children changed.
+    def replace(self, kind: str, listed: Iterable[tuple[str, Mapping[str, Any]]], version: str,
+                namespace: str | None = None) -> set[str]:
+        """A fresh listing of ``kind`` (owner uid, body) in ``namespace`` (None: all): returns the owners whose
+        children changed.
 
         Children absent from it are gone (deleted while no watch ran), unless our own write is newer
-        than the listing; listed children replace what was known unless what we know is newer.
+        than the listing; listed children replace what was known unless what we know is newer. Children
+        in other namespaces are another listing's business.
         """
         changed: set[str] = set()
         present: set[tuple[str, str]] = set()
@@ -195,8 +211,8 @@ class LiveState:
                 changed.add(owner_uid)
         for owner_uid, children in list(self._children.items()):
             for (child_kind, name), live in list(children.items()):
-                if child_kind == kind and (owner_uid, name) not in present and not _newer(
-                    live.resource_version, version
+                if child_kind == kind and (namespace is None or live.namespace == namespace) and (
+                    owner_uid, name) not in present and not _newer(live.resource_version, version
                 ) and self.vanish(owner_uid, child_kind, name):
                     changed.add(owner_uid)
         return changed

@@ -60,10 +60,12 @@ class PodStates:
             self._problems.pop(key, None)
         return key
 
-    def replace(self, pods: Iterable[Mapping[str, Any]]) -> set[Key]:
-        """A fresh listing of every pod: returns the platforms whose problems changed."""
+    def replace(self, pods: Iterable[Mapping[str, Any]], namespace: str | None = None) -> set[Key]:
+        """A fresh listing of every pod in ``namespace`` (None: all): returns the platforms whose problems
+        changed. Other namespaces' pods are another listing's business."""
         before = self._problems
-        self._problems = {}
+        self._problems = {key: problems for key, problems in before.items()
+                          if namespace is not None and key[0] != namespace}
         for pod in pods:
             self.observe(pod)
         return {key for key in before.keys() | self._problems.keys() if before.get(key) != self._problems.get(key)}

@@ -189,18 +189,28 @@ async def _sync_children(
         key = (manifest["kind"], manifest["metadata"]["name"])
         deps.live.writing(cr.uid, *key)
         try:
+            if drift.hands_over_replicas(manifest, live.get(key)):
+                await deps.api.apply(ref_of(manifest), drift.replicas_handover(manifest, live[key]),
+                                     manager=drift.HANDOVER_MANAGER, force=False)
             answer = await deps.api.apply(ref_of(manifest), manifest)
         except ApiError as exc:
             result.changed_meanwhile |= deps.live.write_failed(cr.uid, *key)
             result.errors.append(f"{key[0]} {key[1]}: {exc.message or exc.reason}")
             return
+        except BaseException:
+            deps.live.write_failed(cr.uid, *key)  # a timeout or a reset: whether it landed, the watch will say
+            raise
         applied_keys.append(f"{key[0]}/{key[1]}")
         result.changed_meanwhile |= deps.live.remember(cr.uid, answer)
         live[key] = answer
 
-    # Wave by wave (what a pod refers to exists before the pods), each wave's children at once.
+    # Wave by wave (what a pod refers to exists before the pods), each wave's children at once; an
+    # unexpected failure waits for the rest of its wave before it ends the reconcile.
     for wave in builders.APPLY_WAVES:
-        await asyncio.gather(*(apply(m) for m in stale if m["kind"] in wave))
+        outcomes = await asyncio.gather(*(apply(m) for m in stale if m["kind"] in wave), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
     if applied_keys:
         logger.info("Applied %s", ", ".join(applied_keys))
     for kind, name in unwanted:
@@ -289,6 +299,9 @@ async def _report(
     status.update(extra or {})
     if all(current.get(key) == value for key, value in status.items()):
         return
+    latest = deps.platforms.get(cr.key)
+    if latest is not None and latest.uid != cr.uid:
+        return  # deleted and made again under the same name while we worked: not its status
     await _warn_on_transition(deps, cr, old_conditions, conditions, logger)
     try:
         written = await deps.api.patch_status(cr.ref, status)

@@ -33,15 +33,20 @@ class SecretCache:
         before = self._versions.get(where)
         if resource_version is None:
             self._versions.pop(where, None)
+            self._reads.pop(where, None)
         else:
             self._versions[where] = resource_version
         return before != resource_version
 
-    def listed(self, versions: Mapping[Where, str]) -> set[Where]:
-        """A fresh listing of every Secret; returns those that changed or vanished."""
-        changed = {where for where in versions.keys() | self._versions.keys()
-                   if versions.get(where) != self._versions.get(where)}
-        self._versions = dict(versions)
+    def listed(self, versions: Mapping[Where, str], namespace: str | None = None) -> set[Where]:
+        """A fresh listing of every Secret in ``namespace`` (None: all); returns those that changed or vanished."""
+        mine = {where: version for where, version in self._versions.items()
+                if namespace is None or where[0] == namespace}
+        changed = {where for where in versions.keys() | mine.keys() if versions.get(where) != mine.get(where)}
+        for where in mine.keys() - versions.keys():
+            self._versions.pop(where, None)
+            self._reads.pop(where, None)
+        self._versions.update(versions)
         return changed
 
     # -- used by reconciles ---------------------------------------------------------------------------

@@ -12,10 +12,9 @@ Platforms newer than the list (created while it was being read) are kept: the li
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Sequence
 
-from learner_operator.kube.informer import scopes
+from learner_operator.kube.informer import in_scope, scopes
 from learner_operator.models import API_VERSION, PLURAL
 from learner_operator.platforms import Key
 from learner_operator.reconcile import Deps
@@ -30,21 +29,23 @@ def _newer(a: str, b: str) -> bool:
 
 async def compare_with_server(deps: Deps, namespaces: Sequence[str]) -> list[Key]:
     """Forget the platforms the server no longer has; returns them."""
+    served = in_scope(namespaces)
     present: dict[Key, str] = {}
-    version = ""
+    versions: dict[str | None, str] = {}  # per listing: a platform is judged by the list of its own namespace
     for scope in scopes(namespaces):
-        items, listed = await deps.api.list_metadata(API_VERSION, PLURAL, scope)
-        version = max(version, listed, key=lambda v: int(v) if v.isdigit() else -1)
+        items, versions[scope] = await deps.api.list_metadata(API_VERSION, PLURAL, scope)
         for item in items:
             meta = item.get("metadata") or {}
-            if namespaces and not any(fnmatch.fnmatch(str(meta.get("namespace")), ns) for ns in namespaces):
-                continue
-            present[(str(meta.get("namespace")), str(meta.get("name")))] = str(meta.get("uid"))
+            if served(str(meta.get("namespace"))):
+                present[(str(meta.get("namespace")), str(meta.get("name")))] = str(meta.get("uid"))
     gone: list[Key] = []
     for key in deps.platforms.known():
         snapshot = deps.platforms.get(key)
+        version = versions.get(key[0], versions.get(None, ""))
         if snapshot is None or present.get(key) == snapshot.uid or _newer(snapshot.resource_version, version):
             continue
+        if key[0] not in versions and None not in versions:
+            continue  # no listing covered its namespace
         deps.forget_platform(key, snapshot.uid)
         gone.append(key)
     return gone

@@ -10,13 +10,12 @@ platforms that reference it, and no Secret's values reach the operator through a
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from learner_operator import builders
 from learner_operator.engine import Engine
-from learner_operator.kube.informer import Informer, Informers, scopes
+from learner_operator.kube.informer import Informer, Informers, OnListed, in_scope, scopes
 from learner_operator.livestate import controller_uid
 from learner_operator.models import FIELD_MANAGER, KIND
 from learner_operator.platforms import Key
@@ -25,12 +24,8 @@ from learner_operator.reconcile import Deps
 MANAGED_SELECTOR = f"app.kubernetes.io/managed-by={FIELD_MANAGER}"
 
 
-def _in_scope(namespaces: Sequence[str]) -> Callable[[dict[str, Any]], bool]:
-    """Namespace patterns are watched cluster-wide and filtered here, as kopf filters them."""
-    if not namespaces:
-        return lambda _: True
-    return lambda body: any(fnmatch.fnmatch(str((body.get("metadata") or {}).get("namespace", "")), pattern)
-                            for pattern in namespaces)
+def _namespace(body: dict[str, Any]) -> str:
+    return str((body.get("metadata") or {}).get("namespace", ""))
 
 
 def _owner_key(body: dict[str, Any]) -> Key | None:
@@ -41,53 +36,69 @@ def _owner_key(body: dict[str, Any]) -> Key | None:
     return None
 
 
+def _scoped(handler: Callable[[list[dict[str, Any]], str, str | None], None], scope: str | None) -> OnListed:
+    """A listing handler told which namespace the listing covers (None: all): it replaces only that."""
+    def listed(items: list[dict[str, Any]], version: str) -> None:
+        handler(items, version, scope)
+    return listed
+
+
 class Watches:
     def __init__(self, deps: Deps, engine: Engine[Key], namespaces: Sequence[str]) -> None:
         self.deps, self.engine, self.namespaces = deps, engine, tuple(namespaces)
         self.informers = Informers()
-        self._wanted = _in_scope(self.namespaces)
+        served = in_scope(self.namespaces)  # patterns as kopf reads them: both halves serve the same namespaces
+        self._wanted: Callable[[dict[str, Any]], bool] = lambda body: served(_namespace(body))
 
     def start(self, kinds: Sequence[builders.ChildKind]) -> None:
         for kind in kinds:
             self.start_child(kind)
         for scope in scopes(self.namespaces):
             self.informers.start(Informer(self.deps.api, "v1", "secrets", namespace=scope, metadata_only=True,
-                                          on_event=self._secret_event, on_listed=self._secrets_listed))
-            self.informers.start(Informer(self.deps.api, "v1", "pods", namespace=scope,
-                                          label_selector=MANAGED_SELECTOR, on_event=self._pod_event,
-                                          on_listed=self._pods_listed))
+                                          on_event=self._secret_event, on_listed=_scoped(self._secrets_listed, scope)))
+            self.informers.start(Informer(self.deps.api, "v1", "pods", namespace=scope, label_selector=MANAGED_SELECTOR,
+                                          on_event=self._pod_event, on_listed=_scoped(self._pods_listed, scope)))
 
     def start_child(self, kind: builders.ChildKind) -> None:
-        def listed(items: list[dict[str, Any]], version: str) -> None:
-            self._children_listed(kind, items, version)
+        def children_listed(items: list[dict[str, Any]], version: str, scope: str | None) -> None:
+            self._children_listed(kind, items, version, scope)
 
         for scope in scopes(self.namespaces):
             self.informers.start(Informer(
                 self.deps.api, kind.api_version, kind.plural, namespace=scope, label_selector=MANAGED_SELECTOR,
-                on_event=self._child_event, on_listed=listed,
+                on_event=self._child_event, on_listed=_scoped(children_listed, scope),
             ))
 
     # -- children ------------------------------------------------------------------------------------
 
     def _child_event(self, event: str, body: dict[str, Any]) -> None:
-        uid, key = controller_uid(body, KIND), _owner_key(body)
-        if uid is None or key is None or not self._wanted(body):
+        if not self._wanted(body):
             return
+        uid, key = controller_uid(body, KIND), _owner_key(body)
         meta = body.get("metadata") or {}
+        kind, name = str(body.get("kind")), str(meta.get("name"))
+        if uid is None or key is None:
+            # Not (or no longer) ours by its owner reference: someone removed it. The platform its labels
+            # name has a child to restore, or to let go.
+            key = (_namespace(body), str((meta.get("labels") or {}).get("app.kubernetes.io/instance", "")))
+            snapshot = self.deps.platforms.get(key)
+            if snapshot is not None and self.deps.live.vanish(snapshot.uid, kind, name):
+                self.engine.trigger(key)
+            return
         if event == "DELETED":
-            news = self.deps.live.vanish(uid, str(body.get("kind")), str(meta.get("name")),
-                                         str(meta.get("resourceVersion") or ""))
+            news = self.deps.live.vanish(uid, kind, name, str(meta.get("resourceVersion") or ""))
         else:
             news = self.deps.live.observe(uid, body)
         if news:
             self.engine.trigger(key)
 
-    def _children_listed(self, kind: builders.ChildKind, items: list[dict[str, Any]], version: str) -> None:
+    def _children_listed(self, kind: builders.ChildKind, items: list[dict[str, Any]], version: str,
+                         scope: str | None) -> None:
         owned = [(uid, item) for item in items if self._wanted(item) and (uid := controller_uid(item, KIND))]
         for item in items:  # a metadata-only answer would lack the kind
             item.setdefault("kind", kind.kind)
             item.setdefault("apiVersion", kind.api_version)
-        changed = self.deps.live.replace(kind.kind, owned, version)
+        changed = self.deps.live.replace(kind.kind, owned, version, scope)
         owners = self.deps.platforms.by_uid()
         for uid in changed:
             if uid in owners:
@@ -102,22 +113,24 @@ class Watches:
         if key is not None:
             self.engine.trigger(key)
 
-    def _pods_listed(self, items: list[dict[str, Any]], _: str) -> None:
-        for key in self.deps.pods.replace(item for item in items if self._wanted(item)):
+    def _pods_listed(self, items: list[dict[str, Any]], _: str, scope: str | None) -> None:
+        for key in self.deps.pods.replace((item for item in items if self._wanted(item)), scope):
             self.engine.trigger(key)
 
     # -- Secrets -------------------------------------------------------------------------------------
 
     def _secret_event(self, event: str, body: dict[str, Any]) -> None:
+        if not self._wanted(body):
+            return
         meta = body.get("metadata") or {}
         where = (str(meta.get("namespace")), str(meta.get("name")))
         if self.deps.secrets.changed(where, None if event == "DELETED" else str(meta.get("resourceVersion"))):
             for key in self.deps.platforms.referencing_secret(*where):
                 self.engine.trigger(key)
 
-    def _secrets_listed(self, items: list[dict[str, Any]], _: str) -> None:
+    def _secrets_listed(self, items: list[dict[str, Any]], _: str, scope: str | None) -> None:
         fresh = {(str((i.get("metadata") or {}).get("namespace")), str((i.get("metadata") or {}).get("name"))):
                  str((i.get("metadata") or {}).get("resourceVersion")) for i in items if self._wanted(i)}
-        for where in self.deps.secrets.listed(fresh):
+        for where in self.deps.secrets.listed(fresh, scope):
             for key in self.deps.platforms.referencing_secret(*where):
                 self.engine.trigger(key)

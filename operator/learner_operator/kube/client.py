@@ -18,7 +18,7 @@ from learner_operator.kube.paths import ResourceRef
 from learner_operator.models import FIELD_MANAGER
 
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-_METADATA_LIST = "application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io,application/json"
+_METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
 
 
 class ApiError(Exception):
@@ -95,7 +95,9 @@ class KubeApi:
         while True:
             query = [("limit", "500")] + ([("labelSelector", label_selector)] if label_selector else []) + (
                 [("continue", token)] if token else [])
-            page = await self._call("GET", path, query=query, accept=accept) or {}
+            page = await self._call("GET", path, query=query, accept=accept)
+            if page is None:  # a list is never "not found": the kind is not served (its CRD is gone)
+                raise ApiError(404, "NotFound", f"the server does not serve {api_version} {plural}")
             items += page.get("items") or []
             meta = page.get("metadata") or {}
             token = str(meta.get("continue") or "")
@@ -137,11 +139,12 @@ class KubeApi:
         found = await self._call("GET", prefix)
         return found is not None and any(r.get("name") == plural for r in found.get("resources") or [])
 
-    async def apply(self, ref: ResourceRef, manifest: dict[str, Any]) -> dict[str, Any]:
+    async def apply(self, ref: ResourceRef, manifest: dict[str, Any], *, manager: str = FIELD_MANAGER,
+                    force: bool = True) -> dict[str, Any]:
         """Server-side apply as the operator's field manager, taking over fields someone else changed."""
         result = await self._call(
             "PATCH", ref.path(), body=manifest, content_type="application/apply-patch+yaml",
-            query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+            query=[("fieldManager", manager), ("force", "true" if force else "false")],
         )
         assert result is not None
         return result
