@@ -171,7 +171,10 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, login: Cal
             return retry
 
         engine: Engine[Key] = Engine(work, workers=config.workers)
-        runtime = Runtime(deps=deps, engine=engine, watches=Watches(deps, engine, config.namespaces))
+        # The watches hold a connection each for minutes: a client of their own, so that they can never take
+        # every connection the reconciles need (ten per watched namespace; the default pool has 100).
+        watching = await connect(config.api_host, counter, kubeconfig=config.kubeconfig, connections=1000)
+        runtime = Runtime(deps=deps, engine=engine, watches=Watches(deps, engine, config.namespaces, watching))
         runtime.watches.start([kind for kind in builders.CHILD_KINDS if kind.kind not in builders.OPTIONAL_KINDS
                                or await deps.discovery.served(kind.api_version, kind.plural)])
         restarts = _WatchRestarts(asyncio.get_running_loop(), lambda: runtime.verify_soon(config))
@@ -194,6 +197,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, login: Cal
             return
         await runtime.engine.stop()
         await runtime.watches.informers.stop()
+        await runtime.watches.api.close()
         for task in [*runtime.tasks, *([runtime.verifying] if runtime.verifying else [])]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

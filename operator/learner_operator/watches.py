@@ -15,6 +15,7 @@ from typing import Any
 
 from learner_operator import builders
 from learner_operator.engine import Engine
+from learner_operator.kube import KubeApi
 from learner_operator.kube.informer import Informer, Informers, OnListed, in_scope, scopes
 from learner_operator.livestate import controller_uid
 from learner_operator.models import FIELD_MANAGER, KIND
@@ -44,8 +45,9 @@ def _scoped(handler: Callable[[list[dict[str, Any]], str, str | None], None], sc
 
 
 class Watches:
-    def __init__(self, deps: Deps, engine: Engine[Key], namespaces: Sequence[str]) -> None:
+    def __init__(self, deps: Deps, engine: Engine[Key], namespaces: Sequence[str], api: KubeApi | None = None) -> None:
         self.deps, self.engine, self.namespaces = deps, engine, tuple(namespaces)
+        self.api = api or deps.api  # the watches' own client (see handlers)
         self.informers = Informers()
         served = in_scope(self.namespaces)  # patterns as kopf reads them: both halves serve the same namespaces
         self._wanted: Callable[[dict[str, Any]], bool] = lambda body: served(_namespace(body))
@@ -54,9 +56,9 @@ class Watches:
         for kind in kinds:
             self.start_child(kind)
         for scope in scopes(self.namespaces):
-            self.informers.start(Informer(self.deps.api, "v1", "secrets", namespace=scope, metadata_only=True,
+            self.informers.start(Informer(self.api, "v1", "secrets", namespace=scope, metadata_only=True,
                                           on_event=self._secret_event, on_listed=_scoped(self._secrets_listed, scope)))
-            self.informers.start(Informer(self.deps.api, "v1", "pods", namespace=scope, label_selector=MANAGED_SELECTOR,
+            self.informers.start(Informer(self.api, "v1", "pods", namespace=scope, label_selector=MANAGED_SELECTOR,
                                           on_event=self._pod_event, on_listed=_scoped(self._pods_listed, scope)))
 
     def start_child(self, kind: builders.ChildKind) -> None:
@@ -65,7 +67,7 @@ class Watches:
 
         for scope in scopes(self.namespaces):
             self.informers.start(Informer(
-                self.deps.api, kind.api_version, kind.plural, namespace=scope, label_selector=MANAGED_SELECTOR,
+                self.api, kind.api_version, kind.plural, namespace=scope, label_selector=MANAGED_SELECTOR,
                 on_event=self._child_event, on_listed=_scoped(children_listed, scope),
             ))
 

@@ -219,6 +219,7 @@ def _error(status: int, data: bytes) -> ApiError:
 
 async def connect(
     host: str | None = None, counter: RequestCounter | None = None, *, kubeconfig: str | None = None,
+    connections: int = 100,
 ) -> KubeApi:
     """In-cluster config when there, else the kubeconfig; ``host`` (the emulator: plain HTTP, no credentials)
     overrides both, and an explicit ``kubeconfig`` file (a real test cluster: its CA and a token) wins over
@@ -229,6 +230,7 @@ async def connect(
     # trust_env makes aiohttp read ~/.netrc in a thread for every request; proxies for the API
     # server belong in the kubeconfig, not in the environment.
     configuration.client_session_kwargs = {"trust_env": False}
+    configuration.connection_pool_maxsize = connections
     if host is not None:
         configuration.host = host
     elif kubeconfig is not None:
