@@ -26,15 +26,16 @@ async def operator(cluster: AnyCluster) -> AsyncIterator[Operator]:
         yield op
 
 
-def pods_of(cluster: AnyCluster, deployment: str, count: int) -> list[str]:
+async def pods_of(cluster: AnyCluster, deployment: str, count: int) -> list[str]:
     template = cluster.get("apps/v1", "deployments", NS, deployment)["spec"]["template"]
     labels = template["metadata"]["labels"]
     if getattr(cluster, "has_controllers", False):
         def made() -> list[str]:
             pods = [p for p in cluster.all("v1", "pods", NS) if all(
                 p["metadata"].get("labels", {}).get(k) == v for k, v in labels.items())]
-            return [p["metadata"]["name"] for p in pods] if len(pods) >= count else []
-        return list(made())
+            return [p["metadata"]["name"] for p in pods][:count] if len(pods) >= count else []
+        found: list[str] = await eventually(made, within=30, what=f"{count} pods of {deployment}")
+        return found
     names = [f"{deployment}-{index}" for index in range(count)]
     for name in names:
         cluster.put({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": NS, "labels": labels},
@@ -70,7 +71,7 @@ async def test_crash_looping_pods_name_the_container_and_its_last_words(
     await converged(cluster, operator)
     cluster.set_deployment_status(NS, API, ready=0)
     line = "learner-api: DATABASE_URL's role owns the tables: connect as a role that is only a member of learner_app"
-    for pod in pods_of(cluster, API, 2):
+    for pod in await pods_of(cluster, API, 2):
         kubelet(cluster, pod, **crash_looping("learner-api", line))
     await eventually(lambda: condition(cluster, "LearnerApiAvailable") == ("False", "CrashLoopBackOff"))
     message = conditions(cluster)["LearnerApiAvailable"]["message"]
@@ -88,12 +89,12 @@ async def test_out_of_memory_images_that_cannot_be_pulled_and_unschedulable_pods
     await converged(cluster, operator)
     cluster.set_deployment_status(NS, API, ready=0)
     cluster.set_deployment_status(NS, EVALUATOR, ready=0)
-    [evaluator] = pods_of(cluster, EVALUATOR, 1)
+    [evaluator] = await pods_of(cluster, EVALUATOR, 1)
     kubelet(cluster, evaluator, **crash_looping("evaluator", "", reason="OOMKilled"))
     await eventually(lambda: condition(cluster, "EvaluatorAvailable") == ("False", "OOMKilled"))
     assert "raise resources.limits.memory" in conditions(cluster)["EvaluatorAvailable"]["message"]
 
-    first, second = pods_of(cluster, API, 2)
+    first, second = await pods_of(cluster, API, 2)
     kubelet(cluster, first, phase="Pending", containerStatuses=[{
         "name": "learner-api", "ready": False, "restartCount": 0, "image": "ghcr.io/ai-platform/learner-api:nope",
         "state": {"waiting": {"reason": "ImagePullBackOff",
@@ -114,7 +115,7 @@ async def test_some_pods_failing_while_others_serve_is_degraded_not_unready(
     cluster.set_deployment_status(NS, API)
     cluster.set_deployment_status(NS, EVALUATOR)
     await eventually(lambda: condition(cluster, "Ready") == ("True", "AllComponentsReady"))
-    [pod] = pods_of(cluster, API, 1)
+    [pod] = await pods_of(cluster, API, 1)
     kubelet(cluster, pod, **crash_looping("learner-api", "panic: the new release cannot read its config"))
     await eventually(lambda: condition(cluster, "Degraded") == ("True", "CrashLoopBackOff"))
     assert condition(cluster, "Ready") == ("True", "AllComponentsReady")  # it still serves
