@@ -184,3 +184,11 @@ async def settled(cluster: AnyCluster, operator: Operator, *, quiet: float = 0.5
         elif time.monotonic() - since >= quiet:
             return
     raise AssertionError("the operator did not settle")
+
+
+async def resync_writes(cluster: AnyCluster, operator: Operator) -> list[tuple[str, str]]:
+    """The mutating requests (kind, name) that one full resync of a settled operator sends."""
+    start = len(cluster.log)
+    await operator.resync_now()
+    await settled(cluster, operator)
+    return [(r.resource.plural if r.resource else r.path, str(r.name)) for r in cluster.mutating_requests(start)]

@@ -20,7 +20,7 @@ from learner_operator import cli, yamlio
 from learner_operator.builders import FIELD_MANAGER
 from tests import keda_api
 from tests.conftest import EXAMPLES, load
-from tests.operator_harness import NS, AnyCluster, Operator, eventually, running_operator, settled
+from tests.operator_harness import NS, AnyCluster, Operator, eventually, resync_writes, running_operator, settled
 from tests.test_operator import EVALUATOR, condition, conditions, secret
 
 pytestmark = pytest.mark.operator
@@ -71,13 +71,6 @@ def operator_sets_replicas(deployment: dict[str, Any]) -> bool:
 def keda_requests(cluster: AnyCluster, since: int = 0) -> list[Any]:
     return [r for r in cluster.log[since:] if r.resource is not None
             and r.resource.plural in ("scaledobjects", "triggerauthentications")]
-
-
-async def resync_writes(cluster: AnyCluster, operator: Operator) -> list[tuple[str, str]]:
-    start = len(cluster.log)
-    await operator.resync_now()
-    await settled(cluster, operator)
-    return [(r.resource.plural if r.resource else r.path, str(r.name)) for r in cluster.mutating_requests(start)]
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import EXAMPLES, load
-from tests.operator_harness import NS, AnyCluster, Operator, eventually, running_operator, settled
+from tests.operator_harness import NS, AnyCluster, Operator, eventually, resync_writes, running_operator, settled
 from tests.test_operator import API, EVALUATOR, secret
 
 pytestmark = pytest.mark.operator
@@ -34,13 +34,6 @@ async def _converged(cluster: AnyCluster, operator: Operator, doc: dict[str, Any
     await eventually(lambda: cluster.get("apps/v1", "deployments", namespace, API), what="learner-api Deployment")
     await settled(cluster, operator)
     return namespace
-
-
-async def _resync_writes(cluster: AnyCluster, operator: Operator) -> list[tuple[str, str]]:
-    start = len(cluster.log)
-    await operator.resync_now()
-    await settled(cluster, operator)
-    return [(r.resource.plural if r.resource else r.path, str(r.name)) for r in cluster.mutating_requests(start)]
 
 
 @pytest.fixture
@@ -66,8 +59,8 @@ async def test_a_converged_platform_costs_no_write_per_resync(
     cluster: AnyCluster, operator: Operator, doc: dict[str, Any],
 ) -> None:
     await _converged(cluster, operator, copy.deepcopy(doc))
-    assert await _resync_writes(cluster, operator) == []
-    assert await _resync_writes(cluster, operator) == []
+    assert await resync_writes(cluster, operator) == []
+    assert await resync_writes(cluster, operator) == []
 
 
 async def test_an_env_var_someone_else_added_is_left_alone_without_writes(
@@ -85,7 +78,7 @@ async def test_an_env_var_someone_else_added_is_left_alone_without_writes(
 
     cluster.update("apps/v1", "deployments", namespace, API, set_env, manager="kubectl-set")
     await settled(cluster, operator)
-    assert await _resync_writes(cluster, operator) == []
+    assert await resync_writes(cluster, operator) == []
     env = cluster.get("apps/v1", "deployments", namespace, API)["spec"]["template"]["spec"]["containers"][0]["env"]
     assert {"name": "DEBUG", "value": "1"} in env
     assert any(item["name"] == "DATABASE_URL" for item in env)
@@ -106,7 +99,7 @@ async def test_a_field_we_own_changed_by_someone_else_costs_one_write(cluster: A
         "containers"][0]["image"] == image, what="image restored")
     await settled(cluster, operator)
     assert [(r.resource.plural, r.name) for r in cluster.mutating_requests(start)] == [("deployments", EVALUATOR)]
-    assert await _resync_writes(cluster, operator) == []
+    assert await resync_writes(cluster, operator) == []
 
 
 async def test_replicas_scaled_by_hand_without_the_hpa_are_restored_once(
@@ -121,7 +114,7 @@ async def test_replicas_scaled_by_hand_without_the_hpa_are_restored_once(
                      what="replicas restored")
     await settled(cluster, operator)
     assert [(r.resource.plural, r.name) for r in cluster.mutating_requests(start)] == [("deployments", API)]
-    assert await _resync_writes(cluster, operator) == []
+    assert await resync_writes(cluster, operator) == []
 
 
 async def test_the_hpa_owns_replicas_and_the_operator_never_fights_it(cluster: AnyCluster, operator: Operator) -> None:
@@ -129,7 +122,7 @@ async def test_the_hpa_owns_replicas_and_the_operator_never_fights_it(cluster: A
     start = len(cluster.log)
     cluster.scale(namespace, API, 6)
     await settled(cluster, operator)
-    assert await _resync_writes(cluster, operator) == []
+    assert await resync_writes(cluster, operator) == []
     # The status says 0/6 now; nothing else is written.
     assert [(r.resource.plural, r.subresource) for r in cluster.mutating_requests(start)] == [
         ("learnerplatforms", "status")]
@@ -194,5 +187,5 @@ async def test_autoscaling_switched_on_keeps_the_replicas_until_the_hpa_moves_th
     assert cluster.get("apps/v1", "deployments", namespace, API)["spec"]["replicas"] == 4
     cluster.scale(namespace, API, 5)  # the HPA takes over from there
     await settled(cluster, operator)
-    assert await _resync_writes(cluster, operator) == []
+    assert await resync_writes(cluster, operator) == []
     assert cluster.get("apps/v1", "deployments", namespace, API)["spec"]["replicas"] == 5
