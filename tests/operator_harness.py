@@ -191,4 +191,4 @@ async def resync_writes(cluster: AnyCluster, operator: Operator) -> list[tuple[s
     start = len(cluster.log)
     await operator.resync_now()
     await settled(cluster, operator)
-    return [(r.resource.plural if r.resource else r.path, str(r.name)) for r in cluster.mutating_requests(start)]
+    return [(r.resource.plural if r.resource else str(r.url), str(r.name)) for r in cluster.mutating_requests(start)]

@@ -9,13 +9,14 @@ at: the Deployments' images, the conditions, ``status.schemaVersion`` and the ev
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import kmock
 import pytest
 
-from tests.operator_harness import NS, AnyCluster, Operator, eventually, running_operator, settled
+from tests.operator_harness import NS, AnyCluster, Operator, eventually, resync_writes, running_operator, settled
 from tests.test_operator import API, EVALUATOR, condition, conditions, platform_doc, ready_platform
 
 pytestmark = pytest.mark.operator
@@ -85,13 +86,6 @@ async def migrated_platform(cluster: AnyCluster, operator: Operator, tag: str = 
     cluster.finish_job(NS, await started(cluster, tag), succeeded=True, message=SUCCESS.format("0007_startup", "all"))
     await eventually(lambda: condition(cluster, "Migrated") == ("True", "MigrationSucceeded"), what="migrated")
     await settled(cluster, operator)
-
-
-async def resync_writes(cluster: AnyCluster, operator: Operator) -> list[tuple[str, str]]:
-    start = len(cluster.log)
-    await operator.resync_now()
-    await settled(cluster, operator)
-    return [(r.resource.plural if r.resource else r.path, str(r.name)) for r in cluster.mutating_requests(start)]
 
 
 async def test_first_install_runs_one_restricted_job_owned_by_the_platform(
@@ -269,6 +263,67 @@ async def test_an_unreadable_outcome_is_retried_not_guessed(cluster: AnyCluster,
     await eventually(lambda: images(cluster) == on("v2"), within=20, what="read on a retry, then rolled")
     await eventually(lambda: status(cluster)["schemaVersion"] == "0008_course_tags")
     await eventually(lambda: condition(cluster, "Degraded") == ("False", "AsExpected"))
+
+
+async def test_the_outcome_is_recorded_before_the_workloads_roll(cluster: AnyCluster, operator: Operator) -> None:
+    """The status is the record that outlives the Job (its TTL removes it): it says the image is migrated
+    before any workload runs that image, so a reader that sees the new pods also sees the schema version."""
+    await migrated_platform(cluster, operator, "v1")
+    set_tag(cluster, "v2")
+    v2 = await started(cluster, "v2")
+    start = len(cluster.log)
+    cluster.finish_job(NS, v2, succeeded=True, message=SUCCESS.format("0008_course_tags", "it"))
+    await eventually(lambda: images(cluster) == on("v2"), what="both Deployments on v2")
+    writes = cluster.mutating_requests(start)
+
+    def first(what: str, matches: Any) -> int:
+        found = [i for i, r in enumerate(writes) if r.resource and matches(r)]
+        assert found, f"no {what} among {[(r.method.value, str(r.url)) for r in writes]}"
+        return found[0]
+
+    recorded = first("status write with the migrated image", lambda r: r.subresource == "status" and (
+        ((r.data or {}).get("status") or {}).get("migratedImage") or {}).get("tag") == "v2")
+    rolled = first("Deployment on v2", lambda r: r.resource.plural == "deployments" and json.dumps(r.data or {})
+                   .find(f"{REPOSITORY}:v2") >= 0)
+    assert recorded < rolled
+    assert status(cluster)["schemaVersion"] == "0008_course_tags"
+
+
+@pytest.mark.emulator_only("kmock fault injection")
+async def test_a_recorded_outcome_outlives_its_job_and_the_operator(cluster: AnyCluster) -> None:
+    """The operator stops (a crash, a lost leadership) right after the Deployments moved to the migrated image,
+    before anything else is written; the TTL controller removes the Job meanwhile. The next operator must find
+    the record: without it, it would roll the pods back to the old image and migrate again."""
+    rolled = False
+
+    def watch_rollout(request: kmock.Request) -> Any:
+        nonlocal rolled
+        rolled |= f"{REPOSITORY}:v2" in json.dumps(request.data or {})
+        raise NotImplementedError  # fall through to the emulator's normal behaviour
+
+    def crashed(request: kmock.Request) -> Any:
+        if rolled and request.subresource == "status":
+            return kmock.KubernetesError(status=500, reason="InternalError", message="etcdserver: request timed out")
+        raise NotImplementedError
+
+    async with running_operator(cluster) as first:
+        await migrated_platform(cluster, first, "v1")
+        set_tag(cluster, "v2")
+        v2 = await started(cluster, "v2")
+        cluster["patch", kmock.resource("apps", "v1", "deployments")] << watch_rollout
+        cluster["patch", kmock.resource(*LP[0].split("/"), LP[1])] << crashed
+        cluster.finish_job(NS, v2, succeeded=True, message=SUCCESS.format("0008_course_tags", "it"))
+        await eventually(lambda: images(cluster) == on("v2"), what="both Deployments on v2")
+    cluster.remove("batch/v1", "jobs", NS, v2)
+    rolled = False
+    start = len(cluster.log)
+    async with running_operator(cluster) as second:
+        await eventually(lambda: condition(cluster, "Migrated") == ("True", "MigrationSucceeded"))
+        await settled(cluster, second)
+        assert images(cluster) == on("v2")
+    assert status(cluster)["schemaVersion"] == "0008_course_tags"
+    assert [r.method.value for r in cluster.mutating_requests(start) if r.resource and r.resource.plural == "jobs"] \
+        == []  # nothing migrated twice
 
 
 @pytest.mark.emulator_only("a real Job controller would stop the Job only after its 15-minute deadline")

@@ -60,6 +60,9 @@ class Gate:
     job: dict[str, Any] | None = None
     #: What kept the gate from deciding (the reconcile reports it and tries again later).
     error: str = ""
+    #: A Job's outcome was read just now and is not in the status yet: the reconcile records it before it
+    #: acts on it (rolls the workloads), so that no restart between the two can lose the record.
+    new_outcome: bool = False
 
 
 def _image_status(image: ImageSpec) -> dict[str, str]:
@@ -172,9 +175,10 @@ async def decide(
         # kept after a rollback) tells an older version than the database holds. Versions sort as the runner
         # applies them.
         version = max((v for v in (schema, schema_version_of(said)) if v and v != "unknown"), default="unknown")
-        return gate(SUCCEEDED, _succeeded(version, target), serving=None, version=version, migrated_now=spec.image)
+        return gate(SUCCEEDED, _succeeded(version, target), serving=None, version=version, migrated_now=spec.image,
+                    new_outcome=True)
     message = _clip("; ".join(part for part in (reason, said) if part))
-    return gate(FAILED, _failed(name, target, message, held), serving=migrated, message=message)
+    return gate(FAILED, _failed(name, target, message, held), serving=migrated, message=message, new_outcome=True)
 
 
 def _succeeded(version: str, target: str) -> Verdict:

@@ -244,6 +244,7 @@ async def reconcile(deps: Deps, cr: Snapshot, logger: Logger) -> float | None:
         await _report(deps, cr, Observation(cr.generation, paused=True), logger)
         return None
 
+    before = list(cr.status.get("conditions") or [])  # what the events compare with (cr may be rewritten below)
     live = deps.live.children_of(cr.uid)
     # The migration Jobs are the gate's (learner_operator.migration), not the diff's: never applied, never pruned.
     jobs = {name: body for (kind, name), body in live.items() if kind in builders.ONE_SHOT_KINDS}
@@ -258,6 +259,11 @@ async def reconcile(deps: Deps, cr: Snapshot, logger: Logger) -> float | None:
         synced = SyncResult()
         if secret.status == "True":
             gate = await migration.decide(deps.api, cr, spec, jobs)
+            if gate.new_outcome:
+                recorded = await _record_migration(deps, cr, gate, logger)
+                if recorded is None:
+                    return None  # deleted meanwhile
+                cr = recorded
             synced = await _sync_children(deps, cr, spec, secret_hash, live, logger, gate, fresh)
             if synced.gone:
                 return None
@@ -278,16 +284,32 @@ async def reconcile(deps: Deps, cr: Snapshot, logger: Logger) -> float | None:
         evaluator=evaluator if spec.evaluator.enabled else None, unserved=tuple(synced.unserved),
         migration=gate.verdict if gate is not None else None,
     )
-    await _report(deps, cr, observation, logger, gate.status if gate is not None else {})
+    await _report(deps, cr, observation, logger, gate.status if gate is not None else {}, warn_since=before)
     if synced.errors:
         return deps.retry_after_error
     return AGAIN if synced.changed_meanwhile else None
 
 
+async def _record_migration(deps: Deps, cr: Snapshot, gate: migration.Gate, logger: Logger) -> Snapshot | None:
+    """Write a migration Job's outcome (the Migrated condition and the gate's status fields) before the reconcile
+    acts on it: the status is the record that outlives the Job, so the workloads move to a migrated image only
+    once the record says so. Returns the platform as written, or None when it is gone."""
+    old = list(cr.status.get("conditions") or [])
+    conditions = merge_conditions(old, {"Migrated": gate.verdict}, cr.generation, deps.now())
+    written = await _write_status(deps, cr, {"conditions": conditions, **gate.status})
+    if written is None:
+        return None
+    logger.info("Recorded the migration's outcome: %s", gate.verdict.message)
+    # Only the status is taken from the answer: the spec and generation stay those this reconcile works on.
+    return dataclasses.replace(cr, packed_status=Snapshot.of(written).packed_status)
+
+
 async def _report(
     deps: Deps, cr: Snapshot, obs: Observation, logger: Logger, extra: dict[str, Any] | None = None,
+    warn_since: list[dict[str, Any]] | None = None,
 ) -> None:
-    """Write the status only when it differs from what the CR already says (``extra``: more status fields)."""
+    """Write the status only when it differs from what the CR already says (``extra``: more status fields).
+    ``warn_since``: the conditions that Warning events compare with, when this reconcile wrote some already."""
     platform_names = (f"{cr.name}-learner-api", f"{cr.name}-evaluator")
     current = cr.status
     old_conditions = list(current.get("conditions") or [])
@@ -297,21 +319,29 @@ async def _report(
         status["learnerApi"] = summarise(obs.api)
         status["evaluator"] = summarise(obs.evaluator)
     status.update(extra or {})
-    if all(current.get(key) == value for key, value in status.items()):
-        return
+    unchanged = all(current.get(key) == value for key, value in status.items())
     latest = deps.platforms.get(cr.key)
     if latest is not None and latest.uid != cr.uid:
         return  # deleted and made again under the same name while we worked: not its status
-    await _warn_on_transition(deps, cr, old_conditions, conditions, logger)
+    if not unchanged or (warn_since is not None and warn_since != conditions):
+        await _warn_on_transition(deps, cr, old_conditions if warn_since is None else warn_since, conditions, logger)
+    if unchanged:
+        return
+    if await _write_status(deps, cr, status) is not None:
+        logger.debug("Status written: %s", {c["type"]: c["reason"] for c in conditions})
+
+
+async def _write_status(deps: Deps, cr: Snapshot, status: dict[str, Any]) -> dict[str, Any] | None:
+    """Patch the status subresource; None when the platform is gone (then it is forgotten)."""
     try:
         written = await deps.api.patch_status(cr.ref, status)
     except ApiError as exc:
         if exc.status != 404:
             raise
         deps.forget_platform(cr.key, cr.uid)  # deleted meanwhile, whatever the watch stream says
-        return
+        return None
     deps.platforms.wrote(written)
-    logger.debug("Status written: %s", {c["type"]: c["reason"] for c in conditions})
+    return written
 
 
 _QUIET_REASONS = {"RolloutInProgress", "Paused", "DeploymentMissing", "MinimumReplicasUnavailable"}
