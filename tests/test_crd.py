@@ -51,7 +51,7 @@ def test_crd_is_structural(crd: dict[str, Any]) -> None:
     assert version["subresources"] == {"status": {}}
     assert crd["spec"]["names"]["shortNames"] == ["lp"]
     columns = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert columns == ["Ready", "Reason", "API", "Image", "Schema", "Age"]
+    assert columns == ["Ready", "Reason", "API", "Image", "Schema", "Step", "Canary", "Verdict", "Age"]
 
 
 def admissible(path: Path) -> dict[str, Any]:

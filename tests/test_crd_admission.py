@@ -70,3 +70,32 @@ def test_observability_without_pushgateway_is_admitted(cluster: AnyCluster) -> N
     doc["spec"]["observability"] = {"serviceMonitor": False}
     stored = cluster.put(doc)
     assert stored["spec"]["observability"]["pushgateway"]["enabled"] is False
+
+
+@pytest.mark.parametrize(("rollout", "complaint"), [
+    ({"strategy": "Canary", "steps": [{"weight": 50}, {"weight": 10}]}, "must be above the previous"),
+    ({"strategy": "Canary", "steps": [{"weight": 20}, {"weight": 20}]}, "must be above the previous"),
+    ({"strategy": "Canary", "steps": []}, "a Canary rollout needs at least one step"),
+    ({"strategy": "Canary", "steps": [{"weight": 100}]}, "weight"),
+    ({"strategy": "Canary", "steps": [{"weight": 10, "pause": "two minutes"}]}, "pause"),
+    ({"strategy": "Canary", "slo": {"maxErrorRatio": 2}}, "maxErrorRatio"),
+], ids=["decreasing", "repeated", "no-steps", "weight-100", "bad-pause", "ratio-above-1"])
+def test_a_bad_rollout_is_refused_at_admission_with_the_reason(
+    cluster: AnyCluster, rollout: dict[str, Any], complaint: str,
+) -> None:
+    doc = load(EXAMPLES / "01-minimal.yaml")
+    doc["spec"]["rollout"] = rollout
+    with pytest.raises(kmock.KubernetesError) as refused:
+        cluster.put(doc)
+    assert complaint in str(refused.value)
+    with pytest.raises(ValueError, match=complaint):  # the operator's own check says the same
+        parse_spec(doc["spec"])
+
+
+def test_a_canary_rollout_is_completed_by_defaults(cluster: AnyCluster) -> None:
+    doc = load(EXAMPLES / "01-minimal.yaml")
+    doc["spec"]["rollout"] = {"strategy": "Canary", "steps": [{"weight": 25}]}
+    stored = cluster.put(doc)
+    assert stored["spec"]["rollout"]["steps"] == [{"weight": 25, "pause": "2m"}]
+    assert stored["spec"]["rollout"]["slo"]["minRequests"] == 100
+    assert parse_spec(stored["spec"]).rollout.canary

@@ -39,6 +39,12 @@ _PRINTER_COLUMNS = [
     {"name": "Image", "type": "string", "jsonPath": ".spec.image.tag"},
     {"name": "Schema", "type": "string", "jsonPath": ".status.schemaVersion",
      "description": "the database schema version the last migration left"},
+    {"name": "Step", "type": "integer", "jsonPath": ".status.rollout.step",
+     "description": "the canary rollout's step (0: none under way)"},
+    {"name": "Canary", "type": "string", "jsonPath": ".status.rollout.canaryWeight",
+     "description": "share of learner-api pods on the canary, %"},
+    {"name": "Verdict", "type": "string", "jsonPath": ".status.rollout.verdict",
+     "description": "the canary analysis' last verdict"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 
@@ -89,7 +95,8 @@ def _factory_defaults(schema: dict[str, Any], model: type[BaseModel]) -> None:
         if isinstance(value, BaseModel):
             prop["default"] = value.model_dump(by_alias=True, mode="json")
         elif value:
-            prop["default"] = value
+            prop["default"] = [v.model_dump(by_alias=True, mode="json") if isinstance(v, BaseModel) else v
+                               for v in value] if isinstance(value, list) else value
 
 
 def openapi_schema() -> dict[str, Any]:

@@ -19,6 +19,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from learner_operator.models.rollout import RolloutSpec, RolloutStatus
+
 GROUP = "learner.dev"
 VERSION = "v1alpha1"
 KIND = "LearnerPlatform"
@@ -369,15 +371,17 @@ class LearnerPlatformSpec(_Model):
     observability: ObservabilitySpec = Field(default_factory=ObservabilitySpec)
     network_policy: NetworkPolicySpec = Field(default_factory=NetworkPolicySpec)
     migration: MigrationSpec = Field(default_factory=MigrationSpec)
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec)
 
 
 # ---------------------------------------------------------------------------------------------
 # Status: written by the operator only.
 
 ConditionType = Literal["SecretReady", "LearnerApiAvailable", "EvaluatorAvailable", "Progressing", "Degraded", "Ready",
-                        "Migrated"]
+                        "Migrated", "RolledOut"]
 CONDITION_TYPES: tuple[ConditionType, ...] = (
     "Ready", "SecretReady", "LearnerApiAvailable", "EvaluatorAvailable", "Progressing", "Degraded", "Migrated",
+    "RolledOut",
 )
 MigrationPhase = Literal["", "Running", "Succeeded", "Failed"]
 REASON_PATTERN = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
@@ -434,3 +438,5 @@ class LearnerPlatformStatus(_Model):
         description="The last image whose migration succeeded: learner-api and evaluator run it until the "
         "next migration succeeds.",
     )
+    rollout: RolloutStatus = Field(default_factory=RolloutStatus,
+                                   description="The canary rollout (spec.rollout.strategy Canary): step, share, verdict.")
