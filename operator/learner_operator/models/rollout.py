@@ -9,6 +9,7 @@ the canary pods' 5xx ratio and p99 latency with the stable pods' (read from lear
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from typing import Literal
@@ -93,7 +94,7 @@ class RolloutSpec(_Model):
     @model_validator(mode="after")
     def _steps_increase(self) -> RolloutSpec:
         weights = [step.weight for step in self.steps]
-        if any(b <= a for a, b in zip(weights, weights[1:], strict=False)):
+        if any(b <= a for a, b in itertools.pairwise(weights)):
             raise ValueError(f"rollout.steps: each step's weight must be above the previous one's (got {weights})")
         if self.strategy == "Canary" and not weights:
             raise ValueError("rollout.steps: a Canary rollout needs at least one step")

@@ -439,4 +439,4 @@ class LearnerPlatformStatus(_Model):
         "next migration succeeds.",
     )
     rollout: RolloutStatus = Field(default_factory=RolloutStatus,
-                                   description="The canary rollout (spec.rollout.strategy Canary): step, share, verdict.")
+                                   description="The canary rollout (strategy Canary): step, share, verdict.")
