@@ -17,6 +17,7 @@ from learner_api.content_cache import ContentCache, lookups_counter
 from learner_api.cursors import Cursors
 from learner_api.dependencies import POSTGRES_DOWN, Database, RedisGuard
 from learner_api.edge import Edge
+from learner_api.faults import FaultMiddleware
 from learner_api.progress_intake import ProgressIntake
 from learner_api.rate_limit import RateLimiter
 from learner_api.redis_client import connect_redis, progress_streams
@@ -114,6 +115,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.cursors = Cursors(settings.database_url.get_secret_value())
     problems.install(app)
     openapi.install(app)
+    if settings.test_fault_5xx_ratio or settings.test_fault_latency_ms:  # development only (settings)
+        app.add_middleware(FaultMiddleware, error_ratio=settings.test_fault_5xx_ratio,
+                           latency_ms=settings.test_fault_latency_ms)
     app.add_middleware(Edge, state=app.state, deadline=settings.request_deadline_seconds)
     metrics.install(app, metrics.HttpMetrics(registry))  # outermost: it sees what the edge refuses too
     for module in (health, me, content, progress, enrollments, store, payments):

@@ -119,6 +119,10 @@ class Settings(BaseSettings):
     rate_limit_window_seconds: float = Field(default=10.0, gt=0, le=3600)
     #: A checkout's Idempotency-Key claim older than this may be taken over by a retry (fenced).
     idempotency_claim_seconds: float = Field(default=60.0, gt=0)
+    #: Test-only faults (learner_api.faults): a share of requests answered 500, a delay on every request.
+    #: Refused outside NODE_ENV=development.
+    test_fault_5xx_ratio: float = Field(default=0.0, ge=0, le=1)
+    test_fault_latency_ms: int = Field(default=0, ge=0, le=60_000)
 
     @property
     def development(self) -> bool:
@@ -128,6 +132,13 @@ class Settings(BaseSettings):
     def _shards_need_a_cluster(self) -> Settings:
         if (self.progress_stream_shards or 1) > 1 and not self.redis_cluster:
             raise ConfigError("PROGRESS_STREAM_SHARDS above 1 needs REDIS_CLUSTER=true (one server gains nothing)")
+        return self
+
+    @model_validator(mode="after")
+    def _faults_only_in_development(self) -> Settings:
+        if (self.test_fault_5xx_ratio or self.test_fault_latency_ms) and not self.development:
+            raise ConfigError("TEST_FAULT_5XX_RATIO and TEST_FAULT_LATENCY_MS are for tests only: they are refused "
+                              f"unless NODE_ENV=development (it is {self.node_env}); unset them")
         return self
 
     @model_validator(mode="after")

@@ -28,6 +28,8 @@ SAFE = {"DATABASE_URL": "postgresql://app:pw@db.example:5432/learn?sslmode=requi
     ({"DATABASE_URL": "postgresql://app:pw@db.example:5432/learn"}, "DATABASE_URL must use TLS"),
     ({"REDIS_URL": "redis://:pw@cache.example:6379/0"}, "REDIS_URL must use TLS"),
     ({"NODE_ENV": "prod"}, "NODE_ENV"),
+    ({"TEST_FAULT_5XX_RATIO": "0.5"}, "TEST_FAULT_5XX_RATIO and TEST_FAULT_LATENCY_MS are for tests only"),
+    ({"TEST_FAULT_LATENCY_MS": "900"}, "refused unless NODE_ENV=development"),
 ])
 def test_unsafe_configuration_is_refused_by_name(monkeypatch: pytest.MonkeyPatch, env: dict[str, str | None],
                                                  complaint: str) -> None:
@@ -183,3 +185,22 @@ async def test_the_api_docs_need_nothing_from_the_internet(client: httpx.AsyncCl
             assert answer.status_code == 200, asset
             assert len(answer.content) > 1000, asset
     assert "url: '/openapi.json'" in (await client.get("/docs")).text
+
+
+async def test_fault_switches_fail_a_share_of_requests_and_slow_them_down(database_url: str, stream: str) -> None:
+    """A "bad build" for the guarded-rollout tests: the route still runs and is counted under its template,
+    only its status is replaced; probes are never faulted."""
+    from learner_api.app import create_app
+    from tests.api.conftest import client_for, scrape, settings_for
+
+    app = create_app(settings_for(database_url, progress_stream=stream, test_fault_5xx_ratio=0.25,
+                                  test_fault_latency_ms=30))
+    async for client in client_for(app):
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        statuses = [(await client.get("/v1/courses")).status_code for _ in range(8)]
+        assert loop.time() - started >= 8 * 0.03
+        assert statuses.count(500) == 2
+        assert statuses.count(401) == 6
+        assert (await client.get("/livez")).status_code == 200
+        assert 'http_requests_total{method="GET",route="/v1/courses",status="5xx"} 2.0' in scrape(client)
