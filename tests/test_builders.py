@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import typing
@@ -165,8 +166,13 @@ def test_switches_add_and_remove_children() -> None:
 def test_network_policy_allows_only_what_is_needed() -> None:
     manifests = by_kind(builders.children(platform(load(EXAMPLES / "02-staging.yaml")["spec"])))
     api = manifests[("NetworkPolicy", "ai-platform-learner-api")]["spec"]
+    # the API's /metrics port: only the operator (it judges canaries) and the Prometheus namespace
     assert api["ingress"] == [{"ports": [{"port": 8000, "protocol": "TCP"}]},
-                              {"ports": [{"port": 9102, "protocol": "TCP"}]}]  # the API's /metrics port
+                              {"ports": [{"port": 9102, "protocol": "TCP"}], "from": [
+                                  {"namespaceSelector": {},
+                                   "podSelector": {"matchLabels": {"app.kubernetes.io/name": "learner-operator"}}},
+                                  {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}},
+                              ]}]
     egress_ports = {p["port"] for rule in api["egress"] for p in rule["ports"]}
     assert egress_ports == {53, 5432, 6379, 6380}
     evaluator = manifests[("NetworkPolicy", "ai-platform-evaluator")]["spec"]
@@ -462,3 +468,29 @@ def test_evaluator_autoscaling_is_off_by_default_and_min_within_max() -> None:
         parse_spec({"image": {"tag": "abc"}, "evaluator": {"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}})
     with pytest.raises(InvalidSpec):
         parse_spec({"image": {"tag": "abc"}, "evaluator": {"autoscaling": {"minReplicas": 0}}})
+
+
+def test_a_canary_is_a_second_deployment_behind_the_same_service() -> None:
+    p = platform(load(EXAMPLES / "02-staging.yaml")["spec"])
+    image = p.spec.image.model_copy(update={"tag": "v2"})
+    manifests = by_kind(builders.children(dataclasses.replace(p, canary=builders.CanaryPlan(image, 1))))
+    stable, canary = manifests[("Deployment", "ai-platform-learner-api")], \
+        manifests[("Deployment", "ai-platform-learner-api-canary")]
+    service = manifests[("Service", "ai-platform-learner-api")]
+    pod_labels = canary["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()  # the Service sends it its share
+    assert pod_labels["learner.dev/track"] == "canary"
+    assert canary["spec"]["selector"]["matchLabels"]["learner.dev/track"] == "canary"
+    assert "learner.dev/track" not in stable["spec"]["template"]["metadata"]["labels"]
+    assert canary["spec"]["replicas"] == 1
+    assert canary["spec"]["template"]["spec"]["containers"][0]["image"].endswith(":v2")
+    assert stable["spec"]["template"]["spec"]["containers"][0]["image"] != \
+        canary["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert canary["metadata"]["ownerReferences"] == stable["metadata"]["ownerReferences"]
+
+
+@pytest.mark.parametrize(("weight", "stable", "canary"), [(10, 2, 1), (50, 2, 2), (10, 18, 2), (90, 1, 9)])
+def test_canary_replicas_take_the_weights_share_of_all_pods(weight: int, stable: int, canary: int) -> None:
+    from learner_operator.models.rollout import canary_replicas
+
+    assert canary_replicas(weight, stable) == canary

@@ -9,13 +9,23 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import NamedTuple
 
-from learner_operator.builders import autoscaling, config, evaluator, learner_api, migration, network, observability
+from learner_operator.builders import (
+    autoscaling,
+    canary,
+    config,
+    evaluator,
+    learner_api,
+    migration,
+    network,
+    observability,
+)
 from learner_operator.builders import common as c
 from learner_operator.builders.common import (
     CONTAINER_SECRET_KEYS,
     OPTIONAL_SECRET_KEYS,
     REQUIRED_SECRET_KEYS,
     SECRET_HASH_ANNOTATION,
+    CanaryPlan,
     Manifest,
     Platform,
     SecretNeed,
@@ -88,6 +98,8 @@ def children(p: Platform, *, unserved: Collection[str] = ()) -> list[Manifest]:
         learner_api.deployment(workloads),
         learner_api.service(p),
     ]
+    if p.canary is not None:
+        out.append(canary.deployment(p, p.canary))
     if spec.learner_api.autoscaling.enabled:
         out.append(learner_api.autoscaler(p))
     if spec.learner_api.pod_disruption_budget.enabled:
@@ -95,7 +107,7 @@ def children(p: Platform, *, unserved: Collection[str] = ()) -> list[Manifest]:
     if spec.network_policy.enabled:
         out.append(network.policy(p, api, learner_api.APP, learner_api.COMPONENT,
                                   ingress_port=c.API_PORT, egress=True, metrics_port=c.API_METRICS_PORT,
-                                  also=(migration.APP,)))
+                                  metrics_from=network.metrics_peers(p), also=(migration.APP,)))
     if spec.evaluator.enabled:
         out += [
             config.service_account(p, ev, evaluator.APP, evaluator.COMPONENT),
@@ -143,6 +155,7 @@ __all__ = [
     "OPTIONAL_SECRET_KEYS",
     "REQUIRED_SECRET_KEYS",
     "SECRET_HASH_ANNOTATION",
+    "CanaryPlan",
     "ChildKind",
     "Manifest",
     "Platform",

@@ -87,6 +87,14 @@ def unmet_secret_needs(
 
 
 @dataclasses.dataclass(frozen=True)
+class CanaryPlan:
+    """The canary Deployment a rollout wants now (builders.canary)."""
+
+    image: ImageSpec
+    replicas: int
+
+
+@dataclasses.dataclass(frozen=True)
 class Platform:
     """One LearnerPlatform as the builders need it: identity, the parsed spec, the Secret's digest."""
 
@@ -99,6 +107,8 @@ class Platform:
     #: The image learner-api and the evaluator run when it is not the spec's: the last one whose migration
     #: succeeded, while the spec's image is being migrated (or its migration failed). None: the spec's.
     serving_image: ImageSpec | None = None
+    #: A canary rollout under way (learner_operator.rollout): the canary Deployment to run beside the stable one.
+    canary: CanaryPlan | None = None
 
 
 def serving(p: Platform) -> Platform:

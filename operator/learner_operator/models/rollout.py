@@ -14,7 +14,7 @@ import math
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 from pydantic.alias_generators import to_camel
 
 DURATION_PATTERN = r"^([0-9]+(ms|s|m|h))+$"
@@ -66,7 +66,7 @@ def _default_steps() -> list[RolloutStep]:
     return [RolloutStep(weight=10, pause="2m"), RolloutStep(weight=50, pause="5m")]
 
 
-def _increasing_rules() -> list[dict[str, str]]:
+def _increasing_rules() -> list[JsonValue]:
     """Strictly increasing weights, written pair by pair: CEL has no indices in its macros (and the
     Kubernetes list library's isSorted() is not in every CEL implementation)."""
     pairs = " && ".join(f"(size(self.steps) <= {i} || self.steps[{i}].weight > self.steps[{i - 1}].weight)"

@@ -322,6 +322,10 @@ class NetworkPolicySpec(_Model):
         default_factory=lambda: [5432, 6379, 6380], max_length=32,
         description="TCP ports the pods may reach outside the cluster: managed PostgreSQL and Redis.",
     )
+    metrics_namespaces: list[Annotated[str, Field(pattern=NAME_PATTERN, max_length=63)]] = Field(
+        default_factory=lambda: ["monitoring"], max_length=16,
+        description="Namespaces whose pods (Prometheus) may read learner-api's metrics port, beside the operator.",
+    )
 
     @field_validator("egress_ports")
     @classmethod
