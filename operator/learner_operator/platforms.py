@@ -13,6 +13,8 @@ from learner_operator.models.v1alpha1 import SecretRef
 
 Key = tuple[str, str]  # (namespace, name)
 _DEFAULT_SECRET = SecretRef().name
+#: Annotations that ask the operator to act (a change of one triggers a reconcile).
+COMMAND_ANNOTATIONS = frozenset({"learner.dev/rollout", "learner.dev/retry-migration"})
 
 
 def _plain(value: Any) -> Any:
@@ -49,6 +51,12 @@ class Snapshot:
     packed_status: bytes
     secret_name: str
     deleting: bool = False
+    #: The learner.dev/ annotations an SRE sets to step in (learner.dev/rollout, learner.dev/retry-migration).
+    commands: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def annotations(self) -> dict[str, str]:
+        return dict(self.commands)
 
     @property
     def spec(self) -> Any:
@@ -78,6 +86,8 @@ class Snapshot:
             packed_spec=_pack(spec), packed_status=_pack(_plain(body.get("status")) or {}),
             secret_name=str((ref or {}).get("name") or _DEFAULT_SECRET),
             deleting=bool(meta.get("deletionTimestamp")),
+            commands=tuple(sorted((str(k), str(v)) for k, v in (meta.get("annotations") or {}).items()
+                                  if k in COMMAND_ANNOTATIONS)),
         )
 
 
@@ -102,7 +112,7 @@ class Platforms:
             return False  # older than what we already know (e.g. than our own status write)
         self._by_key[new.key] = new
         return (old is None or old.uid != new.uid or old.generation != new.generation
-                or old.packed_spec != new.packed_spec or old.deleting != new.deleting)
+                or old.packed_spec != new.packed_spec or old.deleting != new.deleting or old.commands != new.commands)
 
     def wrote(self, body: Any) -> None:
         """Our own write's result: newer than anything the watch stream has shown so far."""

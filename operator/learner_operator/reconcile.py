@@ -16,7 +16,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from learner_operator import builders, drift, migration
+from learner_operator import builders, drift, migration, rollout
 from learner_operator.builders import common, learner_api
 from learner_operator.builders import evaluator as evaluator_builders
 from learner_operator.kube import ApiError, Discovery, KubeApi, ResourceRef, ref_of
@@ -44,10 +44,12 @@ class Deps:
     discovery: Discovery
     pods: PodStates = dataclasses.field(default_factory=PodStates)
     secrets: SecretCache = dataclasses.field(default_factory=SecretCache)
+    rollouts: rollout.Memory = dataclasses.field(default_factory=rollout.Memory)
 
     def forget_platform(self, key: Key, uid: str) -> None:
         """The platform is gone: drop everything known about it (unless a new one took its name)."""
         self.platforms.forget_if(key, uid)
+        self.rollouts.forget(uid)
         self.live.drop_owner(uid)
         self.secrets.forget_platform(uid)
         if self.platforms.get(key) is None:
@@ -161,10 +163,13 @@ async def _still_wanted(deps: Deps, cr: Snapshot, fresh: asyncio.Task[dict[str, 
 async def _sync_children(
     deps: Deps, cr: Snapshot, spec: LearnerPlatformSpec, secret_hash: str, live: dict[tuple[str, str], Any],
     logger: Logger, gate: migration.Gate, fresh: asyncio.Task[dict[str, Any] | None] | None = None,
+    plan: rollout.Plan | None = None,
 ) -> SyncResult:
     """Apply the children that differ and delete the ones no longer wanted."""
     result = SyncResult()
-    platform = builders.Platform(cr.name, cr.namespace, cr.uid, spec, secret_hash, gate.serving_image)
+    serving = plan.stable_image if plan is not None and plan.stable_image is not None else gate.serving_image
+    platform = builders.Platform(cr.name, cr.namespace, cr.uid, spec, secret_hash, serving,
+                                 canary=plan.canary if plan is not None else None)
     desired = await _desired(deps, platform, result)
     stale: list[dict[str, Any]] = []
     for manifest in desired:
@@ -252,6 +257,7 @@ async def reconcile(deps: Deps, cr: Snapshot, logger: Logger) -> float | None:
     # A platform without children is about to be written for: read it alongside the Secret.
     fresh = asyncio.create_task(deps.api.get(cr.ref)) if not live else None
     gate: migration.Gate | None = None
+    plan: rollout.Plan | None = None
     try:
         autoscaler = await _serves_autoscaler(deps, spec)
         secret, secret_hash = await check_secret(deps.api, cr.namespace, spec, cr.uid, deps.secrets,
@@ -264,9 +270,17 @@ async def reconcile(deps: Deps, cr: Snapshot, logger: Logger) -> float | None:
                 if recorded is None:
                     return None  # deleted meanwhile
                 cr = recorded
-            synced = await _sync_children(deps, cr, spec, secret_hash, live, logger, gate, fresh)
+            plan = await _plan_rollout(deps, cr, spec, gate, live, logger)
+            if plan.record and plan.status is not None:
+                recorded = await _record_rollout(deps, cr, plan, logger)
+                if recorded is None:
+                    return None  # deleted meanwhile
+                cr = recorded
+            synced = await _sync_children(deps, cr, spec, secret_hash, live, logger, gate, fresh, plan)
             if synced.gone:
                 return None
+            if plan.acknowledge:
+                await _acknowledge(deps, cr, logger)
     finally:
         if fresh is not None and not fresh.done():
             fresh.cancel()
@@ -283,11 +297,63 @@ async def reconcile(deps: Deps, cr: Snapshot, logger: Logger) -> float | None:
         cr.generation, secret=secret, apply_errors=tuple(synced.errors), api=api,
         evaluator=evaluator if spec.evaluator.enabled else None, unserved=tuple(synced.unserved),
         migration=gate.verdict if gate is not None else None,
+        rollout=plan.verdict if plan is not None else None,
     )
-    await _report(deps, cr, observation, logger, gate.status if gate is not None else {}, warn_since=before)
+    extra = dict(gate.status) if gate is not None else {}
+    if plan is not None and plan.status is not None:
+        extra["rollout"] = plan.status
+    await _report(deps, cr, observation, logger, extra, warn_since=before)
     if synced.errors:
-        return deps.retry_after_error
-    return AGAIN if synced.changed_meanwhile else None
+        return deps.retry_after_error if plan is None or plan.again is None else min(plan.again,
+                                                                                      deps.retry_after_error)
+    return AGAIN if synced.changed_meanwhile else plan.again if plan is not None else None
+
+
+async def _plan_rollout(deps: Deps, cr: Snapshot, spec: LearnerPlatformSpec, gate: migration.Gate,
+                        live: dict[tuple[str, str], Any], logger: Logger) -> rollout.Plan:
+    """The canary rollout's next move (learner_operator.rollout), on the newest image the gate lets run."""
+    platform = builders.Platform(cr.name, cr.namespace, cr.uid, spec)
+    inputs = rollout.Inputs(
+        cr=cr, spec=spec, target=gate.serving_image or spec.image,
+        stable_live=live.get(("Deployment", common.api_name(platform))),
+        canary_live=live.get(("Deployment", builders.canary.name(platform))),
+        problems=deps.pods.problems(cr.key, learner_api.APP),
+    )
+    try:
+        return await rollout.decide(deps.api, deps.rollouts, inputs, logger)
+    except ApiError as exc:  # the pods could not be listed: keep everything as it is, and look again
+        logger.warning("Canary analysis skipped: %s", exc.message or exc.reason)
+        recorded = cr.status.get("rollout") or {}
+        stable = rollout.image_of(recorded.get("stable") or {}, spec)
+        keep = None if stable is None or recorded.get("phase") != rollout.PROGRESSING else builders.CanaryPlan(
+            gate.serving_image or spec.image, int((live.get(("Deployment", builders.canary.name(platform))) or {})
+                                                  .get("spec", {}).get("replicas") or 1))
+        return rollout.Plan(stable, keep, None, None, again=deps.retry_after_error)
+
+
+async def _record_rollout(deps: Deps, cr: Snapshot, plan: rollout.Plan, logger: Logger) -> Snapshot | None:
+    """Write a rollout's new step, promotion or rollback before the children follow it, so that a restart in
+    between resumes from what was decided. Returns the platform as written, or None when it is gone."""
+    assert plan.status is not None
+    old = list(cr.status.get("conditions") or [])
+    new = {rollout.CONDITION: plan.verdict} if plan.verdict is not None else {}
+    conditions = merge_conditions(old, new, cr.generation, deps.now())
+    written = await _write_status(deps, cr, {"conditions": conditions, "rollout": plan.status})
+    if written is None:
+        return None
+    logger.info("Recorded the rollout: %s", plan.status.get("message"))
+    return dataclasses.replace(cr, packed_status=Snapshot.of(written).packed_status)
+
+
+async def _acknowledge(deps: Deps, cr: Snapshot, logger: Logger) -> None:
+    """Remove the learner.dev/rollout annotation the reconcile acted on (kubectl shows it is done)."""
+    try:
+        written = await deps.api.merge_patch(cr.ref, {"metadata": {"annotations": {
+            rollout.ROLLOUT_ANNOTATION: None}}})
+    except ApiError as exc:
+        logger.warning("Could not remove the %s annotation: %s", rollout.ROLLOUT_ANNOTATION, exc.message or exc.reason)
+        return
+    deps.platforms.wrote(written)
 
 
 async def _record_migration(deps: Deps, cr: Snapshot, gate: migration.Gate, logger: Logger) -> Snapshot | None:

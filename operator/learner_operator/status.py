@@ -145,6 +145,7 @@ class Observation:
     evaluator: Workload | None = None  # None: the evaluator is switched off
     unserved: tuple[str, ...] = ()  # optional kinds the spec asks for that the cluster does not serve
     migration: Verdict | None = None  # the Migrated condition; None: not judged (the Secret is not usable)
+    rollout: Verdict | None = None  # the RolledOut condition (canary rollouts); None: left as it is
 
 
 def pods_failing(name: str, problems: tuple[PodProblem, ...]) -> Verdict | None:
@@ -199,6 +200,10 @@ def verdicts(obs: Observation, api_deployment: str, evaluator_deployment: str) -
     migration = obs.migration
     if migration is not None:
         out["Migrated"] = migration
+    if obs.rollout is not None:
+        out["RolledOut"] = obs.rollout
+    rolled_back = obs.rollout is not None and obs.rollout.reason in ("RolledBack", "RolloutAborted")
+    canary = obs.rollout is not None and obs.rollout.reason == "CanaryProgressing"
     migrating = migration is not None and migration.reason == "MigrationRunning"
     failed = migration is not None and migration.reason == "MigrationFailed"
     if obs.apply_errors:
@@ -209,6 +214,8 @@ def verdicts(obs: Observation, api_deployment: str, evaluator_deployment: str) -
         degraded = Verdict("True", "ProgressDeadlineExceeded", "; ".join(stalled))
     elif failed and migration is not None:  # the last migrated image keeps serving: Ready stays as its pods are
         degraded, serving = Verdict("True", "MigrationFailed", migration.message), True
+    elif rolled_back and obs.rollout is not None:  # the stable image keeps serving, as after a failed migration
+        degraded, serving = Verdict("True", obs.rollout.reason, obs.rollout.message), True
     elif failing := [v for w, name in serving_but_failing for v in [pods_failing(name, w.problems)] if v]:
         # some pods fail while others serve (often a rollout's new pods): Ready stays True
         degraded, serving = Verdict("True", failing[0].reason, "; ".join(v.message for v in failing)), True
@@ -222,6 +229,7 @@ def verdicts(obs: Observation, api_deployment: str, evaluator_deployment: str) -
         else Verdict("False", "ProgressDeadlineExceeded", "; ".join(stalled)) if stalled
         else Verdict("True", "MigrationRunning", migration.message) if migrating and migration is not None
         else Verdict("False", "MigrationFailed", migration.message) if failed and migration is not None
+        else Verdict("True", "CanaryProgressing", obs.rollout.message) if canary and obs.rollout is not None
         else Verdict("True", "RolloutInProgress", "new pods are being rolled out") if rolling
         else Verdict("False", "RolloutComplete", "all pods run the desired template")
     )
