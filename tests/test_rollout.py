@@ -9,7 +9,6 @@ at: the Deployments' images, ``status.rollout``, the conditions and the events.
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -20,7 +19,7 @@ import pytest
 
 from tests.api.conftest import admin_database_url, database_url  # noqa: F401  # fixtures: a migrated database
 from tests.kube_emulator import Cluster
-from tests.operator_harness import NS, AnyCluster, Operator, eventually, running_operator
+from tests.operator_harness import NS, AnyCluster, Operator, eventually, running_operator, settled
 from tests.pods_harness import PodsHarness, Traffic
 from tests.test_migrations_operator import LP, REPOSITORY, SUCCESS, set_tag, started, status, warnings
 from tests.test_operator import API, condition, conditions, platform_doc, ready_platform, secret
@@ -106,15 +105,15 @@ async def test_a_good_image_is_promoted_step_by_step(cluster: AnyCluster, operat
                          rollout(cluster).get("phase") == "Succeeded", within=WITHIN, what="promoted")
         report("promoted", cluster, since)
     assert {1, 2} <= seen_steps
-    assert image(cluster, API) == f"{REPOSITORY}:v2"
-    assert image(cluster, "ai-platform-evaluator") == f"{REPOSITORY}:v2"
+    await eventually(lambda: image(cluster, API) == image(cluster, "ai-platform-evaluator") == f"{REPOSITORY}:v2",
+                     what="the stable Deployment and the evaluator on v2")
     await eventually(lambda: cluster.get("apps/v1", "deployments", NS, CANARY) is None, what="canary deleted")
     r = rollout(cluster)
     assert (r["verdict"], r["failedImage"], r["stable"]["tag"]) == ("Promoted", "", "v2")
     assert r["canary"]["requests"] >= 40
     assert r["canary"]["errorRatio"] == 0
     assert condition(cluster, "RolledOut") == ("True", "Promoted")
-    assert condition(cluster, "Degraded") == ("False", "AsExpected")
+    await eventually(lambda: condition(cluster, "Degraded") == ("False", "AsExpected"), what="not Degraded")
 
 
 @pytest.mark.parametrize(("tag", "verdict", "words"), [
@@ -136,13 +135,16 @@ async def test_a_bad_image_is_rolled_back_within_its_first_step(
     await eventually(lambda: cluster.get("apps/v1", "deployments", NS, CANARY) is None, what="canary deleted")
     assert image(cluster, API) == f"{REPOSITORY}:v1"  # never touched: no down-migration, no stable restart
     assert condition(cluster, "RolledOut") == ("False", "RolledBack")
-    assert condition(cluster, "Degraded") == ("True", "RolledBack")
-    assert condition(cluster, "Ready") == ("True", "AllComponentsReady")  # v1 keeps serving
+    await eventually(lambda: condition(cluster, "Degraded") == ("True", "RolledBack"), what="Degraded")
+    await eventually(lambda: warnings(cluster, "RolledBack"), what="a Warning event")
     [event] = warnings(cluster, "RolledBack")
     assert words in event["message"]
-    # the failed image is not tried again at the next reconciles
-    await asyncio.sleep(0)  # let the operator see its own writes
+    await eventually(lambda: condition(cluster, "Ready") == ("True", "AllComponentsReady"), what="v1 serves")
+    # the failed image is not tried again: a full resync changes nothing
+    await operator.resync_now()
+    await settled(cluster, operator)
     assert cluster.get("apps/v1", "deployments", NS, CANARY) is None
+    assert rollout(cluster)["phase"] == "RolledBack"
 
 
 async def test_the_annotations_abort_retry_and_promote(cluster: AnyCluster, operator: Operator,
@@ -164,14 +166,14 @@ async def test_the_annotations_abort_retry_and_promote(cluster: AnyCluster, oper
     await eventually(lambda: cluster.get("apps/v1", "deployments", NS, CANARY) is None, within=30)
     assert rollout(cluster)["failedImage"] == f"{REPOSITORY}:v2"
     assert "aborted by learner.dev/rollout=abort at step 1" in conditions(cluster)["RolledOut"]["message"]
-    assert condition(cluster, "Degraded") == ("True", "RolloutAborted")
+    await eventually(lambda: condition(cluster, "Degraded") == ("True", "RolloutAborted"), what="Degraded")
 
     annotate("retry")
     await eventually(lambda: image(cluster, CANARY) == f"{REPOSITORY}:v2", within=30, what="tried again")
     assert rollout(cluster)["failedImage"] == ""
     annotate("promote")
     await eventually(lambda: rollout(cluster).get("phase") == "Succeeded", within=30, what="promoted by hand")
-    assert image(cluster, API) == f"{REPOSITORY}:v2"
+    await eventually(lambda: image(cluster, API) == f"{REPOSITORY}:v2", what="the stable Deployment on v2")
     assert "promoted by learner.dev/rollout=promote" in rollout(cluster)["message"]
     await eventually(lambda: "learner.dev/rollout" not in annotations(), within=30)
     await eventually(lambda: cluster.get("apps/v1", "deployments", NS, CANARY) is None, within=30)
@@ -198,5 +200,5 @@ async def test_an_operator_killed_mid_rollout_resumes_it_from_status(
             if (canary := cluster.get("apps/v1", "deployments", NS, CANARY)) is not None:
                 assert canary["metadata"]["uid"] == canary_uid
             await eventually(lambda: rollout(cluster).get("phase") == "Succeeded", within=WITHIN, what="promoted")
-    assert image(cluster, API) == f"{REPOSITORY}:v2"
+            await eventually(lambda: image(cluster, API) == f"{REPOSITORY}:v2", what="the stable Deployment on v2")
     assert rollout(cluster)["failedImage"] == ""

@@ -205,6 +205,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, login: Cal
         for close in runtime.closers:
             if asyncio.iscoroutine(closed := close()):
                 await closed
+        await runtime.deps.rollouts.scraper.close()
         await runtime.deps.api.close()
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
