@@ -204,8 +204,18 @@ async def test_rbac_is_exactly_what_the_operator_does(cluster: Any) -> None:
                            REDIS_URL="rediss://cache:6380/0", REDIS_ADDRESS="cache:6380"))
         await eventually(lambda: len(children(cluster)) == 13 and keda_objects() == 2)
         [job] = await eventually(lambda: cluster.all("batch/v1", "jobs", NS), what="the migration Job")
+        cluster.finish_job(NS, job["metadata"]["name"], succeeded=False, message="could not lock")
+        await eventually(lambda: condition(cluster, "Migrated") == ("False", "MigrationFailed"))
+        # the SRE's annotations: a failed migration retried (its Job deleted and made again), a rollout command
+        # acknowledged (removed from the platform)
+        cluster.edit("learner.dev/v1alpha1", "learnerplatforms", NS, "ai-platform", {"metadata": {"annotations": {
+            "learner.dev/retry-migration": "true", "learner.dev/rollout": "promote"}}})
+        [job] = await eventually(lambda: [j for j in cluster.all("batch/v1", "jobs", NS)
+                                          if j["metadata"]["uid"] != job["metadata"]["uid"]], what="the Job again")
         cluster.finish_job(NS, job["metadata"]["name"], succeeded=True, message="schema version 0007_x")
         await eventually(lambda: condition(cluster, "Migrated") == ("True", "MigrationSucceeded"))
+        await eventually(lambda: not (cluster.get("learner.dev/v1alpha1", "learnerplatforms", NS, "ai-platform")
+                                      or {})["metadata"].get("annotations"), what="both annotations removed")
         cluster.edit("learner.dev/v1alpha1", "learnerplatforms", NS, "ai-platform", {"spec": {
             "evaluator": {"enabled": False}, "observability": {"serviceMonitor": False},
             "learnerApi": {"autoscaling": {"enabled": False}, "replicas": 3,

@@ -401,3 +401,28 @@ async def test_paused_pauses_migrations_too(cluster: AnyCluster, operator: Opera
     assert images(cluster) == on("v1")
     cluster.finish_job(NS, v2, succeeded=True, message=SUCCESS.format("0008_course_tags", "it"))
     await eventually(lambda: images(cluster) == on("v2"))
+
+
+async def test_the_retry_annotation_runs_a_failed_migration_again_for_the_same_image(
+    cluster: AnyCluster, operator: Operator,
+) -> None:
+    await migrated_platform(cluster, operator)
+    set_tag(cluster, "v2")
+    first = await started(cluster, "v2")
+    first_uid = jobs(cluster)[first]["metadata"]["uid"]
+    cluster.finish_job(NS, first, succeeded=False, message=FAILURE)
+    await eventually(lambda: condition(cluster, "Migrated") == ("False", "MigrationFailed"))
+    await settled(cluster, operator)
+    assert jobs(cluster)[first]["metadata"]["uid"] == first_uid  # a failure alone is never retried
+
+    # the cause was outside the image (a lock, a grant): the SRE asks for another run of the same image
+    cluster.edit(*LP, NS, "ai-platform", {"metadata": {"annotations": {"learner.dev/retry-migration": "true"}}})
+    await eventually(lambda: first in jobs(cluster) and jobs(cluster)[first]["metadata"]["uid"] != first_uid,
+                     what="the Job made again")
+    assert condition(cluster, "Migrated") == ("False", "MigrationRunning")
+    await eventually(lambda: "learner.dev/retry-migration" not in (
+        (cluster.get(*LP, NS, "ai-platform") or {})["metadata"].get("annotations") or {}), what="annotation removed")
+    assert images(cluster) == on("v1")
+    cluster.finish_job(NS, first, succeeded=True, message=SUCCESS.format("0008_rename_title", "0008_rename_title"))
+    await eventually(lambda: images(cluster) == on("v2"), what="both roll once it succeeded")
+    assert condition(cluster, "Migrated") == ("True", "MigrationSucceeded")

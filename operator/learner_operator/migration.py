@@ -39,6 +39,9 @@ from learner_operator.status import Verdict
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 
 RUNNING, SUCCEEDED, FAILED = "Running", "Succeeded", "Failed"
+#: `kubectl annotate lp NAME learner.dev/retry-migration=true`: run the failed migration of the spec's image again
+#: (a cause outside the image was fixed: a lock, a permission, a full disk). Removed once acted on.
+RETRY_ANNOTATION = "learner.dev/retry-migration"
 #: What `learner-api migrate` writes to its termination message on success (learner_api.cli).
 _SCHEMA_VERSION = re.compile(r"\bschema version ([A-Za-z0-9_.-]+)")
 #: The label the Job controller puts on its pods: this Job's, not an earlier Job's of the same name.
@@ -208,3 +211,22 @@ async def start(api: KubeApi, live: LiveState, owner_uid: str, job: dict[str, An
     logger.info("Created Job %s to migrate the database for %s", name,
                 job["metadata"]["annotations"][job_builder.IMAGE_ANNOTATION])
     return ""
+
+
+async def forget_failure(
+    api: KubeApi, live: LiveState, cr: Snapshot, spec: LearnerPlatformSpec, jobs: dict[str, dict[str, Any]],
+    logger: Logger,
+) -> dict[str, Any] | None:
+    """For the retry annotation: when the spec's image's migration failed, delete its Job (the gate then makes
+    it again) and return the ``migration`` status that forgets the failure; None when there is nothing to retry."""
+    platform = builders.Platform(cr.name, cr.namespace, cr.uid, spec)
+    target, name = common.image(platform), job_builder.job_name(platform)
+    record = cr.status.get("migration") or {}
+    if record.get("image") != target or record.get("phase") != FAILED:
+        logger.info("%s: the migration of %s has not failed: nothing to retry", RETRY_ANNOTATION, target)
+        return None
+    if (job := jobs.pop(name, None)) is not None:
+        await api.delete(ref_of(job))  # its pods go with it (background propagation)
+        live.forget(cr.uid, "Job", name, str((job.get("metadata") or {}).get("resourceVersion", "")))
+    logger.info("%s: the migration of %s runs again", RETRY_ANNOTATION, target)
+    return {"image": target, "job": name, "phase": RUNNING, "message": ""}

@@ -264,6 +264,11 @@ async def reconcile(deps: Deps, cr: Snapshot, logger: Logger) -> float | None:
                                                  autoscaler=autoscaler)
         synced = SyncResult()
         if secret.status == "True":
+            if migration.RETRY_ANNOTATION in cr.annotations:
+                retried = await _retry_migration(deps, cr, spec, jobs, logger)
+                if retried is None:
+                    return None  # deleted meanwhile
+                cr = retried
             gate = await migration.decide(deps.api, cr, spec, jobs)
             if gate.new_outcome:
                 recorded = await _record_migration(deps, cr, gate, logger)
@@ -345,13 +350,26 @@ async def _record_rollout(deps: Deps, cr: Snapshot, plan: rollout.Plan, logger: 
     return dataclasses.replace(cr, packed_status=Snapshot.of(written).packed_status)
 
 
-async def _acknowledge(deps: Deps, cr: Snapshot, logger: Logger) -> None:
-    """Remove the learner.dev/rollout annotation the reconcile acted on (kubectl shows it is done)."""
+async def _retry_migration(deps: Deps, cr: Snapshot, spec: LearnerPlatformSpec, jobs: dict[str, dict[str, Any]],
+                           logger: Logger) -> Snapshot | None:
+    """learner.dev/retry-migration: forget the spec's image's failed migration (its Job deleted, the record
+    cleared), so that the gate runs it again; the annotation is removed. None when the platform is gone."""
+    record = await migration.forget_failure(deps.api, deps.live, cr, spec, jobs, logger)
+    if record is not None:
+        written = await _write_status(deps, cr, {"migration": record})
+        if written is None:
+            return None
+        cr = dataclasses.replace(cr, packed_status=Snapshot.of(written).packed_status)
+    await _acknowledge(deps, cr, logger, migration.RETRY_ANNOTATION)
+    return cr
+
+
+async def _acknowledge(deps: Deps, cr: Snapshot, logger: Logger, annotation: str = rollout.ROLLOUT_ANNOTATION) -> None:
+    """Remove an annotation the reconcile acted on (kubectl shows it is done)."""
     try:
-        written = await deps.api.merge_patch(cr.ref, {"metadata": {"annotations": {
-            rollout.ROLLOUT_ANNOTATION: None}}})
+        written = await deps.api.merge_patch(cr.ref, {"metadata": {"annotations": {annotation: None}}})
     except ApiError as exc:
-        logger.warning("Could not remove the %s annotation: %s", rollout.ROLLOUT_ANNOTATION, exc.message or exc.reason)
+        logger.warning("Could not remove the %s annotation: %s", annotation, exc.message or exc.reason)
         return
     deps.platforms.wrote(written)
 
