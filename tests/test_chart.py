@@ -372,3 +372,49 @@ def test_the_readmes_own_platform_flow_starts_the_operator(crd: dict[str, Any]) 
     [applied] = [line.split()[-1] for line in block.splitlines() if line.startswith("kubectl apply -f")]
     _, errors = admit(crd, load(ROOT / applied))
     assert errors == []
+
+
+def _schema_leaves(schema: dict[str, Any], path: str = "") -> set[str]:
+    """Every field path a LearnerPlatform spec can hold (list items as ``[]``; a map is one field)."""
+    if schema.get("type") == "object" and "properties" in schema:
+        return {leaf for name, sub in schema["properties"].items() for leaf in _schema_leaves(sub, f"{path}.{name}")}
+    if schema.get("type") == "array" and (schema.get("items") or {}).get("type") == "object":
+        return _schema_leaves(schema["items"], f"{path}[]")
+    return {path}
+
+
+def _value_leaves(value: Any, schema: dict[str, Any], path: str = "") -> set[str]:
+    if schema.get("type") == "object" and "properties" in schema and isinstance(value, dict):
+        return {leaf for name, sub in value.items() if name in schema["properties"]
+                for leaf in _value_leaves(sub, schema["properties"][name], f"{path}.{name}")}
+    if schema.get("type") == "array" and (schema.get("items") or {}).get("type") == "object":
+        return {leaf for item in value for leaf in _value_leaves(item, schema["items"], f"{path}[]")}
+    return {path}
+
+
+def test_every_field_of_the_crd_is_reachable_from_the_charts_values(tmp_path: Path, crd: dict[str, Any]) -> None:
+    """A platform team that installs with the chart can set everything a `kubectl apply` user can: a field added
+    to the CRD without a value in the chart (and values.schema.json) fails here."""
+    values = tmp_path / "everything.yaml"
+    values.write_text(yaml.safe_dump({
+        "image": {"digest": {"learnerApi": "sha256:" + "a" * 64}},
+        "evaluator": {"alertRules": [
+            {"alert": "LagHigh", "signal": "ingest_lag_seconds", "above": 60, "for": "5m",
+             "labels": {"severity": "page"}, "annotations": {"summary": "lag"}},
+            {"alert": "Quiet", "signal": "seconds_since_progress", "below": 1}]},
+        "observability": {"pushgateway": {"enabled": True, "url": "http://pushgateway.monitoring:9091"}},
+    }))
+    [platform] = of_kind(render(values), "LearnerPlatform")
+    spec_schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    missing = _schema_leaves(spec_schema) - _value_leaves(platform["spec"], spec_schema)
+    assert missing == set(), f"CRD fields no chart value reaches: {sorted(missing)}"
+    # and what the chart renders is admitted by the CRD
+    assert parse_spec(platform["spec"]).rollout.strategy == "RollingUpdate"
+
+
+def test_a_canary_rollout_and_redis_cluster_from_values(crd: dict[str, Any]) -> None:
+    [platform] = of_kind(render(None, "rollout.strategy=Canary", "redis.cluster=true",
+                                "evaluator.autoscaling.enabled=true"), "LearnerPlatform")
+    spec = parse_spec(platform["spec"])
+    assert (spec.rollout.canary, spec.redis.cluster, spec.evaluator.autoscaling.enabled) == (True, True, True)
+    assert "/rollout/strategy" in refusal("--set", "image.tag=abc", "--set", "rollout.strategy=BlueGreen")
