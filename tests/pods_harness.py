@@ -21,6 +21,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ class Process:
     port: int
     metrics_port: int
     ready: bool = False
+    ready_at: float = 0.0  # time.monotonic() when /readyz first answered
 
 
 @dataclass
@@ -125,7 +127,7 @@ class PodsHarness:
                 self._stop(extra.pod)
         for process in list(self.processes.values()):
             if not process.ready and await self._ready(process):
-                process.ready = True
+                process.ready, process.ready_at = True, time.monotonic()
                 self.cluster.edit("v1", "pods", self.namespace, process.pod, {"status": {
                     "phase": "Running", "podIP": "127.0.0.1", "conditions": [{"type": "Ready", "status": "True"}],
                     "containerStatuses": [{"name": APP, "ready": True, "restartCount": 0, "image": process.image,
@@ -159,6 +161,11 @@ class PodsHarness:
             self._stop(name)
         if self._session is not None:
             await self._session.close()
+
+    def first_ready(self, deployment: str) -> float | None:
+        """When the first pod of ``deployment`` that is still running became ready."""
+        return min((p.ready_at for p in self.processes.values() if p.deployment == deployment and p.ready),
+                   default=None)
 
     def ready_pods(self, selector: Mapping[str, str]) -> list[Process]:
         """The ready "pods" whose labels match ``selector`` (a Service's endpoints)."""

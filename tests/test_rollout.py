@@ -19,7 +19,7 @@ import pytest
 
 from tests.api.conftest import admin_database_url, database_url  # noqa: F401  # fixtures: a migrated database
 from tests.kube_emulator import Cluster
-from tests.operator_harness import NS, AnyCluster, Operator, eventually, running_operator, settled
+from tests.operator_harness import NS, AnyCluster, Operator, eventually, resync_writes, running_operator, settled
 from tests.pods_harness import PodsHarness, Traffic
 from tests.test_migrations_operator import LP, REPOSITORY, SUCCESS, set_tag, started, status, warnings
 from tests.test_operator import API, condition, conditions, platform_doc, ready_platform, secret
@@ -86,9 +86,11 @@ async def release(cluster: AnyCluster, tag: str) -> float:
     return time.monotonic()
 
 
-def report(what: str, cluster: AnyCluster, since: float) -> None:
+def report(what: str, cluster: AnyCluster, since: float, serving: float | None = None) -> None:
     r = rollout(cluster)
-    print(f"\n{what} after {time.monotonic() - since:.1f} s: verdict {r.get('verdict')}; canary {r.get('canary')}; "
+    window = f" ({time.monotonic() - serving:.1f} s after the first canary pod was ready)" if serving else ""
+    print(f"\n{what} {time.monotonic() - since:.1f} s after the canary Deployment appeared{window}: "
+          f"verdict {r.get('verdict')}; canary {r.get('canary')}; "
           f"stable {r.get('baseline')}; {r.get('message')}")
 
 
@@ -114,6 +116,8 @@ async def test_a_good_image_is_promoted_step_by_step(cluster: AnyCluster, operat
     assert r["canary"]["errorRatio"] == 0
     assert condition(cluster, "RolledOut") == ("True", "Promoted")
     await eventually(lambda: condition(cluster, "Degraded") == ("False", "AsExpected"), what="not Degraded")
+    await settled(cluster, operator)
+    assert await resync_writes(cluster, operator) == []  # a finished rollout costs nothing at rest
 
 
 @pytest.mark.parametrize(("tag", "verdict", "words"), [
@@ -126,8 +130,15 @@ async def test_a_bad_image_is_rolled_back_within_its_first_step(
     await installed(cluster, operator, pods)
     async with Traffic(pods, SERVICE_SELECTOR):
         since = await release(cluster, tag)
-        await eventually(lambda: rollout(cluster).get("phase") == "RolledBack", within=WITHIN, what="rolled back")
-        report("rolled back", cluster, since)
+        serving: list[float] = []
+
+        def rolled_back() -> bool:
+            if not serving and (ready_at := pods.first_ready(CANARY)) is not None:
+                serving.append(ready_at)  # the canary is gone once rolled back: note when it began to serve
+            return rollout(cluster).get("phase") == "RolledBack"
+
+        await eventually(rolled_back, within=WITHIN, what="rolled back")
+        report("rolled back", cluster, since, serving[0] if serving else None)
     r = rollout(cluster)
     assert r["verdict"] == verdict
     assert r["failedImage"] == f"{REPOSITORY}:{tag}"

@@ -13,8 +13,10 @@ import logging
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
+from learner_operator.timing import Later
+
 K = TypeVar("K", bound=Hashable)
-Work = Callable[[K], Awaitable[float | None]]  # returns seconds until a retry, or None
+Work = Callable[[K], Awaitable[float | None]]  # returns seconds until a retry (a Later: a planned look), or None
 #: What work returns for "look again now": 0 seconds, and not a failure (no backoff).
 AGAIN = 0.0
 
@@ -96,7 +98,12 @@ class Engine(Generic[K]):
             finally:
                 self._active.discard(key)
             again = retry == AGAIN
-            if retry is None or again:
+            if isinstance(retry, Later):  # planned, not failed: no backoff; a trigger meanwhile runs now
+                self._failures.pop(key, None)
+                if key not in self._dirty:
+                    self.trigger_later(key, float(retry))
+                retry = None
+            elif retry is None or again:
                 self._failures.pop(key, None)
                 retry = None
             else:

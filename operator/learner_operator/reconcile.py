@@ -29,6 +29,7 @@ from learner_operator.podstate import PodStates
 from learner_operator.secretcache import SecretCache
 from learner_operator.status import Observation, Verdict, merge_conditions, observe_deployment, verdicts
 from learner_operator.status import workload_status as summarise
+from learner_operator.timing import Later
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 #: "Look again now" for the work queue (engine.Engine): a retry after 0 s that is not a failure.
@@ -309,8 +310,7 @@ async def reconcile(deps: Deps, cr: Snapshot, logger: Logger) -> float | None:
         extra["rollout"] = plan.status
     await _report(deps, cr, observation, logger, extra, warn_since=before)
     if synced.errors:
-        return deps.retry_after_error if plan is None or plan.again is None else min(plan.again,
-                                                                                      deps.retry_after_error)
+        return deps.retry_after_error  # a failure: backs off (a canary is judged again once it is over)
     return AGAIN if synced.changed_meanwhile else plan.again if plan is not None else None
 
 
@@ -333,7 +333,7 @@ async def _plan_rollout(deps: Deps, cr: Snapshot, spec: LearnerPlatformSpec, gat
         keep = None if stable is None or recorded.get("phase") != rollout.PROGRESSING else builders.CanaryPlan(
             gate.serving_image or spec.image, int((live.get(("Deployment", builders.canary.name(platform))) or {})
                                                   .get("spec", {}).get("replicas") or 1))
-        return rollout.Plan(stable, keep, None, None, again=deps.retry_after_error)
+        return rollout.Plan(stable, keep, None, None, again=Later(deps.retry_after_error))
 
 
 async def _record_rollout(deps: Deps, cr: Snapshot, plan: rollout.Plan, logger: Logger) -> Snapshot | None:

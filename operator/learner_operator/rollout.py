@@ -45,6 +45,7 @@ __all__ = ["CONDITION", "PROGRESSING", "ROLLOUT_ANNOTATION", "Inputs", "Memory",
            "judge", "reference"]
 from learner_operator.platforms import Snapshot
 from learner_operator.status import PodProblem, Verdict
+from learner_operator.timing import Later
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 
@@ -76,7 +77,7 @@ class Plan:
     #: The RolledOut condition (None: left as it is).
     verdict: Verdict | None
     #: Seconds until the next analysis (None: nothing to watch).
-    again: float | None = None
+    again: Later | None = None
     #: The learner.dev/rollout annotation was acted on: remove it.
     acknowledge: bool = False
     #: The status must be written before the children follow it (a step, a promotion or a rollback).
@@ -258,7 +259,7 @@ async def decide(api: KubeApi, memory: Memory, inputs: Inputs, logger: Logger) -
     plan = CanaryPlan(target, replicas)
     share = round(100 * replicas / (replicas + stable_size))
 
-    canary_metrics, stable_metrics, pods, unreadable = await _measure(api, memory, cr, wanted)
+    canary_metrics, stable_metrics, unreadable = await _measure(api, memory, cr, wanted)
     canary_figures = _figures(total(canary_metrics.values()), len(canary_metrics))
     stable_figures = _figures(total(stable_metrics.values()), len(stable_metrics))
     broken, said = judge(spec, canary_figures, stable_figures)
@@ -272,7 +273,12 @@ async def decide(api: KubeApi, memory: Memory, inputs: Inputs, logger: Logger) -
     interval = duration_seconds(spec.rollout.analysis_interval)
     pause = duration_seconds(spec.rollout.steps[step - 1].pause)
     elapsed = (now - started).total_seconds()
-    if broken == "" and elapsed >= pause and (inputs.canary_live is not None or pods):
+    live = inputs.canary_live or {}
+    ready = int((live.get("status") or {}).get("readyReplicas") or 0)
+    in_place = bool(live) and ready >= int((live.get("spec") or {}).get("replicas") or 0)
+    if not in_place:  # the step's share is not serving yet: its pause runs, but it does not end before
+        said += f"; {ready} canary pod(s) ready"
+    if broken == "" and elapsed >= pause and in_place:
         if step == len(spec.rollout.steps):
             return _promoted(stable, target, status, f"healthy through {step} step(s): {said}", logger, acknowledge)
         logger.info("Canary of %s healthy at step %d (%s): step %d", wanted, step, said, step + 1)
@@ -287,7 +293,7 @@ async def decide(api: KubeApi, memory: Memory, inputs: Inputs, logger: Logger) -
     status = {**status, "verdict": verdict_word,
               "message": f"step {step}/{len(spec.rollout.steps)}: {share}% of pods on {wanted}; {said}"}
     again = max(0.2, min(interval, pause - elapsed) if pause > elapsed else interval)
-    return Plan(stable, plan, status, Verdict("False", "CanaryProgressing", status["message"]), again=again,
+    return Plan(stable, plan, status, Verdict("False", "CanaryProgressing", status["message"]), again=Later(again),
                 acknowledge=acknowledge, record=record)
 
 
@@ -301,7 +307,7 @@ def _stable_size(spec: LearnerPlatformSpec, live: dict[str, Any] | None) -> int:
 
 async def _measure(
     api: KubeApi, memory: Memory, cr: Snapshot, wanted: str,
-) -> tuple[dict[str, PodMetrics], dict[str, PodMetrics], int, list[str]]:
+) -> tuple[dict[str, PodMetrics], dict[str, PodMetrics], list[str]]:
     """The canary pods' counters since they started, and the stable pods' since this analysis first saw them."""
     selector = f"app.kubernetes.io/name={learner_api.APP},app.kubernetes.io/instance={cr.name}"
     pods, _ = await api.list_objects("v1", "pods", cr.namespace, selector)
@@ -321,7 +327,7 @@ async def _measure(
             earlier = baselines.setdefault(name, metrics)
             stable_metrics[name] = metrics.minus(earlier)
     memory.baselines[cr.uid] = (wanted, baselines)
-    return canary_metrics, stable_metrics, sum(1 for v in is_canary.values() if v), unreadable
+    return canary_metrics, stable_metrics, unreadable
 
 
 def _promoted(stable: ImageSpec, target: ImageSpec, status: dict[str, Any], why: str, logger: Logger,
