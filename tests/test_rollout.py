@@ -156,6 +156,11 @@ async def test_a_bad_image_is_rolled_back_within_its_first_step(
     await settled(cluster, operator)
     assert cluster.get("apps/v1", "deployments", NS, CANARY) is None
     assert rollout(cluster)["phase"] == "RolledBack"
+    # setting the stable tag back clears Degraded (the failed image stays on record)
+    set_tag(cluster, "v1")
+    await eventually(lambda: condition(cluster, "Degraded") == ("False", "AsExpected"), within=30, what="not Degraded")
+    assert condition(cluster, "RolledOut") == ("True", "Stable")
+    assert rollout(cluster)["failedImage"] == f"{REPOSITORY}:{tag}"
 
 
 async def test_the_annotations_abort_retry_and_promote(cluster: AnyCluster, operator: Operator,

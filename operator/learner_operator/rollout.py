@@ -219,9 +219,8 @@ async def decide(api: KubeApi, memory: Memory, inputs: Inputs, logger: Logger) -
     if wanted == reference(stable):
         memory.forget(cr.uid)
         phase = base["phase"] if base["phase"] != PROGRESSING else ""
-        verdict = (Verdict("False", "RolledBack" if base["phase"] == ROLLED_BACK else "RolloutAborted", base["message"])
-                   if phase in (ROLLED_BACK, ABORTED) and failed else
-                   Verdict("True", "Promoted" if phase == SUCCEEDED else "Stable", f"learner-api runs {wanted}"))
+        earlier = f"; {failed} was rolled back" if failed else ""
+        verdict = Verdict("True", "Promoted" if phase == SUCCEEDED else "Stable", f"learner-api runs {wanted}{earlier}")
         return Plan(stable, None, {**base, "phase": phase}, verdict, acknowledge=acknowledge)
 
     if wanted == failed and command != "promote":
