@@ -418,3 +418,12 @@ def test_a_canary_rollout_and_redis_cluster_from_values(crd: dict[str, Any]) -> 
     spec = parse_spec(platform["spec"])
     assert (spec.rollout.canary, spec.redis.cluster, spec.evaluator.autoscaling.enabled) == (True, True, True)
     assert "/rollout/strategy" in refusal("--set", "image.tag=abc", "--set", "rollout.strategy=BlueGreen")
+
+
+def test_the_operator_may_reach_learner_apis_metrics_port_and_nothing_else_new() -> None:
+    """Canary rollouts read learner-api's /metrics from the pods (builders.common.API_METRICS_PORT)."""
+    from learner_operator.builders.common import API_METRICS_PORT
+
+    [policy] = [doc for doc in of_kind(render(), "NetworkPolicy") if doc["metadata"]["name"] == "ai-platform-operator"]
+    ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]}
+    assert ports == {53, 443, 6443, API_METRICS_PORT}
