@@ -365,11 +365,15 @@ async def _retry_migration(deps: Deps, cr: Snapshot, spec: LearnerPlatformSpec, 
 
 
 async def _acknowledge(deps: Deps, cr: Snapshot, logger: Logger, annotation: str = rollout.ROLLOUT_ANNOTATION) -> None:
-    """Remove an annotation the reconcile acted on (kubectl shows it is done)."""
+    """Remove an annotation the reconcile acted on (kubectl shows it is done), only if it still holds the value
+    acted on: one an SRE set meanwhile (abort, then promote) stays for the next reconcile."""
+    path = "/metadata/annotations/" + annotation.replace("~", "~0").replace("/", "~1")
     try:
-        written = await deps.api.merge_patch(cr.ref, {"metadata": {"annotations": {annotation: None}}})
+        written = await deps.api.json_patch(cr.ref, [{"op": "test", "path": path, "value": cr.annotations[annotation]},
+                                                     {"op": "remove", "path": path}])
     except ApiError as exc:
-        logger.warning("Could not remove the %s annotation: %s", annotation, exc.message or exc.reason)
+        if exc.status != 422:  # 422: changed or gone meanwhile, which the next reconcile sees
+            logger.warning("Could not remove the %s annotation: %s", annotation, exc.message or exc.reason)
         return
     deps.platforms.wrote(written)
 

@@ -161,6 +161,13 @@ class KubeApi:
         assert result is not None
         return result
 
+    async def json_patch(self, ref: ResourceRef, ops: list[dict[str, Any]]) -> dict[str, Any]:
+        """JSON patch (RFC 6902): a failed ``test`` operation refuses the whole patch (422)."""
+        result = await self._call("PATCH", ref.path(), body=ops, content_type="application/json-patch+json",
+                                  query=[("fieldManager", FIELD_MANAGER)])
+        assert result is not None
+        return result
+
     async def delete(self, ref: ResourceRef) -> bool:
         """Delete in the background (dependents go through garbage collection); False if it was gone."""
         result = await self._call(
