@@ -419,7 +419,7 @@ async def test_the_retry_annotation_runs_a_failed_migration_again_for_the_same_i
     cluster.edit(*LP, NS, "ai-platform", {"metadata": {"annotations": {"learner.dev/retry-migration": "true"}}})
     await eventually(lambda: first in jobs(cluster) and jobs(cluster)[first]["metadata"]["uid"] != first_uid,
                      what="the Job made again")
-    assert condition(cluster, "Migrated") == ("False", "MigrationRunning")
+    await eventually(lambda: condition(cluster, "Migrated") == ("False", "MigrationRunning"), what="running again")
     await eventually(lambda: "learner.dev/retry-migration" not in (
         (cluster.get(*LP, NS, "ai-platform") or {})["metadata"].get("annotations") or {}), what="annotation removed")
     assert images(cluster) == on("v1")

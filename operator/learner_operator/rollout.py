@@ -220,7 +220,9 @@ async def decide(api: KubeApi, memory: Memory, inputs: Inputs, logger: Logger) -
         memory.forget(cr.uid)
         phase = base["phase"] if base["phase"] != PROGRESSING else ""
         earlier = f"; {failed} was rolled back" if failed else ""
-        verdict = Verdict("True", "Promoted" if phase == SUCCEEDED else "Stable", f"learner-api runs {wanted}{earlier}")
+        # the same words as the reconcile that promoted it wrote: nothing to write at the next resync
+        verdict = (Verdict("True", "Promoted", base["message"]) if phase == SUCCEEDED and base["image"] == wanted
+                   else Verdict("True", "Stable", f"learner-api runs {wanted}{earlier}"))
         return Plan(stable, None, {**base, "phase": phase}, verdict, acknowledge=acknowledge)
 
     if wanted == failed and command != "promote":
