@@ -225,7 +225,7 @@ class Cluster(kmock.KubernetesEmulator):
     def _select(self, request: kmock.Request) -> list[dict[str, Any]]:
         res, selector = self._res(request), request.params.get("labelSelector", "")
         return [
-            copy.deepcopy(obj) for (r, ns, _), obj in sorted(self._store.items(), key=lambda i: str(i[0]))
+            copy.deepcopy(obj) for (r, ns, _), obj in sorted(self._store.items(), key=_etcd_order)
             if r == res and (request.namespace is None or ns == request.namespace)
             and matches_selector((obj.get("metadata") or {}).get("labels") or {}, selector)
         ]
@@ -356,6 +356,8 @@ class Cluster(kmock.KubernetesEmulator):
                 _generate_job_selector(new)
             self._store[key] = new
             self._emit(res, "ADDED", new)
+            if res == _NAMESPACES:
+                self._populate_namespace(key[2])
             return copy.deepcopy(new)
         if _without_times(new) == _without_times(old):
             return copy.deepcopy(old)
@@ -370,6 +372,16 @@ class Cluster(kmock.KubernetesEmulator):
         self._store[key] = new
         self._emit(res, "MODIFIED", new)
         return copy.deepcopy(new)
+
+    def _populate_namespace(self, namespace: str) -> None:
+        """What kube-controller-manager puts into every new namespace: the root CA's ConfigMap (root-ca-cert-
+        publisher) and the ``default`` ServiceAccount (serviceaccount controller). Neither is anyone's child."""
+        for obj in ({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kube-root-ca.crt"},
+                     "data": {"ca.crt": _EMULATOR_CA}},
+                    {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}}):
+            key = (("", "v1", _PLURALS[str(obj["kind"])]), namespace, str(obj["metadata"]["name"]))
+            if key not in self._store:
+                self._store_object(key, copy.deepcopy(obj), None, manager="kube-controller-manager")
 
     @staticmethod
     def _manager(request: kmock.Request) -> str:
@@ -490,7 +502,7 @@ class Cluster(kmock.KubernetesEmulator):
 
     def all(self, api_version: str, plural: str, namespace: str | None = None) -> list[dict[str, Any]]:
         group, _, version = api_version.rpartition("/")
-        return [copy.deepcopy(o) for (r, ns, _), o in self._store.items()
+        return [copy.deepcopy(o) for (r, ns, _), o in sorted(self._store.items(), key=_etcd_order)
                 if r == (group, version, plural) and (namespace is None or ns == namespace)]
 
     def put(self, obj: dict[str, Any], *, manager: str = "kubectl") -> dict[str, Any]:
@@ -613,6 +625,16 @@ _PLURALS = {
     "Lease": "leases", "CustomResourceDefinition": "customresourcedefinitions", "Job": "jobs", "Pod": "pods",
 }
 _JOBS: ResKey = ("batch", "v1", "jobs")
+_NAMESPACES: ResKey = ("", "v1", "namespaces")
+#: The data of every namespace's kube-root-ca.crt (no client here checks it against a server certificate).
+_EMULATOR_CA = "-----BEGIN CERTIFICATE-----\nZW11bGF0b3I=\n-----END CERTIFICATE-----\n"
+
+
+def _etcd_order(item: tuple[ObjKey, Any]) -> tuple[str, str]:
+    """Lists come from etcd in key order (``/registry/<resource>/<namespace>/<name>``): by namespace, then
+    name, whatever order the objects were created in."""
+    (_, namespace, name), _ = item
+    return (namespace or "", name)
 
 
 def _generate_job_selector(job: dict[str, Any]) -> None:
