@@ -64,8 +64,8 @@ import yaml
 from kmock._internal import apps
 
 from tests import kube_ssa as ssa
-from tests.controllers import deployment_status
-from tests.crd_schema import admit, validate_crd
+from tests.controllers import autoscaler_first_sync, deployment_status
+from tests.crd_schema import admit, prune, unknown_fields, validate_crd
 
 ResKey = tuple[str, str, str]  # group, version, plural
 ObjKey = tuple[ResKey, str | None, str]  # resource, namespace, name
@@ -304,7 +304,20 @@ class Cluster(kmock.KubernetesEmulator):
         for queue in self._watchers[res]:
             queue.put_nowait(event)
 
-    def _admit(self, res: ResKey, obj: dict[str, Any]) -> dict[str, Any]:
+    def _admit(self, res: ResKey, obj: dict[str, Any], *, strict: bool) -> dict[str, Any]:
+        """Decode and admit a write of the main resource. ``strict``: ``fieldValidation=Strict`` (kubectl's
+        default; the test helpers' ``put``): unknown fields are a 400 at decoding; otherwise (a request without
+        it, or Warn/Ignore) they are dropped."""
+        if res == _LEASES:
+            _decode_lease(obj)
+        if res == _SERVICES:
+            _validate_service(obj)
+        if res[2] == "learnerplatforms" and self.crd is not None and (unknown := unknown_fields(self.crd, obj)):
+            if strict:
+                raise _error(400, "BadRequest", 'LearnerPlatform in version "v1alpha1" cannot be handled as a '
+                             "LearnerPlatform: strict decoding error: "
+                             + ", ".join(f'unknown field "{path}"' for path in unknown))
+            obj = prune(self.crd, obj)
         if res[2] == "customresourcedefinitions":
             if errors := validate_crd(obj):
                 name = (obj.get("metadata") or {}).get("name")
@@ -324,7 +337,7 @@ class Cluster(kmock.KubernetesEmulator):
 
     def _store_object(
         self, key: ObjKey, new: dict[str, Any], old: dict[str, Any] | None, *, manager: str,
-        subresource: str | None = None, applied: bool = False,
+        subresource: str | None = None, applied: bool = False, strict: bool = True,
     ) -> dict[str, Any]:
         """Commit ``new`` in place of ``old``: normalise, default, admit, record field ownership, bump
         versions, emit the event. A write that changes nothing changes nothing (no version, no event)."""
@@ -343,7 +356,7 @@ class Cluster(kmock.KubernetesEmulator):
             new = ssa.normalise(new)
             ssa.server_defaults(res[2], new)
         if subresource != "status":
-            new = self._admit(res, new)
+            new = self._admit(res, new, strict=strict)
             if res == _JOBS and old is not None:
                 _refuse_job_change(old, new)
         if not applied:
@@ -395,7 +408,7 @@ class Cluster(kmock.KubernetesEmulator):
         if key in self._store:
             raise _error(409, "AlreadyExists", f'{key[0][2]} "{key[2]}" already exists')
         body.pop("status", None) if key[0][2] in _WITH_STATUS else None
-        return self._store_object(key, body, None, manager=self._manager(request))
+        return self._store_object(key, body, None, manager=self._manager(request), strict=_strict(request))
 
     async def _serve_update(self, request: kmock.Request) -> Any:
         key = (self._res(request), request.namespace, str(request.name))
@@ -431,7 +444,8 @@ class Cluster(kmock.KubernetesEmulator):
             new = {k: v for k, v in rest_from.items() if k != "status"}
             if "status" in status_from:
                 new["status"] = status_from["status"]
-        return self._store_object(key, new, old, manager=manager, subresource=subresource, applied=applied)
+        return self._store_object(key, new, old, manager=manager, subresource=subresource, applied=applied,
+                                  strict=_strict(request))
 
     async def _serve_delete(self, request: kmock.Request) -> Any:
         key = (self._res(request), request.namespace, str(request.name))
@@ -528,7 +542,7 @@ class Cluster(kmock.KubernetesEmulator):
             new["status"] = old["status"]
         subresource = "status" if status else subresource
         manager = manager or ("kube-controller-manager" if status else "kubectl-patch")
-        return self._store_object(key, new, old, manager=manager, subresource=subresource)
+        return self._store_object(key, new, old, manager=manager, subresource=subresource, strict=False)
 
     def update(self, api_version: str, plural: str, namespace: str, name: str,
                mutate: Callable[[dict[str, Any]], None], *, manager: str = "kubectl-edit") -> dict[str, Any]:
@@ -538,7 +552,7 @@ class Cluster(kmock.KubernetesEmulator):
         old = self._store[key]
         new = copy.deepcopy(old)
         mutate(new)
-        return self._store_object(key, new, old, manager=manager)
+        return self._store_object(key, new, old, manager=manager, strict=False)
 
     def remove(self, api_version: str, plural: str, namespace: str, name: str, *, quiet: bool = False) -> None:
         """Delete (background propagation). ``quiet``: no watcher ever hears of it, as when its watch was
@@ -552,6 +566,32 @@ class Cluster(kmock.KubernetesEmulator):
         """What the HorizontalPodAutoscaler does: set the Deployment's replicas (its own field)."""
         return self.edit("apps/v1", "deployments", namespace, name, {"spec": {"replicas": replicas}},
                          manager="kube-controller-manager", subresource="scale")
+
+    def run_autoscalers(self, namespace: str) -> None:
+        """Play the HPA controller's first sync of every HPA in ``namespace``: its target's replicas moved into
+        [minReplicas, maxReplicas] (a new Deployment without replicas has 1), and the HPA's status written.
+        A real controller does it one sync period (15 s) after the HPA is made: a test that measures a
+        converged platform plays it first, or the controller lands in the middle of the measurement."""
+        for hpa in self.all("autoscaling/v2", "horizontalpodautoscalers", namespace):
+            target = self.get("apps/v1", "deployments", namespace, hpa["spec"]["scaleTargetRef"]["name"])
+            if target is None:
+                continue
+            replicas = int(target["spec"].get("replicas", 1))
+            desired = autoscaler_first_sync(hpa, replicas)
+            if desired is not None:
+                self.edit("apps/v1", "deployments", namespace, target["metadata"]["name"],
+                          {"spec": {"replicas": desired}}, manager="kube-controller-manager", subresource="scale")
+            now = _now()
+            able = {"type": "AbleToScale", "status": "True", "lastTransitionTime": now,
+                    "reason": "SucceededRescale" if desired is not None else "ReadyForNewScale",
+                    "message": "the HPA controller was able to update the target scale" if desired is not None
+                    else "recommended size matches current size"}
+            status: dict[str, Any] = {"currentReplicas": replicas, "desiredReplicas": desired or replicas,
+                                      "conditions": [able]}
+            if desired is not None:
+                status["lastScaleTime"] = now
+            self.edit("autoscaling/v2", "horizontalpodautoscalers", namespace, hpa["metadata"]["name"],
+                      {"status": status}, status=True)
 
     def set_deployment_status(self, namespace: str, name: str, *, ready: int | None = None) -> dict[str, Any]:
         """Play the Deployment controller and kubelet: all replicas of the current template ready."""
@@ -628,6 +668,41 @@ _JOBS: ResKey = ("batch", "v1", "jobs")
 _NAMESPACES: ResKey = ("", "v1", "namespaces")
 #: The data of every namespace's kube-root-ca.crt (no client here checks it against a server certificate).
 _EMULATOR_CA = "-----BEGIN CERTIFICATE-----\nZW11bGF0b3I=\n-----END CERTIFICATE-----\n"
+
+
+_LEASES: ResKey = ("coordination.k8s.io", "v1", "leases")
+_SERVICES: ResKey = ("", "v1", "services")
+#: metav1.MicroTime, as Go's time.Parse reads RFC3339Micro ("2006-01-02T15:04:05.000000Z07:00"): six digits.
+_MICRO_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}(Z|[+-]\d\d:\d\d)$")
+
+
+def _decode_lease(lease: dict[str, Any]) -> None:
+    """A Lease's acquireTime and renewTime are MicroTime: a timestamp without its six fractional digits
+    ("...:53Z", as metav1.Time writes) cannot be decoded (400)."""
+    for field in ("acquireTime", "renewTime"):
+        value = (lease.get("spec") or {}).get(field)
+        if value is not None and not (isinstance(value, str) and _MICRO_TIME.match(value)):
+            raise _error(400, "BadRequest", f'Lease in version "v1" cannot be handled as a Lease: parsing time '
+                         f'"{value}" as "2006-01-02T15:04:05.000000Z07:00": cannot parse "{str(value)[19:]}" as '
+                         '".000000"')
+
+
+def _validate_service(service: dict[str, Any]) -> None:
+    """Service validation on what a write leaves (after an apply's merge by port and protocol): every port
+    name at most once (422)."""
+    seen: set[str] = set()
+    for index, port in enumerate((service.get("spec") or {}).get("ports") or []):
+        name = port.get("name")
+        if name and name in seen:
+            raise _error(422, "Invalid", f'Service "{service["metadata"]["name"]}" is invalid: '
+                         f'spec.ports[{index}].name: Duplicate value: "{name}"')
+        seen.add(name)
+
+
+def _strict(request: kmock.Request) -> bool:
+    """``fieldValidation=Strict``; without it the server has defaulted to Warn since v1.27 (unknown fields
+    dropped, with a warning)."""
+    return request.params.get("fieldValidation") == "Strict"
 
 
 def _etcd_order(item: tuple[ObjKey, Any]) -> tuple[str, str]:
