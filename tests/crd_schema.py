@@ -234,11 +234,13 @@ def _check_node(node: dict[str, Any], path: str, errors: list[str], *, root: boo
         _check_node(node["additionalProperties"], f"{path}.additionalProperties", errors)
 
 
-def unknown_fields(crd: dict[str, Any], obj: dict[str, Any]) -> list[str]:
-    """The paths of the fields ``obj`` has that its CRD's schema does not (status aside), as the decoder
-    names them: ``spec.learnerApi.replica``."""
+def unknown_fields(crd: dict[str, Any], obj: dict[str, Any], *, status: bool = False) -> list[str]:
+    """The paths of the fields ``obj`` has that its CRD's schema does not, as the decoder names them
+    (``spec.learnerApi.replica``): outside ``status``, or (``status``) only inside it."""
     schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
-    return _unknown_fields(schema, {k: v for k, v in obj.items() if k != "status"}, "")
+    part = {"status": obj["status"]} if status and "status" in obj else {
+        k: v for k, v in obj.items() if k != "status" and not status}
+    return _unknown_fields(schema, part, "")
 
 
 def prune(crd: dict[str, Any], obj: dict[str, Any]) -> dict[str, Any]:

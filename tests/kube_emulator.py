@@ -304,6 +304,18 @@ class Cluster(kmock.KubernetesEmulator):
         for queue in self._watchers[res]:
             queue.put_nowait(event)
 
+    def _decode_status(self, obj: dict[str, Any], *, strict: bool) -> dict[str, Any]:
+        """A status write is decoded with the same schema: a field it does not know is dropped (or a 400 when
+        strict), so a status that carries one never reads back equal to what was sent."""
+        assert self.crd is not None
+        if unknown := unknown_fields(self.crd, obj, status=True):
+            if strict:
+                raise _error(400, "BadRequest", 'LearnerPlatform in version "v1alpha1" cannot be handled as a '
+                             "LearnerPlatform: strict decoding error: "
+                             + ", ".join(f'unknown field "{path}"' for path in unknown))
+            obj = prune(self.crd, obj)
+        return obj
+
     def _admit(self, res: ResKey, obj: dict[str, Any], *, strict: bool) -> dict[str, Any]:
         """Decode and admit a write of the main resource. ``strict``: ``fieldValidation=Strict`` (kubectl's
         default; the test helpers' ``put``): unknown fields are a 400 at decoding; otherwise (a request without
@@ -355,6 +367,8 @@ class Cluster(kmock.KubernetesEmulator):
         if res[0] in _BUILTIN_GROUPS and res[2] != "customresourcedefinitions":
             new = ssa.normalise(new)
             ssa.server_defaults(res[2], new)
+        if subresource == "status" and res[2] == "learnerplatforms" and self.crd is not None:
+            new = self._decode_status(new, strict=strict)
         if subresource != "status":
             new = self._admit(res, new, strict=strict)
             if res == _JOBS and old is not None:
