@@ -31,6 +31,21 @@ Emulated (each is something a real API server does that our tests depend on):
 - Deletion with finalizers (``deletionTimestamp``), and background garbage collection of dependents
   through ``ownerReferences``; ``remove(quiet=True)`` is a deletion a platform watch missed.
 - Discovery from the declared kinds; :meth:`Cluster.undeclare` is a kind whose CRD is not installed.
+- Lists (and a watch's initial events) in etcd's key order: by namespace and name, not by age.
+- Decoding before admission: ``fieldValidation=Strict`` (``put``; kubectl's default) refuses an unknown
+  field of a LearnerPlatform with 400 ``strict decoding error: unknown field "spec..."``; without it (the
+  server's Warn default: ``edit``/``update``, the operator's requests) the field is dropped, in status
+  writes too. A Lease's ``acquireTime``/``renewTime`` are MicroTime: without six fractional digits, 400.
+- Server-side apply merges keyed lists in structured-merge-diff's order (the live order is kept), and
+  Services are validated after the merge (two ports of one name: 422).
+- What kube-controller-manager puts into every new namespace: ``kube-root-ca.crt`` and the ``default``
+  ServiceAccount, nobody's children.
+
+Learned on a real control plane (issue 21), each from a test that failed there and passed here until the
+emulator learned it: the list order (a test's Jobs came back by name), MicroTime (a test's own Lease),
+strict decoding (400, not 422), the keyed-list order and Service port names (a port renumbered by
+``kubectl patch`` cannot be taken back by an apply), the namespace's own objects (counted as children),
+and the HPA controller's first sync (below).
 - Jobs as the Job REST strategy makes them: a generated ``spec.selector`` and the
   ``batch.kubernetes.io/controller-uid``/``job-name`` labels on the pod template at creation, and an
   immutable pod template afterwards (422). :meth:`Cluster.start_job` and :meth:`Cluster.finish_job`
@@ -40,8 +55,9 @@ Not emulated (the tests do not rely on them): strategic merge patch directives, 
 custom resources' lists by their ``x-kubernetes-list-*`` markers (built-in kinds only), admission
 webhooks, RBAC (the chart's rules are compared with the requests the operator made instead), any
 controller (Deployments never get pods: tests set Deployment status themselves with
-:meth:`Cluster.set_deployment_status` and play the HPA with :meth:`Cluster.scale`; Jobs run only when a
-test says how they end, and their TTL is :meth:`Cluster.remove`), CEL cost budgets.
+:meth:`Cluster.set_deployment_status` and play the HPA with :meth:`Cluster.scale`, or its first sync
+(a real one makes it 15 s after the HPA exists) with :meth:`Cluster.run_autoscalers`; Jobs run only when
+a test says how they end, and their TTL is :meth:`Cluster.remove`), CEL cost budgets.
 """
 
 from __future__ import annotations

@@ -23,6 +23,8 @@ Where this backend differs from the emulator, and why:
   Likewise ``start_job``/``finish_job``: without it they write the Job's status (and its pods) as the
   emulator's do; with it the real Job controller creates the pods, the test ends each one as a kubelet
   would (terminated, with a termination message) until the controller marks the Job Complete or Failed.
+- ``run_autoscalers`` plays the HPA controller's first sync ahead of the real one, which makes it one
+  sync period (15 s) after the HPA exists, so that it does not land inside what a test measures.
 - ``hang_up`` and ``watch_gap`` restart kube-apiserver: seconds, not milliseconds (their docstrings).
 """
 
