@@ -54,6 +54,7 @@ def test_an_unknown_field_is_refused_when_strict_and_dropped_otherwise(cluster: 
     assert edited["spec"]["learnerApi"]["replicas"] == 4
 
 
+@pytest.mark.needs_controller("the root-ca-cert-publisher and serviceaccount controllers")
 async def test_every_namespace_holds_objects_nobody_here_made(cluster: AnyCluster) -> None:
     """kube-controller-manager's: tests that look at a whole namespace must select what the operator made."""
     await eventually(lambda: cluster.get("v1", "configmaps", NS, "kube-root-ca.crt"), what="kube-root-ca.crt")
