@@ -16,3 +16,14 @@ def deployment_status(deployment: dict[str, Any], ready: int | None = None) -> d
         "conditions": [{"type": "Available", "status": "True" if ready >= replicas else "False",
                         "reason": "MinimumReplicasAvailable"}],
     }
+
+
+def autoscaler_first_sync(hpa: dict[str, Any], replicas: int) -> int | None:
+    """The replicas the HorizontalPodAutoscaler controller sets on its first sync of ``hpa`` (one sync period,
+    15 s by default, after the HPA is made) when its target has ``replicas``; None: it leaves them. Without
+    metrics (no metrics-server) it still moves them into [minReplicas, maxReplicas]; 0 means scaling is off."""
+    spec = hpa.get("spec") or {}
+    low, high = int(spec.get("minReplicas", 1)), int(spec["maxReplicas"])
+    if replicas == 0 or low <= replicas <= high:
+        return None
+    return low if replicas < low else high

@@ -234,6 +234,34 @@ def _check_node(node: dict[str, Any], path: str, errors: list[str], *, root: boo
         _check_node(node["additionalProperties"], f"{path}.additionalProperties", errors)
 
 
+def unknown_fields(crd: dict[str, Any], obj: dict[str, Any], *, status: bool = False) -> list[str]:
+    """The paths of the fields ``obj`` has that its CRD's schema does not, as the decoder names them
+    (``spec.learnerApi.replica``): outside ``status``, or (``status``) only inside it."""
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    part = {"status": obj["status"]} if status and "status" in obj else {
+        k: v for k, v in obj.items() if k != "status" and not status}
+    return _unknown_fields(schema, part, "")
+
+
+def prune(crd: dict[str, Any], obj: dict[str, Any]) -> dict[str, Any]:
+    """``obj`` less its unknown fields: what the API server stores without strict field validation."""
+    return _pruned(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"], obj)
+
+
+def _pruned(schema: dict[str, Any], value: Any) -> Any:
+    if schema.get("x-kubernetes-preserve-unknown-fields"):
+        return value
+    if isinstance(value, dict):
+        props = schema.get("properties")
+        if props is None:
+            extra = schema.get("additionalProperties")
+            return value if not isinstance(extra, dict) else {k: _pruned(extra, v) for k, v in value.items()}
+        return {k: _pruned(props[k], v) for k, v in value.items() if k in props}
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [_pruned(schema["items"], v) for v in value]
+    return value
+
+
 def _default_errors(schema: dict[str, Any], default: Any) -> list[str]:
     """A default must be pruned already and valid as written (nested defaults are NOT applied to it)."""
     unknown = _unknown_fields(schema, default, "")

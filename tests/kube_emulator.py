@@ -31,6 +31,21 @@ Emulated (each is something a real API server does that our tests depend on):
 - Deletion with finalizers (``deletionTimestamp``), and background garbage collection of dependents
   through ``ownerReferences``; ``remove(quiet=True)`` is a deletion a platform watch missed.
 - Discovery from the declared kinds; :meth:`Cluster.undeclare` is a kind whose CRD is not installed.
+- Lists (and a watch's initial events) in etcd's key order: by namespace and name, not by age.
+- Decoding before admission: ``fieldValidation=Strict`` (``put``; kubectl's default) refuses an unknown
+  field of a LearnerPlatform with 400 ``strict decoding error: unknown field "spec..."``; without it (the
+  server's Warn default: ``edit``/``update``, the operator's requests) the field is dropped, in status
+  writes too. A Lease's ``acquireTime``/``renewTime`` are MicroTime: without six fractional digits, 400.
+- Server-side apply merges keyed lists in structured-merge-diff's order (the live order is kept), and
+  Services are validated after the merge (two ports of one name: 422).
+- What kube-controller-manager puts into every new namespace: ``kube-root-ca.crt`` and the ``default``
+  ServiceAccount, nobody's children.
+
+Learned on a real control plane (issue 21), each from a test that failed there and passed here until the
+emulator learned it: the list order (a test's Jobs came back by name), MicroTime (a test's own Lease),
+strict decoding (400, not 422), the keyed-list order and Service port names (a port renumbered by
+``kubectl patch`` cannot be taken back by an apply), the namespace's own objects (counted as children),
+and the HPA controller's first sync (below).
 - Jobs as the Job REST strategy makes them: a generated ``spec.selector`` and the
   ``batch.kubernetes.io/controller-uid``/``job-name`` labels on the pod template at creation, and an
   immutable pod template afterwards (422). :meth:`Cluster.start_job` and :meth:`Cluster.finish_job`
@@ -40,8 +55,9 @@ Not emulated (the tests do not rely on them): strategic merge patch directives, 
 custom resources' lists by their ``x-kubernetes-list-*`` markers (built-in kinds only), admission
 webhooks, RBAC (the chart's rules are compared with the requests the operator made instead), any
 controller (Deployments never get pods: tests set Deployment status themselves with
-:meth:`Cluster.set_deployment_status` and play the HPA with :meth:`Cluster.scale`; Jobs run only when a
-test says how they end, and their TTL is :meth:`Cluster.remove`), CEL cost budgets.
+:meth:`Cluster.set_deployment_status` and play the HPA with :meth:`Cluster.scale`, or its first sync
+(a real one makes it 15 s after the HPA exists) with :meth:`Cluster.run_autoscalers`; Jobs run only when
+a test says how they end, and their TTL is :meth:`Cluster.remove`), CEL cost budgets.
 """
 
 from __future__ import annotations
@@ -64,8 +80,8 @@ import yaml
 from kmock._internal import apps
 
 from tests import kube_ssa as ssa
-from tests.controllers import deployment_status
-from tests.crd_schema import admit, validate_crd
+from tests.controllers import autoscaler_first_sync, deployment_status
+from tests.crd_schema import admit, prune, unknown_fields, validate_crd
 
 ResKey = tuple[str, str, str]  # group, version, plural
 ObjKey = tuple[ResKey, str | None, str]  # resource, namespace, name
@@ -225,7 +241,7 @@ class Cluster(kmock.KubernetesEmulator):
     def _select(self, request: kmock.Request) -> list[dict[str, Any]]:
         res, selector = self._res(request), request.params.get("labelSelector", "")
         return [
-            copy.deepcopy(obj) for (r, ns, _), obj in sorted(self._store.items(), key=lambda i: str(i[0]))
+            copy.deepcopy(obj) for (r, ns, _), obj in sorted(self._store.items(), key=_etcd_order)
             if r == res and (request.namespace is None or ns == request.namespace)
             and matches_selector((obj.get("metadata") or {}).get("labels") or {}, selector)
         ]
@@ -304,7 +320,32 @@ class Cluster(kmock.KubernetesEmulator):
         for queue in self._watchers[res]:
             queue.put_nowait(event)
 
-    def _admit(self, res: ResKey, obj: dict[str, Any]) -> dict[str, Any]:
+    def _decode_status(self, obj: dict[str, Any], *, strict: bool) -> dict[str, Any]:
+        """A status write is decoded with the same schema: a field it does not know is dropped (or a 400 when
+        strict), so a status that carries one never reads back equal to what was sent."""
+        assert self.crd is not None
+        if unknown := unknown_fields(self.crd, obj, status=True):
+            if strict:
+                raise _error(400, "BadRequest", 'LearnerPlatform in version "v1alpha1" cannot be handled as a '
+                             "LearnerPlatform: strict decoding error: "
+                             + ", ".join(f'unknown field "{path}"' for path in unknown))
+            obj = prune(self.crd, obj)
+        return obj
+
+    def _admit(self, res: ResKey, obj: dict[str, Any], *, strict: bool) -> dict[str, Any]:
+        """Decode and admit a write of the main resource. ``strict``: ``fieldValidation=Strict`` (kubectl's
+        default; the test helpers' ``put``): unknown fields are a 400 at decoding; otherwise (a request without
+        it, or Warn/Ignore) they are dropped."""
+        if res == _LEASES:
+            _decode_lease(obj)
+        if res == _SERVICES:
+            _validate_service(obj)
+        if res[2] == "learnerplatforms" and self.crd is not None and (unknown := unknown_fields(self.crd, obj)):
+            if strict:
+                raise _error(400, "BadRequest", 'LearnerPlatform in version "v1alpha1" cannot be handled as a '
+                             "LearnerPlatform: strict decoding error: "
+                             + ", ".join(f'unknown field "{path}"' for path in unknown))
+            obj = prune(self.crd, obj)
         if res[2] == "customresourcedefinitions":
             if errors := validate_crd(obj):
                 name = (obj.get("metadata") or {}).get("name")
@@ -324,7 +365,7 @@ class Cluster(kmock.KubernetesEmulator):
 
     def _store_object(
         self, key: ObjKey, new: dict[str, Any], old: dict[str, Any] | None, *, manager: str,
-        subresource: str | None = None, applied: bool = False,
+        subresource: str | None = None, applied: bool = False, strict: bool = True,
     ) -> dict[str, Any]:
         """Commit ``new`` in place of ``old``: normalise, default, admit, record field ownership, bump
         versions, emit the event. A write that changes nothing changes nothing (no version, no event)."""
@@ -342,8 +383,10 @@ class Cluster(kmock.KubernetesEmulator):
         if res[0] in _BUILTIN_GROUPS and res[2] != "customresourcedefinitions":
             new = ssa.normalise(new)
             ssa.server_defaults(res[2], new)
+        if subresource == "status" and res[2] == "learnerplatforms" and self.crd is not None:
+            new = self._decode_status(new, strict=strict)
         if subresource != "status":
-            new = self._admit(res, new)
+            new = self._admit(res, new, strict=strict)
             if res == _JOBS and old is not None:
                 _refuse_job_change(old, new)
         if not applied:
@@ -356,6 +399,8 @@ class Cluster(kmock.KubernetesEmulator):
                 _generate_job_selector(new)
             self._store[key] = new
             self._emit(res, "ADDED", new)
+            if res == _NAMESPACES:
+                self._populate_namespace(key[2])
             return copy.deepcopy(new)
         if _without_times(new) == _without_times(old):
             return copy.deepcopy(old)
@@ -371,6 +416,16 @@ class Cluster(kmock.KubernetesEmulator):
         self._emit(res, "MODIFIED", new)
         return copy.deepcopy(new)
 
+    def _populate_namespace(self, namespace: str) -> None:
+        """What kube-controller-manager puts into every new namespace: the root CA's ConfigMap (root-ca-cert-
+        publisher) and the ``default`` ServiceAccount (serviceaccount controller). Neither is anyone's child."""
+        for obj in ({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kube-root-ca.crt"},
+                     "data": {"ca.crt": _EMULATOR_CA}},
+                    {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}}):
+            key = (("", "v1", _PLURALS[str(obj["kind"])]), namespace, str(obj["metadata"]["name"]))
+            if key not in self._store:
+                self._store_object(key, copy.deepcopy(obj), None, manager="kube-controller-manager")
+
     @staticmethod
     def _manager(request: kmock.Request) -> str:
         """As the API server names a writer that gives no fieldManager: after its user agent."""
@@ -383,7 +438,7 @@ class Cluster(kmock.KubernetesEmulator):
         if key in self._store:
             raise _error(409, "AlreadyExists", f'{key[0][2]} "{key[2]}" already exists')
         body.pop("status", None) if key[0][2] in _WITH_STATUS else None
-        return self._store_object(key, body, None, manager=self._manager(request))
+        return self._store_object(key, body, None, manager=self._manager(request), strict=_strict(request))
 
     async def _serve_update(self, request: kmock.Request) -> Any:
         key = (self._res(request), request.namespace, str(request.name))
@@ -419,7 +474,8 @@ class Cluster(kmock.KubernetesEmulator):
             new = {k: v for k, v in rest_from.items() if k != "status"}
             if "status" in status_from:
                 new["status"] = status_from["status"]
-        return self._store_object(key, new, old, manager=manager, subresource=subresource, applied=applied)
+        return self._store_object(key, new, old, manager=manager, subresource=subresource, applied=applied,
+                                  strict=_strict(request))
 
     async def _serve_delete(self, request: kmock.Request) -> Any:
         key = (self._res(request), request.namespace, str(request.name))
@@ -490,7 +546,7 @@ class Cluster(kmock.KubernetesEmulator):
 
     def all(self, api_version: str, plural: str, namespace: str | None = None) -> list[dict[str, Any]]:
         group, _, version = api_version.rpartition("/")
-        return [copy.deepcopy(o) for (r, ns, _), o in self._store.items()
+        return [copy.deepcopy(o) for (r, ns, _), o in sorted(self._store.items(), key=_etcd_order)
                 if r == (group, version, plural) and (namespace is None or ns == namespace)]
 
     def put(self, obj: dict[str, Any], *, manager: str = "kubectl") -> dict[str, Any]:
@@ -516,7 +572,7 @@ class Cluster(kmock.KubernetesEmulator):
             new["status"] = old["status"]
         subresource = "status" if status else subresource
         manager = manager or ("kube-controller-manager" if status else "kubectl-patch")
-        return self._store_object(key, new, old, manager=manager, subresource=subresource)
+        return self._store_object(key, new, old, manager=manager, subresource=subresource, strict=False)
 
     def update(self, api_version: str, plural: str, namespace: str, name: str,
                mutate: Callable[[dict[str, Any]], None], *, manager: str = "kubectl-edit") -> dict[str, Any]:
@@ -526,7 +582,7 @@ class Cluster(kmock.KubernetesEmulator):
         old = self._store[key]
         new = copy.deepcopy(old)
         mutate(new)
-        return self._store_object(key, new, old, manager=manager)
+        return self._store_object(key, new, old, manager=manager, strict=False)
 
     def remove(self, api_version: str, plural: str, namespace: str, name: str, *, quiet: bool = False) -> None:
         """Delete (background propagation). ``quiet``: no watcher ever hears of it, as when its watch was
@@ -540,6 +596,32 @@ class Cluster(kmock.KubernetesEmulator):
         """What the HorizontalPodAutoscaler does: set the Deployment's replicas (its own field)."""
         return self.edit("apps/v1", "deployments", namespace, name, {"spec": {"replicas": replicas}},
                          manager="kube-controller-manager", subresource="scale")
+
+    def run_autoscalers(self, namespace: str) -> None:
+        """Play the HPA controller's first sync of every HPA in ``namespace``: its target's replicas moved into
+        [minReplicas, maxReplicas] (a new Deployment without replicas has 1), and the HPA's status written.
+        A real controller does it one sync period (15 s) after the HPA is made: a test that measures a
+        converged platform plays it first, or the controller lands in the middle of the measurement."""
+        for hpa in self.all("autoscaling/v2", "horizontalpodautoscalers", namespace):
+            target = self.get("apps/v1", "deployments", namespace, hpa["spec"]["scaleTargetRef"]["name"])
+            if target is None:
+                continue
+            replicas = int(target["spec"].get("replicas", 1))
+            desired = autoscaler_first_sync(hpa, replicas)
+            if desired is not None:
+                self.edit("apps/v1", "deployments", namespace, target["metadata"]["name"],
+                          {"spec": {"replicas": desired}}, manager="kube-controller-manager", subresource="scale")
+            now = _now()
+            able = {"type": "AbleToScale", "status": "True", "lastTransitionTime": now,
+                    "reason": "SucceededRescale" if desired is not None else "ReadyForNewScale",
+                    "message": "the HPA controller was able to update the target scale" if desired is not None
+                    else "recommended size matches current size"}
+            status: dict[str, Any] = {"currentReplicas": replicas, "desiredReplicas": desired or replicas,
+                                      "conditions": [able]}
+            if desired is not None:
+                status["lastScaleTime"] = now
+            self.edit("autoscaling/v2", "horizontalpodautoscalers", namespace, hpa["metadata"]["name"],
+                      {"status": status}, status=True)
 
     def set_deployment_status(self, namespace: str, name: str, *, ready: int | None = None) -> dict[str, Any]:
         """Play the Deployment controller and kubelet: all replicas of the current template ready."""
@@ -613,6 +695,51 @@ _PLURALS = {
     "Lease": "leases", "CustomResourceDefinition": "customresourcedefinitions", "Job": "jobs", "Pod": "pods",
 }
 _JOBS: ResKey = ("batch", "v1", "jobs")
+_NAMESPACES: ResKey = ("", "v1", "namespaces")
+#: The data of every namespace's kube-root-ca.crt (no client here checks it against a server certificate).
+_EMULATOR_CA = "-----BEGIN CERTIFICATE-----\nZW11bGF0b3I=\n-----END CERTIFICATE-----\n"
+
+
+_LEASES: ResKey = ("coordination.k8s.io", "v1", "leases")
+_SERVICES: ResKey = ("", "v1", "services")
+#: metav1.MicroTime, as Go's time.Parse reads RFC3339Micro ("2006-01-02T15:04:05.000000Z07:00"): six digits.
+_MICRO_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}(Z|[+-]\d\d:\d\d)$")
+
+
+def _decode_lease(lease: dict[str, Any]) -> None:
+    """A Lease's acquireTime and renewTime are MicroTime: a timestamp without its six fractional digits
+    ("...:53Z", as metav1.Time writes) cannot be decoded (400)."""
+    for field in ("acquireTime", "renewTime"):
+        value = (lease.get("spec") or {}).get(field)
+        if value is not None and not (isinstance(value, str) and _MICRO_TIME.match(value)):
+            raise _error(400, "BadRequest", f'Lease in version "v1" cannot be handled as a Lease: parsing time '
+                         f'"{value}" as "2006-01-02T15:04:05.000000Z07:00": cannot parse "{str(value)[19:]}" as '
+                         '".000000"')
+
+
+def _validate_service(service: dict[str, Any]) -> None:
+    """Service validation on what a write leaves (after an apply's merge by port and protocol): every port
+    name at most once (422)."""
+    seen: set[str] = set()
+    for index, port in enumerate((service.get("spec") or {}).get("ports") or []):
+        name = port.get("name")
+        if name and name in seen:
+            raise _error(422, "Invalid", f'Service "{service["metadata"]["name"]}" is invalid: '
+                         f'spec.ports[{index}].name: Duplicate value: "{name}"')
+        seen.add(name)
+
+
+def _strict(request: kmock.Request) -> bool:
+    """``fieldValidation=Strict``; without it the server has defaulted to Warn since v1.27 (unknown fields
+    dropped, with a warning)."""
+    return request.params.get("fieldValidation") == "Strict"
+
+
+def _etcd_order(item: tuple[ObjKey, Any]) -> tuple[str, str]:
+    """Lists come from etcd in key order (``/registry/<resource>/<namespace>/<name>``): by namespace, then
+    name, whatever order the objects were created in."""
+    (_, namespace, name), _ = item
+    return (namespace or "", name)
 
 
 def _generate_job_selector(job: dict[str, Any]) -> None:

@@ -183,13 +183,54 @@ def merge(live: Any, applied: Any, path: Path = ()) -> Any:
     if isinstance(live, list) and isinstance(applied, list) and path and (
         keys := _keys_for(path[-1][2:], path)
     ) is not None:
-        by_key = {_item_element(keys, item): item for item in live}
-        applied_keys = {_item_element(keys, item) for item in applied}
-        merged = [merge(by_key.get(_item_element(keys, item), _MISSING), item, path) for item in applied]
-        return merged + [item for key, item in by_key.items() if key not in applied_keys]
+        return _merge_keyed(live, applied, keys, path)
     if isinstance(live, list) and isinstance(applied, list) and path and path[-1][2:] in _SETS:
         return applied + [item for item in live if item not in applied]
     return copy.deepcopy(applied)
+
+
+def _merge_keyed(live: list[Any], applied: list[Any], keys: tuple[str, ...], path: Path) -> list[Any]:
+    """structured-merge-diff's order for a keyed list (typed/merge.go, visitListItems): the live order is
+    kept, entries only the live list has stay where they are, and the applied list's new entries come in
+    where the applied order puts them among the shared ones. So an entry another manager put first stays
+    first: ``[{port: 8080}]`` live and ``[{port: 80}]`` applied merge to ``[8080, 80]``, not ``[80, 8080]``."""
+    lhs = [(_item_element(keys, item), item) for item in live]
+    rhs = [(_item_element(keys, item), item) for item in applied]
+    in_lhs, in_rhs = dict(reversed(lhs)), dict(reversed(rhs))  # the first of duplicates, as its index does
+    shared = [key for key, _ in rhs if key in in_lhs]
+    next_shared = shared.pop(0) if shared else None
+    merged_rhs: set[str] = set()
+    out: list[Any] = []
+    li = ri = 0
+    while li < len(lhs) or ri < len(rhs):
+        if li < len(lhs) and ri < len(rhs):
+            key = lhs[li][0]
+            if key == rhs[ri][0]:
+                merged_rhs.add(key)
+                out.append(merge(in_lhs[key], in_rhs[key], path))
+                li, ri = li + 1, ri + 1
+                next_shared = shared.pop(0) if shared else None
+                continue
+            if key in in_rhs and next_shared is not None and next_shared != key:
+                li += 1  # shared, but not the one this round wants
+                continue
+        if li < len(lhs):
+            key = lhs[li][0]
+            if key not in in_rhs:
+                out.append(copy.deepcopy(lhs[li][1]))
+                li += 1
+                continue
+            if key in merged_rhs:
+                li += 1
+                continue
+        if ri < len(rhs):
+            key = rhs[ri][0]
+            merged_rhs.add(key)
+            out.append(merge(in_lhs.get(key, _MISSING), in_rhs[key], path))
+            ri += 1
+            if next_shared is not None and next_shared == key:
+                next_shared = shared.pop(0) if shared else None
+    return out
 
 
 def _is_item(path: Path) -> bool:

@@ -7,9 +7,13 @@ the operator's requests, from the API server's audit log (tests/audit_log.py). R
 
 Where this backend differs from the emulator, and why:
 
-- One namespace for every test (the one the harness calls NS), emptied before each test: it also
-  holds the chart's ServiceAccount and RBAC that the operator runs under (as after ``helm install -n
-  learning``), and tests import NS as a constant. Cluster-scoped objects a test makes are not removed.
+- One namespace for every test (the one the harness calls NS), emptied before each test of what the
+  tests and the operator made (:func:`made_here`), and of nothing else: it also holds the chart's
+  ServiceAccount and RBAC that the operator runs under (as after ``helm install -n learning``), and what
+  the control plane puts into every namespace (kube-root-ca.crt, the ``default`` ServiceAccount; some
+  distributions add more and recreate it at once). Tests import NS as a constant. Cluster-scoped objects
+  a test makes are not removed.
+- ``put`` labels what it creates ``learner.dev/made-by-tests`` (the reset's mark).
 - ``put`` creates, or replaces the whole object (PUT with the stored resourceVersion), with strict
   field validation as kubectl's; on the emulator it replaces the stored object.
 - Controllers: without kube-controller-manager nothing plays one (tests marked ``needs_controller``
@@ -19,6 +23,8 @@ Where this backend differs from the emulator, and why:
   Likewise ``start_job``/``finish_job``: without it they write the Job's status (and its pods) as the
   emulator's do; with it the real Job controller creates the pods, the test ends each one as a kubelet
   would (terminated, with a termination message) until the controller marks the Job Complete or Failed.
+- ``run_autoscalers`` plays the HPA controller's first sync ahead of the real one, which makes it one
+  sync period (15 s) after the HPA exists, so that it does not land inside what a test measures.
 - ``hang_up`` and ``watch_gap`` restart kube-apiserver: seconds, not milliseconds (their docstrings).
 """
 
@@ -37,9 +43,11 @@ from typing import Any
 import kmock
 import yarl
 
+from learner_operator.drift import HANDOVER_MANAGER
+from learner_operator.models import FIELD_MANAGER
 from tests.audit_log import MUTATING, AuditLog
-from tests.control_plane import OPERATOR_SERVICE_ACCOUNT, ControlPlane
-from tests.controllers import deployment_status
+from tests.control_plane import ControlPlane
+from tests.controllers import autoscaler_first_sync, deployment_status
 from tests.kube_rest import MERGE, path
 
 USER_MANAGER = "test-user"  # the field manager of every change a test makes
@@ -54,8 +62,30 @@ _EMPTIED = [
     ("v1", "services"), ("v1", "configmaps"), ("v1", "secrets"), ("v1", "serviceaccounts"), ("v1", "events"),
     ("coordination.k8s.io/v1", "leases"),
 ]
-# What the setup and kube-controller-manager put into every namespace.
-_KEPT = {"serviceaccounts": {OPERATOR_SERVICE_ACCOUNT, "default"}, "configmaps": {"kube-root-ca.crt"}}
+#: The mark ``put`` leaves on what a test creates.
+MADE_BY_TESTS = "learner.dev/made-by-tests"
+#: The field managers of the tests and the operator (the operator's Leases carry no label).
+_OUR_MANAGERS = {USER_MANAGER, FIELD_MANAGER, HANDOVER_MANAGER}
+#: Owners whose dependents (ReplicaSets, pods, KEDA's HPA) are the tests' too: no namespace holds them on its own.
+_OUR_OWNERS = {"LearnerPlatform", "Deployment", "ReplicaSet", "Job", "ScaledObject"}
+#: Kinds whose events are the tests' (the controllers' events about their objects included).
+_OUR_KINDS = {*_OUR_OWNERS, "Pod", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Service", "NetworkPolicy",
+              "Lease"}
+
+
+def made_here(obj: dict[str, Any]) -> bool:
+    """Made by a test or the operator, or by a controller for one of theirs: what a reset deletes. Anything
+    else in the namespace (the chart's ServiceAccount, kube-root-ca.crt, `default`, a distribution's own)
+    is the cluster's, and stays."""
+    meta = obj.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    if MADE_BY_TESTS in labels or labels.get("app.kubernetes.io/managed-by") == FIELD_MANAGER:
+        return True
+    if any(entry.get("manager") in _OUR_MANAGERS for entry in meta.get("managedFields") or []):
+        return True
+    if any(ref.get("kind") in _OUR_OWNERS for ref in meta.get("ownerReferences") or []):
+        return True
+    return obj.get("kind") == "Event" and (obj.get("involvedObject") or {}).get("kind") in _OUR_KINDS
 
 
 def _now() -> str:
@@ -104,7 +134,7 @@ class RealCluster:
                     raise
                 for obj in found:
                     meta = obj["metadata"]
-                    if meta["name"] in _KEPT.get(plural, ()):
+                    if not made_here(obj):
                         continue
                     left.append(f"{plural}/{meta['name']}")
                     where = self._path(api_version, plural, meta.get("namespace"), meta["name"])
@@ -132,6 +162,9 @@ class RealCluster:
 
     def put(self, obj: dict[str, Any]) -> dict[str, Any]:
         """Create, or replace as a whole; refusals (422 at admission) raise ``kmock.KubernetesError``."""
+        obj = copy.deepcopy(obj)
+        meta = obj["metadata"]
+        meta["labels"] = {**(meta.get("labels") or {}), MADE_BY_TESTS: "true"}
         where = self._rest.object_path(obj)
         params = {"fieldManager": USER_MANAGER, "fieldValidation": "Strict"}
         try:
@@ -183,6 +216,16 @@ class RealCluster:
                         {"spec": {"replicas": replicas}}, content_type=MERGE,
                         params={"fieldManager": "horizontal-pod-autoscaler"})
         return self._rest.call("GET", self._path("apps/v1", "deployments", namespace, name))
+
+    def run_autoscalers(self, namespace: str) -> None:
+        """The HPA controller's first sync, played ahead of the real one (15 s after an HPA is made): each
+        target's replicas moved into [minReplicas, maxReplicas] through the scale subresource, as it does.
+        Its own sync then finds nothing to move and writes only the HPA's status."""
+        for hpa in self.all("autoscaling/v2", "horizontalpodautoscalers", namespace):
+            target = self.get("apps/v1", "deployments", namespace, hpa["spec"]["scaleTargetRef"]["name"])
+            if target is not None and (desired := autoscaler_first_sync(
+                    hpa, int(target["spec"].get("replicas", 1)))) is not None:
+                self.scale(namespace, target["metadata"]["name"], desired)
 
     def set_deployment_status(self, namespace: str, name: str, *, ready: int | None = None) -> dict[str, Any]:
         """All replicas of the current template ready (or ``ready`` of them), as the emulator's."""

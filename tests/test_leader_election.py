@@ -75,7 +75,9 @@ async def test_a_stale_read_cannot_steal_the_lease(cluster: AnyCluster) -> None:
     """Two candidates read the same expired Lease; the second update carries a stale resourceVersion."""
     api = await operator_api(cluster)
     try:
-        old = (datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=60)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        # renewTime is a MicroTime: six fractional digits, or the server cannot decode the Lease (400)
+        old = (datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=60)).strftime(
+            "%Y-%m-%dT%H:%M:%S.%fZ")
         cluster.put({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                      "metadata": {"name": "l", "namespace": NS},
                      "spec": {"holderIdentity": "gone", "leaseDurationSeconds": 15, "renewTime": old}})

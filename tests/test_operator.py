@@ -337,6 +337,8 @@ async def test_write_budget_create_noop_and_drift_repair(cluster: AnyCluster, op
     assert len(applies) == len(children(cluster)) == 12
     assert [(r.resource.plural, r.subresource) for r in writes if r not in applies] == [
         ("jobs", None), ("learnerplatforms", "status")]
+    cluster.run_autoscalers(NS)  # before a real HPA controller's first sync lands in what is measured below
+    await settled(cluster, operator)
 
     start = len(cluster.log)
     await operator.resync_now()
@@ -350,10 +352,35 @@ async def test_write_budget_create_noop_and_drift_repair(cluster: AnyCluster, op
     assert len(lists) == len(set(lists)) <= 10
 
     start = len(cluster.log)
-    cluster.edit("v1", "services", NS, API, {"spec": {"ports": [{"name": "http", "port": 8080}]}})
-    await eventually(lambda: (cluster.get("v1", "services", NS, API) or {})["spec"]["ports"][0]["port"] == 80)
+
+    def retarget(service: dict[str, Any]) -> None:
+        service["spec"]["ports"][0]["targetPort"] = 8081
+
+    cluster.update("v1", "services", NS, API, retarget)  # `kubectl edit`: the field moves to their manager
+    await eventually(lambda: (cluster.get("v1", "services", NS, API) or {})["spec"]["ports"][0]["targetPort"] ==
+                     "http", what="targetPort restored")
     await settled(cluster, operator)
     assert [(r.resource.plural, r.name) for r in cluster.mutating_requests(start)] == [("services", API)]
+
+
+async def test_a_service_port_renumbered_by_someone_else_is_reported_not_fought(
+    cluster: AnyCluster, operator: Operator,
+) -> None:
+    """`kubectl patch` replaces the ports list: port 80 becomes 8080, now their entry (keyed by port and
+    protocol). Server-side apply cannot remove another manager's entry, so our port 80 would come beside it
+    under the same name, which the server refuses: the platform says so, and recovers once the port is back."""
+    await ready_platform(cluster, operator, platform_doc())
+    ports = cluster.get("v1", "services", NS, API)["spec"]["ports"]
+    cluster.edit("v1", "services", NS, API, {"spec": {"ports": [{**ports[0], "port": 8080}, *ports[1:]]}})
+    await eventually(lambda: condition(cluster, "Degraded") == ("True", "ApplyFailed"), what="ApplyFailed")
+    message = conditions(cluster)["Degraded"]["message"]
+    assert f"Service {API}:" in message
+    assert 'Duplicate value: "http"' in message
+    assert cluster.get("v1", "services", NS, API)["spec"]["ports"][0]["port"] == 8080  # theirs, kept
+    assert operator.alive
+    cluster.edit("v1", "services", NS, API, {"spec": {"ports": ports}})  # the person sets it back
+    await eventually(lambda: condition(cluster, "Degraded") == ("False", "AsExpected"), what="recovered")
+    assert cluster.get("v1", "services", NS, API)["spec"]["ports"] == ports
 
 
 async def test_the_operator_applies_exactly_what_render_prints(cluster: AnyCluster, operator: Operator) -> None:

@@ -25,12 +25,14 @@ KINDS = [("v1", "serviceaccounts"), ("v1", "configmaps"), ("v1", "services"), ("
 
 
 def owned_children(cluster: AnyCluster) -> dict[str, list[str]]:
-    """Children by the platform that owns them."""
+    """Children by the platform that owns them. A namespace also holds what is no platform's (the `default`
+    ServiceAccount and `kube-root-ca.crt` of kube-controller-manager, the chart's ServiceAccount): not counted."""
     out: dict[str, list[str]] = {}
     for api_version, plural in KINDS:
         for obj in cluster.all(api_version, plural, NS):
-            owner = obj["metadata"]["ownerReferences"][0]["name"]
-            out.setdefault(owner, []).append(f"{obj['kind']}/{obj['metadata']['name']}")
+            for owner in obj["metadata"].get("ownerReferences") or []:
+                if owner["kind"] == "LearnerPlatform" and owner.get("controller"):
+                    out.setdefault(owner["name"], []).append(f"{obj['kind']}/{obj['metadata']['name']}")
     return out
 
 

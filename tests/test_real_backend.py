@@ -314,14 +314,21 @@ async def test_the_facade_drives_an_api_server_as_tests_drive_the_emulator(
         await call(real.remove, "apps/v1", "deployments", NS, "d")
         assert cluster.get("apps/v1", "deployments", NS, "d") is None
 
-        for name in ("ai-platform-operator", "default", "ai-platform-learner-api"):
-            cluster.put({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": NS}})
-        cluster.put({"apiVersion": "v1", "kind": "ConfigMap",
-                     "metadata": {"name": "kube-root-ca.crt", "namespace": NS}})
+        # The cluster's own (the chart's, kube-controller-manager's kube-root-ca.crt and `default`, a
+        # distribution's CA bundle) stay; what the operator made goes, by its label or its field manager.
+        cluster.put({"apiVersion": "v1", "kind": "ServiceAccount",
+                     "metadata": {"name": "ai-platform-operator", "namespace": NS}}, manager="envtest-setup")
+        cluster.put({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {
+            "name": "openshift-service-ca.crt", "namespace": NS}}, manager="service-ca-controller")
+        cluster.put({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {
+            "name": "ai-platform-learner-api", "namespace": NS,
+            "labels": {"app.kubernetes.io/managed-by": "learner-platform-operator"}}}, manager="kubectl")
+        cluster.put({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ai-platform-config",
+                     "namespace": NS}, "data": {"NODE_ENV": "production"}}, manager="learner-platform-operator")
         await call(real.reset)
         left = {(o["kind"], o["metadata"]["name"]) for av, plural in (("v1", "serviceaccounts"), ("v1", "configmaps"),
                 ("v1", "secrets"), ("learner.dev/v1alpha1", "learnerplatforms")) for o in cluster.all(av, plural, NS)}
         assert left == {("ServiceAccount", "ai-platform-operator"), ("ServiceAccount", "default"),
-                        ("ConfigMap", "kube-root-ca.crt")}
+                        ("ConfigMap", "kube-root-ca.crt"), ("ConfigMap", "openshift-service-ca.crt")}
     finally:
         rest.close()
