@@ -132,6 +132,17 @@ def _type_ok(schema: dict[str, Any], value: Any) -> str | None:
     return str(expected)
 
 
+@cache
+def _go_regex(pattern: str) -> re.Pattern[str]:
+    """Go's regexp (RE2) as the API server runs a schema's pattern: ``$`` is the end of the text only (Python's
+    also matches before a final newline)."""
+    return re.compile(re.sub(r"(?<!\\)\$$", r"\\Z", pattern))
+
+
+def _go_search(pattern: str, value: str) -> bool:
+    return _go_regex(pattern).search(value) is not None
+
+
 def _shown(value: Any) -> str:
     """A value as the API server's messages quote it (JSON)."""
     return json.dumps(value)
@@ -155,7 +166,7 @@ def validate(schema: dict[str, Any], value: Any, path: str = "") -> list[str]:
             errors.append(f"{where}: Invalid value: {value}: {where} in body should be less than or equal to "
                           f"{schema['maximum']}")
     if isinstance(value, str):
-        if "pattern" in schema and not re.search(schema["pattern"], value):
+        if "pattern" in schema and not _go_search(schema["pattern"], value):
             errors.append(f"{where}: Invalid value: {_shown(value)}: {where} in body should match "
                           f"'{schema['pattern']}'")
         if "maxLength" in schema and len(value) > schema["maxLength"]:

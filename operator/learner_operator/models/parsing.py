@@ -116,11 +116,11 @@ def parse_object(doc: Any) -> ParsedPlatform:
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidSpec(f"metadata.name: must be at most {MAX_NAME_LENGTH} characters ({name!r} has "
                           f"{len(name)}): child names such as <name>-learner-api must stay valid DNS labels")
-    if not re.match(NAME_PATTERN, name):
+    if not re.fullmatch(NAME_PATTERN, name):
         raise InvalidSpec(f"metadata.name: {name!r} must start with a letter and hold only lowercase letters, "
                           "digits and '-' (it names Services)")
     if namespace is not None and (not isinstance(namespace, str) or len(namespace) > 63
-                                  or not _NAMESPACE.match(namespace)):
+                                  or not _NAMESPACE.fullmatch(namespace)):
         raise InvalidSpec(f"metadata.namespace: {namespace!r} is not a namespace name (lowercase letters, "
                           "digits and '-', at most 63)")
     uid = meta.get("uid")

@@ -115,7 +115,7 @@ def _interpret(suffix: str) -> tuple[int, int, Format]:
         return 10, _DECIMAL_SUFFIXES[suffix], "DecimalSI"
     if suffix in _BINARY_SUFFIXES:
         return 2, _BINARY_SUFFIXES[suffix], "BinarySI"
-    if len(suffix) > 1 and suffix[0] in "eE" and _INT64_DIGITS.match(suffix[1:]):
+    if len(suffix) > 1 and suffix[0] in "eE" and _INT64_DIGITS.fullmatch(suffix[1:]):
         parsed = int(suffix[1:])
         if _INT64_MIN <= parsed <= _INT64_MAX:
             return 10, _int32(parsed), "DecimalExponent"
@@ -184,7 +184,7 @@ def parse_quantity(value: str | int) -> Decimal:
     must also match the OpenAPI pattern the CRD carries (``1e1.5`` matches it, but does not parse;
     ``.`` parses as zero in Go, but does not match it).
     """
-    if isinstance(value, str) and not _PATTERN_RE.match(value):
+    if isinstance(value, str) and not _PATTERN_RE.fullmatch(value):
         raise QuantityError(f"{value!r} is not a Kubernetes quantity (examples: 100m, 0.5, 256Mi, 1Gi, 2e3)")
     try:
         return parse(value).value

@@ -48,7 +48,8 @@ QUANTITY_MAX_LENGTH = 64
 #: The largest quantity admitted: what resource.Quantity keeps without capping (2^63-1).
 QUANTITY_MAX = "9223372036854775807"
 DURATION_PATTERN = r"^([0-9]+(ms|s|m|h))+$"
-URL_PATTERN = r"^(https?://[^\s]+)?$"
+#: Printable ASCII without spaces: the same set for Go's regexp (the API server), Rust's (pydantic) and Python's.
+URL_PATTERN = r"^(https?://[!-~]+)?$"
 _QUANTITY_RE = re.compile(QUANTITY_PATTERN)
 _QUANTITY_RULE = {
     "rule": f"type(self) == int ? self >= 0 : (isQuantity(self) && "
@@ -62,7 +63,7 @@ def _quantity(value: Any) -> str:
     """A quantity as admission checks it: the pattern, Kubernetes' parser, and the bounds a pod accepts."""
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise ValueError("a quantity is a string such as 100m or 256Mi, or a whole number")
-    if isinstance(value, str) and (len(value) > QUANTITY_MAX_LENGTH or not _QUANTITY_RE.match(value)):
+    if isinstance(value, str) and (len(value) > QUANTITY_MAX_LENGTH or not _QUANTITY_RE.fullmatch(value)):
         raise ValueError(f"{value[:QUANTITY_MAX_LENGTH]!r} is not a Kubernetes quantity of at most "
                          f"{QUANTITY_MAX_LENGTH} characters (examples: 100m, 0.5, 256Mi, 1Gi)")
     parsed = parse_quantity(value)
@@ -324,7 +325,7 @@ class PushgatewaySpec(_Model):
         default="", pattern=URL_PATTERN, max_length=2048,
         description="An existing Pushgateway; empty means the operator runs one next to the platform.",
     )
-    image: str = Field(default="quay.io/prometheus/pushgateway:v1.11.1", pattern=r"^\S*$", max_length=512,
+    image: str = Field(default="quay.io/prometheus/pushgateway:v1.11.1", pattern=r"^[!-~]*$", max_length=512,
                        description="The Pushgateway image the operator runs when url is empty.")
 
     @model_validator(mode="after")
