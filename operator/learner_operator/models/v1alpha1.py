@@ -98,9 +98,17 @@ class ResourceList(_Model):
 
 
 def _within_limit_rule(name: str) -> dict[str, Any]:
-    """requests <= limits with the Kubernetes CEL quantity library (CRD rules may use it since v1.29)."""
+    """requests <= limits with the Kubernetes CEL quantity library (CRD rules may use it on 1.30+).
+
+    Each of the four int/string cases on its own: ``quantity(string(x))`` would be simpler, but the API
+    server cannot estimate the size of what ``string()`` returns, and refuses the CRD for the rule's
+    estimated cost (a quantity() call costs a tenth of its argument's largest size)."""
+    request, limit = f"self.requests.{name}", f"self.limits.{name}"
     return {
-        "rule": f"quantity(string(self.requests.{name})).compareTo(quantity(string(self.limits.{name}))) <= 0",
+        "rule": f"type({request}) == int ? (type({limit}) == int ? {request} <= {limit} : "
+                f"quantity({limit}).sub({request}).sign() >= 0) : (type({limit}) == int ? "
+                f"quantity({request}).sub({limit}).sign() <= 0 : "
+                f"quantity({request}).compareTo(quantity({limit})) <= 0)",
         "message": f"resources.requests.{name} must be less than or equal to resources.limits.{name}",
         "reason": "FieldValueInvalid",
     }
