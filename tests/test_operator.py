@@ -375,3 +375,19 @@ async def test_the_operator_applies_exactly_what_render_prints(cluster: AnyClust
             "JWT_SECRET": b"jwt-signing-key"}
     rendered = {(m["kind"], m["metadata"]["name"]): m for m in render([cr], data)}
     assert applied == rendered
+
+
+async def test_quantities_from_every_corner_of_the_grammar_are_served_and_rest(
+    cluster: AnyCluster, operator: Operator,
+) -> None:
+    """`2Ei` once crashed the models (decimal.InvalidOperation); now such a platform is served, and the server's
+    canonical form of the quantities ("0.001" -> "1m", "1024Mi" -> "1Gi") is no reason to write again."""
+    resources = {"requests": {"cpu": "0.001", "memory": "1024Mi"}, "limits": {"cpu": "2Ei", "memory": "1e12"}}
+    await ready_platform(cluster, operator, platform_doc(learnerApi={"resources": resources},
+                                                         evaluator={"enabled": True, "replicas": None}))
+    limits = api_container(cluster)["resources"]["limits"]
+    assert {"cpu", "memory"} <= set(limits)
+    start = len(cluster.log)
+    await operator.resync_now()
+    await settled(cluster, operator)
+    assert cluster.mutating_requests(start) == []
