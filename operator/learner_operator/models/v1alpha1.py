@@ -47,7 +47,9 @@ QUANTITY_PATTERN = quantity.PATTERN.replace(r"^(\+|-)?", r"^\+?", 1)
 QUANTITY_MAX_LENGTH = 64
 #: The largest quantity admitted: what resource.Quantity keeps without capping (2^63-1).
 QUANTITY_MAX = "9223372036854775807"
-DURATION_PATTERN = r"^([0-9]+(ms|s|m|h))+$"
+#: A subset of the Prometheus Operator's Duration pattern (units once each, largest first), so that a
+#: ServiceMonitor built from it is admitted by its CRD.
+DURATION_PATTERN = r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?([0-9]+ms)?$"
 #: Printable ASCII without spaces: the same set for Go's regexp (the API server), Rust's (pydantic) and Python's.
 URL_PATTERN = r"^(https?://[!-~]+)?$"
 _QUANTITY_RE = re.compile(QUANTITY_PATTERN)
@@ -347,7 +349,7 @@ class ObservabilitySpec(_Model):
     service_monitor: bool = Field(
         default=False, description="Create a ServiceMonitor (needs the Prometheus Operator's CRDs)."
     )
-    scrape_interval: str = Field(default="30s", pattern=DURATION_PATTERN)
+    scrape_interval: str = Field(default="30s", pattern=DURATION_PATTERN, min_length=2, max_length=32)
     pushgateway: PushgatewaySpec = Field(default_factory=PushgatewaySpec)
 
 
