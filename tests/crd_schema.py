@@ -13,8 +13,9 @@ subtree*, as it is written: the server does not apply nested defaults to a defau
 it, so ``default: {}`` on an object whose rule reads ``self.minReplicas`` is refused with "no such
 key" (a real v1.36 server refused our first CRD for exactly that).
 
-Not emulated: CEL ``oldSelf`` transition rules, cost budgets, the Kubernetes CEL extension
-libraries (quantity(), url(), ...): the CRD uses none of them.
+CEL functions: the standard ones and the Kubernetes quantity library (tests/cel_quantity.py: quantity(),
+isQuantity(), compareTo()...), which the CRD's resource rules use. Not emulated: ``oldSelf`` transition
+rules, cost budgets, the other Kubernetes libraries (url(), ...): the CRD uses none of them.
 """
 
 from __future__ import annotations
@@ -28,12 +29,14 @@ from typing import Any
 import celpy
 from celpy.evaluation import CELEvalError
 
+from tests import cel_quantity
+
 
 class CelRule:
     def __init__(self, rule: str) -> None:
         self.rule = rule
         env = celpy.Environment()
-        self._program = env.program(env.compile(rule))
+        self._program = env.program(env.compile(rule), functions=cel_quantity.FUNCTIONS)
 
     def check(self, value: Any) -> str | None:
         """None when the rule holds; else what the server says ("no such key: x" for a missing field)."""
@@ -72,10 +75,32 @@ def _checked(rule: str, value: str) -> str | None:
 
 
 def apply_defaults(schema: dict[str, Any], value: Any) -> Any:
-    """Structural defaulting: fill absent properties that have a default, descending into present objects."""
+    """Structural defaulting: fill absent properties that have a default, descending into present objects.
+
+    A ``null`` for a field that is not ``nullable`` counts as absent (it is defaulted, or dropped), as
+    the API server's PruneNonNullableNullsWithoutDefaults and Default do; a null list item stays (and
+    fails its type)."""
     value = copy.deepcopy(value)
+    _prune_nulls(schema, value)
     _default(schema, value)
     return value
+
+
+def _prune_nulls(schema: dict[str, Any], value: Any) -> None:
+    if isinstance(value, dict):
+        props = schema.get("properties")
+        extra = schema.get("additionalProperties") if props is None else None
+        for name in list(value):
+            sub = props.get(name) if props is not None else extra if isinstance(extra, dict) else None
+            if sub is None:
+                continue
+            if value[name] is None and not sub.get("nullable"):
+                del value[name]
+            else:
+                _prune_nulls(sub, value[name])
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for item in value:
+            _prune_nulls(schema["items"], item)
 
 
 def _default(schema: dict[str, Any], value: Any) -> None:
@@ -107,6 +132,17 @@ def _type_ok(schema: dict[str, Any], value: Any) -> str | None:
     return str(expected)
 
 
+@cache
+def _go_regex(pattern: str) -> re.Pattern[str]:
+    """Go's regexp (RE2) as the API server runs a schema's pattern: ``$`` is the end of the text only (Python's
+    also matches before a final newline)."""
+    return re.compile(re.sub(r"(?<!\\)\$$", r"\\Z", pattern))
+
+
+def _go_search(pattern: str, value: str) -> bool:
+    return _go_regex(pattern).search(value) is not None
+
+
 def _shown(value: Any) -> str:
     """A value as the API server's messages quote it (JSON)."""
     return json.dumps(value)
@@ -130,7 +166,7 @@ def validate(schema: dict[str, Any], value: Any, path: str = "") -> list[str]:
             errors.append(f"{where}: Invalid value: {value}: {where} in body should be less than or equal to "
                           f"{schema['maximum']}")
     if isinstance(value, str):
-        if "pattern" in schema and not re.search(schema["pattern"], value):
+        if "pattern" in schema and not _go_search(schema["pattern"], value):
             errors.append(f"{where}: Invalid value: {_shown(value)}: {where} in body should match "
                           f"'{schema['pattern']}'")
         if "maxLength" in schema and len(value) > schema["maxLength"]:
@@ -143,6 +179,16 @@ def validate(schema: dict[str, Any], value: Any, path: str = "") -> list[str]:
             errors.append(f"{where}: Too many: {len(value)}: must have at most {schema['maxItems']} items")
         for index, item in enumerate(value):
             errors += validate(schema.get("items") or {}, item, f"{path}[{index}]")
+        if schema.get("x-kubernetes-list-type") == "map":
+            keys = schema.get("x-kubernetes-list-map-keys") or []
+            seen: set[str] = set()
+            for index, item in enumerate(value):
+                if not isinstance(item, dict):
+                    continue
+                key = json.dumps({k: item.get(k) for k in keys}, sort_keys=True)
+                if key in seen:
+                    errors.append(f"{path}[{index}]: Duplicate value: {key}")
+                seen.add(key)
     if isinstance(value, dict) and "properties" in schema:
         props = schema["properties"]
         for name in schema.get("required", []):

@@ -393,6 +393,13 @@ class RealCluster:
         await asyncio.to_thread(self.plane.restart_apiserver, signal.SIGKILL)
         yield
 
+    def dry_run_create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """What the server would store for ``obj`` as a new object (admission, defaults, pruning), without
+        storing it: kubectl's ``--dry-run=server`` with its default strict field validation."""
+        where = self._rest.object_path(obj)
+        return self._rest.call("POST", where.rsplit("/", 1)[0], obj,
+                               params={"dryRun": "All", "fieldValidation": "Strict", "fieldManager": USER_MANAGER})
+
     def create_crd(self, crd: dict[str, Any]) -> dict[str, Any]:
         """Whether the server accepts ``crd`` as a new CRD, validated as at creation (every default against
         the schema and its CEL rules): a dry-run create. The setup created it already, so "AlreadyExists"

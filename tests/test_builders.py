@@ -200,7 +200,9 @@ def test_render_refuses_an_invalid_spec_with_the_reason() -> None:
          str(EXAMPLES / "invalid" / "requests-above-limits.yaml")], capture_output=True, text=True,
     )
     assert result.returncode == 2
-    assert "resources.requests.cpu (2) is above resources.limits.cpu (500m)" in result.stderr
+    assert "resources.requests.cpu must be less than or equal to resources.limits.cpu (2 is above 500m)" in (
+        result.stderr)
+    assert len(result.stderr.splitlines()) == 1
     assert result.stdout == ""
 
 

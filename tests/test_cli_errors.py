@@ -26,6 +26,10 @@ FILES = {
     "no-metadata.yaml": "apiVersion: learner.dev/v1alpha1\nkind: LearnerPlatform\nspec: {image: {tag: abc}}\n",
     "spec-a-list.yaml": "apiVersion: learner.dev/v1alpha1\nkind: LearnerPlatform\nmetadata: {name: a}\nspec: []\n",
     "bad-env": "export DATABASE_URL=postgresql://x\n",
+    "deep.yaml": "apiVersion: learner.dev/v1alpha1\nkind: LearnerPlatform\nmetadata: {name: a}\nspec: "
+                 + "[" * 5000 + "]" * 5000 + "\n",
+    "2Ei.yaml": "apiVersion: learner.dev/v1alpha1\nkind: LearnerPlatform\nmetadata: {name: a}\nspec: {image: {tag: a},"
+                " learnerApi: {resources: {requests: {cpu: 2Ei, memory: 1Ei}, limits: {cpu: 1, memory: 1Gi}}}}\n",
 }
 
 OPERATOR = [
@@ -40,6 +44,8 @@ OPERATOR = [
     ("another kind", ["render", "-f", "{deployment.yaml}"]),
     ("no metadata", ["render", "-f", "{no-metadata.yaml}"]),
     ("spec is a list", ["render", "-f", "{spec-a-list.yaml}"]),
+    ("nested too deeply", ["render", "-f", "{deep.yaml}"]),
+    ("2Ei above the limit", ["render", "-f", "{2Ei.yaml}"]),
     ("a missing file", ["render", "-f", "{dir}/nope.yaml"]),
     ("a directory", ["render", "-f", "{dir}"]),
     ("not UTF-8", ["render", "-f", "{binary}"]),

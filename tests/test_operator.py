@@ -252,18 +252,22 @@ async def test_switching_off_the_evaluator_deletes_it(cluster: AnyCluster, opera
     assert condition(cluster, "Ready") == ("True", "AllComponentsReady")
 
 
+@pytest.mark.emulator_only("stores an object without admission, as an older CRD would have let it through")
 async def test_an_unservable_spec_is_reported_and_others_are_still_served(
-    cluster: AnyCluster, operator: Operator,
+    cluster: Emulator, operator: Operator,
 ) -> None:
     cluster.put(secret())
-    broken = load(EXAMPLES / "invalid" / "requests-above-limits.yaml")  # admitted: CEL cannot see it
+    broken = load(EXAMPLES / "invalid" / "requests-above-limits.yaml")  # refused by today's CRD, not a 1.x one
+    cluster.crd, crd = None, cluster.crd
     cluster.put(broken)
+    cluster.crd = crd
     healthy = load(EXAMPLES / "01-minimal.yaml")
     healthy["metadata"]["name"] = "healthy"
     cluster.put(healthy)
 
     await eventually(lambda: condition(cluster, "Ready") == ("False", "InvalidSpec"))
-    assert "resources.requests.cpu (2) is above resources.limits.cpu (500m)" in conditions(cluster)["Ready"]["message"]
+    assert "resources.requests.cpu must be less than or equal to resources.limits.cpu (2 is above 500m)" in conditions(
+        cluster)["Ready"]["message"]
     await eventually(lambda: cluster.get("apps/v1", "deployments", NS, "healthy-learner-api"), what="healthy served")
     assert cluster.get("apps/v1", "deployments", NS, API) is None
     assert operator.alive
@@ -398,3 +402,19 @@ async def test_the_operator_applies_exactly_what_render_prints(cluster: AnyClust
             "JWT_SECRET": b"jwt-signing-key"}
     rendered = {(m["kind"], m["metadata"]["name"]): m for m in render([cr], data)}
     assert applied == rendered
+
+
+async def test_quantities_from_every_corner_of_the_grammar_are_served_and_rest(
+    cluster: AnyCluster, operator: Operator,
+) -> None:
+    """`2Ei` once crashed the models (decimal.InvalidOperation); now such a platform is served, and the server's
+    canonical form of the quantities ("0.001" -> "1m", "1024Mi" -> "1Gi") is no reason to write again."""
+    resources = {"requests": {"cpu": "0.001", "memory": "1024Mi"}, "limits": {"cpu": "2Ei", "memory": "1e12"}}
+    await ready_platform(cluster, operator, platform_doc(learnerApi={"resources": resources},
+                                                         evaluator={"enabled": True, "replicas": None}))
+    limits = api_container(cluster)["resources"]["limits"]
+    assert {"cpu", "memory"} <= set(limits)
+    start = len(cluster.log)
+    await operator.resync_now()
+    await settled(cluster, operator)
+    assert cluster.mutating_requests(start) == []

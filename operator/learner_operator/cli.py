@@ -229,6 +229,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # the net under render and crd: one line, never a traceback (a bug to report)
+        if args.command == "run":
+            raise
+        print(f"learner-operator {args.command}: error: internal error, please report it: {type(exc).__name__}: "
+              f"{' '.join(str(exc).split())[:500]}", file=sys.stderr)
+        return 2
     return code
 
 

@@ -38,3 +38,5 @@ def load_all(text: str) -> list[Any]:
         raise NotYaml(f"not valid YAML: {where}{problem}") from None
     except yaml.YAMLError as exc:
         raise NotYaml(f"not valid YAML: {' '.join(str(exc).split())}") from None
+    except RecursionError:  # PyYAML's composer recurses once per level
+        raise NotYaml("nested too deeply to be a LearnerPlatform") from None

@@ -1,6 +1,7 @@
 """Typed, versioned models of the LearnerPlatform API (one module per version)."""
 
 from learner_operator.models.parsing import InvalidSpec, ParsedPlatform, parse_object, parse_spec
+from learner_operator.models.quantity import parse_quantity
 from learner_operator.models.v1alpha1 import (
     API_VERSION,
     CONDITION_TYPES,
@@ -14,7 +15,6 @@ from learner_operator.models.v1alpha1 import (
     LearnerPlatformSpec,
     LearnerPlatformStatus,
     WorkloadStatus,
-    parse_quantity,
 )
 
 __all__ = [

@@ -4,6 +4,7 @@ can act on."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from typing import Any
 
@@ -29,15 +30,53 @@ def _describe(error: Any) -> str:
     return f"{where}: {message}"
 
 
+@functools.cache
+def _spec_schema() -> dict[str, Any]:
+    from learner_operator.models.crd import openapi_schema  # the CRD is generated from this package's models
+
+    schema: dict[str, Any] = openapi_schema()["properties"]["spec"]
+    return schema
+
+
+def as_stored(schema: dict[str, Any], value: Any, *, prune_unknown: bool) -> Any:
+    """``value`` as the API server stores it under ``schema``: a ``null`` for a field that is not nullable
+    is dropped (its default, if any, applies), and with ``prune_unknown`` fields the schema does not know
+    are dropped (what the server does to a stored object; ``kubectl apply`` refuses them first, by its
+    default strict field validation). A copy; lists and their null items are kept as they are."""
+    if isinstance(value, dict):
+        props = schema.get("properties")
+        extra = schema.get("additionalProperties") if props is None else None
+        out: dict[Any, Any] = {}
+        for key, item in value.items():
+            sub = props.get(key) if props is not None else extra if isinstance(extra, dict) else None
+            if sub is None:
+                if not prune_unknown or (props is None and extra is None):
+                    out[key] = item
+                continue
+            if item is None and not sub.get("nullable"):
+                continue
+            out[key] = as_stored(sub, item, prune_unknown=prune_unknown)
+        return out
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [as_stored(schema["items"], item, prune_unknown=prune_unknown) for item in value]
+    return value
+
+
 def parse_spec(raw: Any, *, strict: bool = False) -> LearnerPlatformSpec:
-    """``strict`` refuses what JSON types would refuse ("3" for an integer, "true" for a boolean), as the
-    API server's schema check does; the operator parses leniently what the server already admitted."""
+    """The spec as the API server stores it, typed. ``strict`` is admission's view (render): types as JSON
+    has them ("3" is not an integer, "true" not a boolean) and unknown fields refused, as by kubectl's
+    default field validation. Not strict is the operator's view of a stored object: unknown fields were
+    pruned by the server (or by an older CRD), so they are ignored. Either way a ``null`` the server
+    would drop counts as absent. Raises InvalidSpec, and nothing else, whatever ``raw`` is."""
     if not isinstance(raw, dict):
         raise InvalidSpec("spec is missing or is not an object")
     try:
-        return LearnerPlatformSpec.model_validate(raw, strict=strict)
+        stored = as_stored(_spec_schema(), raw, prune_unknown=not strict)
+        return LearnerPlatformSpec.model_validate(stored, strict=strict)
     except ValidationError as exc:
         raise InvalidSpec("; ".join(_describe(error) for error in exc.errors())) from None
+    except (ValueError, TypeError, ArithmeticError, RecursionError) as exc:  # the net: never a traceback
+        raise InvalidSpec(f"spec: cannot be read: {type(exc).__name__}: {exc}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,11 +116,11 @@ def parse_object(doc: Any) -> ParsedPlatform:
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidSpec(f"metadata.name: must be at most {MAX_NAME_LENGTH} characters ({name!r} has "
                           f"{len(name)}): child names such as <name>-learner-api must stay valid DNS labels")
-    if not re.match(NAME_PATTERN, name):
+    if not re.fullmatch(NAME_PATTERN, name):
         raise InvalidSpec(f"metadata.name: {name!r} must start with a letter and hold only lowercase letters, "
                           "digits and '-' (it names Services)")
     if namespace is not None and (not isinstance(namespace, str) or len(namespace) > 63
-                                  or not _NAMESPACE.match(namespace)):
+                                  or not _NAMESPACE.fullmatch(namespace)):
         raise InvalidSpec(f"metadata.namespace: {namespace!r} is not a namespace name (lowercase letters, "
                           "digits and '-', at most 63)")
     uid = meta.get("uid")

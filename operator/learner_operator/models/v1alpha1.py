@@ -19,6 +19,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from learner_operator.models import quantity
+from learner_operator.models.quantity import parse_quantity
 from learner_operator.models.rollout import RolloutSpec, RolloutStatus
 
 GROUP = "learner.dev"
@@ -40,39 +42,36 @@ SECRET_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z
 IMAGE_REPOSITORY_PATTERN = r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*$"
 IMAGE_TAG_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
 IMAGE_DIGEST_PATTERN = r"^sha256:[a-f0-9]{64}$"
-QUANTITY_PATTERN = (
-    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
-)
-DURATION_PATTERN = r"^([0-9]+(ms|s|m|h))+$"
-URL_PATTERN = r"^(https?://[^\s]+)?$"
-
+#: A quantity the CRD admits: Kubernetes' own pattern without the minus sign (a pod refuses negative
+#: resources), parsed by Kubernetes' grammar (models/quantity.py; CEL's isQuantity() at admission).
+QUANTITY_PATTERN = quantity.PATTERN.replace(r"^(\+|-)?", r"^\+?", 1)
+QUANTITY_MAX_LENGTH = 64
+#: The largest quantity admitted: what resource.Quantity keeps without capping (2^63-1).
+QUANTITY_MAX = "9223372036854775807"
+#: A subset of the Prometheus Operator's Duration pattern (units once each, largest first), so that a
+#: ServiceMonitor built from it is admitted by its CRD.
+DURATION_PATTERN = r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?([0-9]+ms)?$"
+#: Printable ASCII without spaces: the same set for Go's regexp (the API server), Rust's (pydantic) and Python's.
+URL_PATTERN = r"^(https?://[!-~]+)?$"
 _QUANTITY_RE = re.compile(QUANTITY_PATTERN)
-_SUFFIXES: dict[str, Decimal] = {
-    "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "": Decimal(1),
-    "k": Decimal(10) ** 3, "M": Decimal(10) ** 6, "G": Decimal(10) ** 9, "T": Decimal(10) ** 12,
-    "P": Decimal(10) ** 15, "E": Decimal(10) ** 18,
-    "Ki": Decimal(2) ** 10, "Mi": Decimal(2) ** 20, "Gi": Decimal(2) ** 30, "Ti": Decimal(2) ** 40,
-    "Pi": Decimal(2) ** 50, "Ei": Decimal(2) ** 60,
+_QUANTITY_RULE = {
+    "rule": f"type(self) == int ? self >= 0 : (isQuantity(self) && "
+            f"quantity(self).compareTo(quantity('{QUANTITY_MAX}')) <= 0)",
+    "message": f"must be a Kubernetes quantity from 0 to {QUANTITY_MAX}, e.g. 100m, 0.5, 256Mi or 1Gi",
+    "reason": "FieldValueInvalid",
 }
 
 
-def parse_quantity(value: str | int) -> Decimal:
-    """The numeric value of a Kubernetes quantity ("100m" -> 0.1, "256Mi" -> 268435456)."""
-    text = str(value).strip()
-    if not _QUANTITY_RE.match(text):
-        raise ValueError(f"{value!r} is not a Kubernetes quantity (examples: 100m, 0.5, 256Mi, 1Gi)")
-    number = re.match(r"^[+-]?(\d+(\.\d*)?|\.\d+)", text)
-    assert number is not None  # guaranteed by the pattern above
-    rest = text[number.end():]
-    if rest[:1] in ("e", "E"):
-        return Decimal(text)
-    return Decimal(number.group(0)) * _SUFFIXES[rest]
-
-
 def _quantity(value: Any) -> str:
+    """A quantity as admission checks it: the pattern, Kubernetes' parser, and the bounds a pod accepts."""
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise ValueError("a quantity is a string such as 100m or 256Mi, or a whole number")
-    parse_quantity(value)
+    if isinstance(value, str) and (len(value) > QUANTITY_MAX_LENGTH or not _QUANTITY_RE.fullmatch(value)):
+        raise ValueError(f"{value[:QUANTITY_MAX_LENGTH]!r} is not a Kubernetes quantity of at most "
+                         f"{QUANTITY_MAX_LENGTH} characters (examples: 100m, 0.5, 256Mi, 1Gi)")
+    parsed = parse_quantity(value)
+    if not 0 <= parsed <= Decimal(QUANTITY_MAX):
+        raise ValueError(f"{value} is out of range: {_QUANTITY_RULE['message']}")
     return str(value)
 
 
@@ -80,7 +79,8 @@ def _quantity(value: Any) -> str:
 Quantity = Annotated[
     str,
     WithJsonSchema({"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string"}],
-                    "pattern": QUANTITY_PATTERN}),
+                    "pattern": QUANTITY_PATTERN, "maxLength": QUANTITY_MAX_LENGTH,
+                    "x-kubernetes-validations": [_QUANTITY_RULE]}),
 ]
 
 
@@ -100,7 +100,27 @@ class ResourceList(_Model):
         return _quantity(value)
 
 
+def _within_limit_rule(name: str) -> dict[str, Any]:
+    """requests <= limits with the Kubernetes CEL quantity library (CRD rules may use it on 1.30+).
+
+    Each of the four int/string cases on its own: ``quantity(string(x))`` would be simpler, but the API
+    server cannot estimate the size of what ``string()`` returns, and refuses the CRD for the rule's
+    estimated cost (a quantity() call costs a tenth of its argument's largest size)."""
+    request, limit = f"self.requests.{name}", f"self.limits.{name}"
+    return {
+        "rule": f"type({request}) == int ? (type({limit}) == int ? {request} <= {limit} : "
+                f"quantity({limit}).sub({request}).sign() >= 0) : (type({limit}) == int ? "
+                f"quantity({request}).sub({limit}).sign() <= 0 : "
+                f"quantity({request}).compareTo(quantity({limit})) <= 0)",
+        "message": f"resources.requests.{name} must be less than or equal to resources.limits.{name}",
+        "reason": "FieldValueInvalid",
+    }
+
+
 class ResourceRequirements(_Model):
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        _within_limit_rule("cpu"), _within_limit_rule("memory")]})
+
     requests: ResourceList = Field(description="What the scheduler reserves for each pod.")
     limits: ResourceList = Field(description="The most each pod may use.")
 
@@ -111,8 +131,9 @@ class ResourceRequirements(_Model):
             limit = parse_quantity(getattr(self.limits, name))
             if request > limit:
                 raise ValueError(
-                    f"resources.requests.{name} ({getattr(self.requests, name)}) is above "
-                    f"resources.limits.{name} ({getattr(self.limits, name)}); Kubernetes refuses such pods"
+                    f"resources.requests.{name} must be less than or equal to resources.limits.{name} "
+                    f"({getattr(self.requests, name)} is above {getattr(self.limits, name)}); Kubernetes refuses "
+                    "such pods"
                 )
         return self
 
@@ -217,7 +238,7 @@ class LearnerApiSpec(_Model):
 #: What the evaluator can measure (learner_api.evaluator.rules.SIGNALS; a test keeps the two equal).
 AlertSignal = Literal["ingest_lag_seconds", "pending_entries", "stream_lag_entries", "dead_letters",
                       "seconds_since_progress", "failed_purchases_1h", "unfulfilled_purchases"]
-OptionalNumber = Annotated[float | None, WithJsonSchema({"type": "number"})]
+OptionalNumber = Annotated[float | None, Field(allow_inf_nan=False), WithJsonSchema({"type": "number"})]
 
 
 class AlertRule(_Model):
@@ -290,7 +311,17 @@ class EvaluatorSpec(_Model):
     alert_rules: list[AlertRule] = Field(
         default_factory=list, max_length=100,
         description="The evaluator's alert rules; empty means the defaults (ingest lag, dead letters, purchases).",
+        # a map keyed by name: the API server refuses two rules of one name, as the evaluator does
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["alert"]},
     )
+
+    @field_validator("alert_rules")
+    @classmethod
+    def _unique_names(cls, rules: list[AlertRule]) -> list[AlertRule]:
+        names = [rule.alert for rule in rules]
+        if dupes := sorted({name for name in names if names.count(name) > 1}):
+            raise ValueError(f"alert rule {dupes[0]!r} is defined twice (rule names are unique)")
+        return rules
 
 
 class PushgatewaySpec(_Model):
@@ -305,20 +336,27 @@ class PushgatewaySpec(_Model):
         default="", pattern=URL_PATTERN, max_length=2048,
         description="An existing Pushgateway; empty means the operator runs one next to the platform.",
     )
-    image: str = Field(default="quay.io/prometheus/pushgateway:v1.11.1", max_length=512)
+    image: str = Field(default="quay.io/prometheus/pushgateway:v1.11.1", pattern=r"^[!-~]*$", max_length=512,
+                       description="The Pushgateway image the operator runs when url is empty.")
+
+    @model_validator(mode="after")
+    def _url_or_image(self) -> PushgatewaySpec:
+        if self.enabled and not self.url and not self.image:
+            raise ValueError("pushgateway needs either url (an existing Pushgateway) or image (one the operator runs)")
+        return self
 
 
 class ObservabilitySpec(_Model):
     service_monitor: bool = Field(
         default=False, description="Create a ServiceMonitor (needs the Prometheus Operator's CRDs)."
     )
-    scrape_interval: str = Field(default="30s", pattern=DURATION_PATTERN)
+    scrape_interval: str = Field(default="30s", pattern=DURATION_PATTERN, min_length=2, max_length=32)
     pushgateway: PushgatewaySpec = Field(default_factory=PushgatewaySpec)
 
 
 class NetworkPolicySpec(_Model):
     enabled: bool = Field(default=True, description="Allow only the traffic the platform needs.")
-    egress_ports: list[int] = Field(
+    egress_ports: list[Annotated[int, Field(ge=1, le=65535)]] = Field(
         default_factory=lambda: [5432, 6379, 6380], max_length=32,
         description="TCP ports the pods may reach outside the cluster: managed PostgreSQL and Redis.",
     )
@@ -326,14 +364,6 @@ class NetworkPolicySpec(_Model):
         default_factory=lambda: ["monitoring"], max_length=16,
         description="Namespaces whose pods (Prometheus) may read learner-api's metrics port, beside the operator.",
     )
-
-    @field_validator("egress_ports")
-    @classmethod
-    def _valid_ports(cls, ports: list[int]) -> list[int]:
-        for port in ports:
-            if not 1 <= port <= 65535:
-                raise ValueError(f"networkPolicy.egressPorts: {port} is not a TCP port (1-65535)")
-        return ports
 
 
 class MigrationSpec(_Model):
