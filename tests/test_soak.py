@@ -1,0 +1,30 @@
+"""The chaos soak (bench/soak.py) as a smoke run: half a minute of load and faults from a fixed seed, then
+every invariant checked. Select it alone with ``pytest -m soak``; a long run is ``python -m bench.soak``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.soak
+
+
+def test_a_short_soak_with_a_fixed_seed_holds_every_invariant(tmp_path: Path) -> None:
+    history = tmp_path / "history.jsonl"
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.soak", "--minutes", "0.5", "--seed", "5", "--quiet-seconds", "10",
+         "--fault-seconds", "4", "--history", str(history)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    report = [json.loads(line) for line in history.read_text().splitlines() if '"op": "report"' in line][-1]
+    assert report["faults_total"] >= 3, report["faults"]
+    assert report["events_acked"] > 0
+    assert report["events_stored"] >= report["events_acked"]
+    assert report["paid"] > 0
+    assert report["broken"] == []
