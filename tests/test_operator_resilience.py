@@ -141,3 +141,38 @@ async def test_an_api_server_outage_is_recovered_from_unaided(cluster: AnyCluste
     await operator.resync_now()
     await settled(cluster, operator)
     assert cluster.mutating_requests(start) == []
+
+
+@pytest.mark.emulator_only("the API server away for 45 s: a real control plane's restart is back within seconds")
+async def test_an_api_server_away_longer_than_a_request_retries_does_not_stop_the_operator(
+    cluster: AnyCluster, operator: Operator,
+) -> None:
+    """kopf gives up a watch request after its error backoffs run out and then stops the whole operator:
+    every replica at once, 40 s into an outage (found by the chaos soak, seed 1)."""
+    await _converged(cluster, operator)
+    async with cluster.watch_gap(down=True):
+        await asyncio.sleep(45)
+        assert operator.alive, f"the operator stopped during the outage: {operator.error!r}"
+    cluster.edit(*LP, NS, "ai-platform", {"spec": {"evaluator": {"enabled": False}}})
+    await eventually(lambda: cluster.get("apps/v1", "deployments", NS, EVALUATOR) is None, within=30,
+                     what="a change made after the outage applied")
+    assert operator.alive
+
+
+@pytest.mark.emulator_only("starting while the API server is away: a real control plane cannot be kept down")
+async def test_an_operator_started_while_the_api_server_is_away_starts_as_soon_as_it_is_back(
+    cluster: AnyCluster,
+) -> None:
+    """A replica restarted during an outage (a node drain while the control plane upgrades) used to fail its
+    start-up on discovery and wait kopf's 60 s before trying again (found by the chaos soak, seed 1)."""
+    cluster.put(secret())
+    operator = Operator(cluster)
+    async with cluster.watch_gap(down=True):
+        starting = asyncio.create_task(operator.start())
+        await asyncio.sleep(3)
+    try:
+        await asyncio.wait_for(starting, 15)
+        cluster.put(load(EXAMPLES / "01-minimal.yaml"))
+        await eventually(lambda: len(children(cluster)) == 12, within=15, what="12 children soon after the outage")
+    finally:
+        await operator.stop()

@@ -131,7 +131,9 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.networking.request_timeout = 60
     # kopf's default backoffs add up to 54 s (a watch that met "429 storage is (re)initializing" after
     # an API server restart waited 21 s before its next try); capped at 8 s, it is back within seconds.
-    settings.networking.error_backoffs = (0.5, 1, 2, 4, 8, 8, 8, 8)
+    # When they run out, kopf stops the whole operator (every replica at once): so they last through an
+    # outage of 5 minutes (a control-plane upgrade); a longer one ends in a restart by the kubelet.
+    settings.networking.error_backoffs = (0.5, 1, 2, 4) + (8,) * 37
     # Only warnings and errors become Kubernetes Events: every INFO line would be a write.
     settings.posting.level = logging.WARNING
 
@@ -176,7 +178,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, login: Cal
         watching = await connect(config.api_host, counter, kubeconfig=config.kubeconfig, connections=1000)
         runtime = Runtime(deps=deps, engine=engine, watches=Watches(deps, engine, config.namespaces, watching))
         runtime.watches.start([kind for kind in builders.CHILD_KINDS if kind.kind not in builders.OPTIONAL_KINDS
-                               or await deps.discovery.served(kind.api_version, kind.plural)])
+                               or await _served_once_answered(deps.discovery, kind)])
         restarts = _WatchRestarts(asyncio.get_running_loop(), lambda: runtime.verify_soon(config))
         logging.getLogger(_KOPF_WATCHING).addFilter(restarts)
         logging.getLogger(_KOPF_WATCHING).setLevel(logging.DEBUG)
@@ -225,6 +227,19 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, login: Cal
             if runtime.platforms.observe(body):
                 runtime.engine.trigger(key)
         runtime.deps.metrics.platforms.set(len(runtime.platforms))
+
+
+async def _served_once_answered(discovery: Discovery, kind: builders.ChildKind) -> bool:
+    """Discovery's answer, waiting for the API server if it is away: a failed start-up would be retried by
+    kopf only 60 s later, long after the server is back."""
+    delay = 0.5
+    while True:
+        try:
+            return await discovery.served(kind.api_version, kind.plural)
+        except (ApiError, aiohttp.ClientError, TimeoutError) as exc:
+            logger.warning("Waiting for the API server's discovery (%s %s): %s", kind.api_version, kind.plural, exc)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 8.0)
 
 
 async def _elect(runtime: Runtime, lease: LeaseConfig) -> None:
