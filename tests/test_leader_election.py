@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import threading
 from typing import Any
 
 import pytest
@@ -91,3 +92,44 @@ async def test_a_stale_read_cannot_steal_the_lease(cluster: AnyCluster) -> None:
         assert (cluster.get("coordination.k8s.io/v1", "leases", NS, "l") or {})["spec"]["holderIdentity"] == "fast"
     finally:
         await api.close()
+
+
+async def test_a_leader_frozen_past_its_lease_sends_no_write_when_it_wakes(cluster: AnyCluster) -> None:
+    """The leader stops dead between reading a platform and writing its children (SIGSTOP, a VM or GC pause);
+    another replica takes over and the platform is deleted meanwhile. Woken, the old leader used to send the
+    writes it had prepared, re-creating children of a deleted platform (found by the chaos soak, seed 2)."""
+    first = Operator(cluster, lease=lease("replica-a"))
+    await first.start()
+    second = Operator(cluster, lease=lease("replica-b"))
+    try:
+        await eventually(lambda: holder(cluster) == "replica-a", within=10, what="replica-a leads")
+        await second.start()
+        frozen, release, woke = threading.Event(), threading.Event(), threading.Event()
+        api = first.runtime.deps.api
+        apply = api.apply
+
+        async def apply_after_a_freeze(*args: Any, **kwargs: Any) -> dict[str, Any]:
+            if not frozen.is_set():
+                frozen.set()
+                release.wait(60)  # blocks replica-a's whole event loop: its lease renewals stop too
+            try:
+                return await apply(*args, **kwargs)
+            finally:
+                woke.set()
+
+        api.apply = apply_after_a_freeze  # type: ignore[method-assign]
+        cluster.put(secret())
+        cluster.put(load(EXAMPLES / "01-minimal.yaml"))
+        try:
+            await eventually(frozen.is_set, within=10, what="replica-a about to write")
+            await eventually(lambda: holder(cluster) == "replica-b", within=15, what="replica-b takes over")
+            await eventually(lambda: len(children(cluster)) == 12, within=20, what="replica-b converged it")
+            cluster.remove("learner.dev/v1alpha1", "learnerplatforms", NS, "ai-platform")
+            assert children(cluster) == set()
+        finally:
+            release.set()
+        await eventually(woke.is_set, within=10, what="replica-a woke")
+        assert children(cluster) == set(), "the woken old leader re-created children of a deleted platform"
+    finally:
+        await second.stop()
+        await first.stop()

@@ -22,7 +22,7 @@ import kopf
 from learner_operator import builders
 from learner_operator.builders import FIELD_MANAGER
 from learner_operator.engine import Engine
-from learner_operator.kube import ApiError, Discovery, KubeApi, RequestCounter
+from learner_operator.kube import ApiError, Discovery, KubeApi, NotLeading, RequestCounter
 from learner_operator.kube.client import connect
 from learner_operator.kube.lease import LeaderElection
 from learner_operator.livestate import LiveState
@@ -160,6 +160,10 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, login: Cal
             with metrics.duration.time():
                 try:
                     retry = await reconcile(deps, snapshot, PlatformLogger(logger, key))
+                except NotLeading as exc:  # stopped before its next write; the leader (maybe us again) does it
+                    logger.info("[%s/%s] Reconcile stopped: %s", *key, exc)
+                    metrics.reconciles.labels("retry").inc()
+                    return 1.0
                 except Exception:
                     metrics.reconciles.labels("error").inc()
                     raise
@@ -257,6 +261,7 @@ async def _elect(runtime: Runtime, lease: LeaseConfig) -> None:
 
     election = LeaderElection(api, lease.namespace, lease.name, lease.identity, lease.lease_seconds,
                               lease.renew_seconds, on_change=changed)
+    runtime.deps.api.write_fence = election.fence
     runtime.tasks.append(asyncio.create_task(election.run(), name="leader-election"))
 
     async def release() -> None:

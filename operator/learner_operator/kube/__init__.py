@@ -4,8 +4,8 @@ One seam: :class:`KubeApi` is what the reconciler talks to; tests run it against
 HTTP exactly as production runs it against a real API server.
 """
 
-from learner_operator.kube.client import ApiError, KubeApi, RequestCounter
+from learner_operator.kube.client import ApiError, KubeApi, NotLeading, RequestCounter
 from learner_operator.kube.discovery import Discovery
 from learner_operator.kube.paths import ResourceRef, ref_of
 
-__all__ = ["ApiError", "Discovery", "KubeApi", "RequestCounter", "ResourceRef", "ref_of"]
+__all__ = ["ApiError", "Discovery", "KubeApi", "NotLeading", "RequestCounter", "ResourceRef", "ref_of"]

@@ -31,6 +31,10 @@ class ApiError(Exception):
         self.message = message
 
 
+class NotLeading(Exception):  # a state, not an error of the request
+    """A write refused before it was sent: this replica can no longer be sure that it holds the Lease."""
+
+
 class RequestCounter:
     """Counts requests by verb: for /metrics, and for the benchmark's requests-per-reconcile."""
 
@@ -56,6 +60,8 @@ class KubeApi:
         #: The host and kubeconfig given to :func:`connect`, so that a second client reaches the same server.
         self.host = host
         self.kubeconfig = kubeconfig
+        #: Called before every write; raises :class:`NotLeading` when this replica may have lost the Lease.
+        self.write_fence: Callable[[], None] | None = None
 
     async def close(self) -> None:
         await self._api.close()
@@ -64,6 +70,8 @@ class KubeApi:
         self, method: str, path: str, *, body: Any = None, content_type: str = "application/json",
         query: list[tuple[str, str]] | None = None, accept: str = "application/json",
     ) -> dict[str, Any] | None:
+        if method in MUTATING and self.write_fence is not None:
+            self.write_fence()
         self.counter.count(method)
         headers = {"Accept": accept, "Content-Type": content_type}
         # The body is plain JSON already: handing it to call_api directly skips the generated client's

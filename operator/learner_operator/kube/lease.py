@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from learner_operator.kube.client import ApiError, KubeApi
+from learner_operator.kube.client import ApiError, KubeApi, NotLeading
 from learner_operator.kube.paths import ResourceRef
 
 logger = logging.getLogger(__name__)
@@ -45,6 +45,8 @@ class LeaderElection:
     renew_seconds: float = 5.0
     on_change: Callable[[bool], None] = lambda leading: None
     leading: bool = False
+    #: When (event loop time) the last successful renewal was sent.
+    renewed_at: float = 0.0
 
     @property
     def ref(self) -> ResourceRef:
@@ -93,19 +95,31 @@ class LeaderElection:
                         self.namespace, self.name, self.identity)
             self.on_change(leading)
 
+    def _deadline(self) -> float:
+        """Until when (event loop time) the Lease is surely still ours: others see it expire only
+        ``lease_seconds`` after our last renewal, and clocks and requests take some of that."""
+        return self.renewed_at + self.lease_seconds - self.renew_seconds
+
+    def fence(self) -> None:
+        """Refuse a write unless the Lease is surely ours now. The event loop's clock keeps running while the
+        process is frozen (SIGSTOP, a long GC or VM pause), so a leader that wakes after its Lease ran out
+        sends nothing more, even before its next renewal says that another replica took over."""
+        if not self.leading or asyncio.get_running_loop().time() > self._deadline():
+            raise NotLeading(f"{self.identity} does not hold the lease {self.namespace}/{self.name} for sure")
+
     async def run(self) -> None:
         """Forever: try to take or keep the Lease; a failure to renew in time means losing it."""
-        last_renewal = 0.0
         loop = asyncio.get_running_loop()
         while True:
+            sent = loop.time()
             try:
                 won = await self.try_acquire_or_renew()
             except (ApiError, OSError) as exc:
                 logger.warning("Leader election request failed: %s", exc)
-                won = self.leading and loop.time() - last_renewal < self.lease_seconds - self.renew_seconds
+                won = self.leading and loop.time() < self._deadline()
             else:
                 if won:
-                    last_renewal = loop.time()
+                    self.renewed_at = sent
             self._set(won)
             await asyncio.sleep(self.renew_seconds if self.leading else self.renew_seconds / 2)
 
