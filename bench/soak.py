@@ -812,20 +812,22 @@ class Soak:
     async def run(self) -> int:
         args = self.args
         print(f"soak: seed {args.seed}, {args.minutes} min of load and faults, folder {self.folder}", flush=True)
-        await self.setup_data()
-        self.cluster = cluster = standard_cluster(load(CRD_FILE))
-        async with cluster, kmock.Server(cluster):
-            self.prepare_cluster()
-            self.start_services()
-            self.start_operators()
-            late = await self.wait_ready(within=90)
-            if late:
-                self.broke(f"not ready at start: {late}")
-            supervisor = asyncio.create_task(self.supervise())
-            kube = asyncio.create_task(self.kube_loop())
-            load_tasks = [asyncio.create_task(self.progress_worker(i)) for i in range(args.progress_workers)]
-            load_tasks.append(asyncio.create_task(self.purchase_worker()))
-            try:
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            await self.setup_data()
+            self.cluster = cluster = standard_cluster(load(CRD_FILE))
+            async with cluster, kmock.Server(cluster):
+                self.prepare_cluster()
+                self.start_services()
+                self.start_operators()
+                late = await self.wait_ready(within=90)
+                if late:
+                    self.broke(f"not ready at start: {late}")
+                tasks = [asyncio.create_task(self.supervise())]
+                kube = asyncio.create_task(self.kube_loop())
+                load_tasks = [asyncio.create_task(self.progress_worker(i)) for i in range(args.progress_workers)]
+                load_tasks.append(asyncio.create_task(self.purchase_worker()))
+                tasks += [kube, *load_tasks]
                 await self.fault_loop(_now() + args.minutes * 60)
                 self.stopping_churn = True
                 print(f"faults over ({sum(self.stats.faults.values())} injected); stopping the load", flush=True)
@@ -835,15 +837,15 @@ class Soak:
                 await asyncio.wait(load_tasks, timeout=30)
                 await asyncio.wait_for(kube, 30)
                 await self.finish()
-            finally:
-                self.stop_load.set()
-                self.hard_stop.set()
-                for task in [*load_tasks, kube, supervisor]:
-                    task.cancel()
-                for proc in self.procs.values():
-                    proc.stop()
-                self.postgres.stop("immediate")
                 cluster.hang_up()
+        finally:
+            self.stop_load.set()
+            self.hard_stop.set()
+            for task in tasks:
+                task.cancel()
+            for proc in self.procs.values():
+                proc.stop()
+            self.postgres.stop("immediate")
         return self.report()
 
     async def finish(self) -> None:
@@ -930,7 +932,14 @@ class Soak:
         try:
             dead = await client.xlen(dead_letters(STREAM))
             self.redis_keys = await client.dbsize()
-            without_ttl = [k async for k in client.scan_iter(count=1000) if await client.ttl(k) == -1]
+            keys = [k async for k in client.scan_iter(count=1000)]
+            without_ttl = []
+            for start in range(0, len(keys), 1000):
+                async with client.pipeline(transaction=False) as pipe:
+                    for key in keys[start:start + 1000]:
+                        pipe.ttl(key)
+                    ttls = await pipe.execute()
+                without_ttl += [k for k, ttl in zip(keys[start:start + 1000], ttls, strict=True) if ttl == -1]
         finally:
             await client.aclose()
         if dead:

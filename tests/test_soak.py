@@ -4,6 +4,7 @@ every invariant checked. Select it alone with ``pytest -m soak``; a long run is 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,10 @@ import pytest
 
 from tests.conftest import ROOT
 
-pytestmark = pytest.mark.soak
+_POSTGRES = shutil.which("initdb") or any(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+pytestmark = [pytest.mark.soak, pytest.mark.skipif(
+    not (_POSTGRES and shutil.which("redis-server")),
+    reason="the soak starts its own PostgreSQL and Redis: apt-get install postgresql redis-server")]
 
 
 def test_a_short_soak_with_a_fixed_seed_holds_every_invariant(tmp_path: Path) -> None:
