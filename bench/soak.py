@@ -641,6 +641,10 @@ class Soak:
         holder = str((lease.get("spec") or {}).get("holderIdentity") or "")
         return holder.replace("replica-", "operator-") if holder else ""
 
+    def span(self, low: float, high: float) -> float:
+        """A fault's duration from the seed, at most ``--longest-fault`` seconds (same draws whatever the cap)."""
+        return min(self.rng.uniform(low, high), self.args.longest_fault)
+
     async def _restart_later(self, proc: Proc, low: float, high: float) -> None:
         await asyncio.sleep(self.rng.uniform(low, high))
         proc.start()
@@ -663,7 +667,7 @@ class Soak:
                 if kind == "freeze_operator":
                     proc.send(signal.SIGSTOP)
                     proc.frozen = True
-                    await asyncio.sleep(rng.uniform(2, 30))
+                    await asyncio.sleep(self.span(2, 30))
                     proc.send(signal.SIGCONT)
                     proc.frozen = False
                 else:
@@ -688,7 +692,7 @@ class Soak:
             self.record("fault", kind=kind)
             if kind == "freeze_postgres":
                 self.postgres.freeze()
-                await asyncio.sleep(rng.uniform(2, 20))
+                await asyncio.sleep(self.span(2, 20))
                 self.postgres.thaw()
             else:
                 await asyncio.to_thread(self.postgres.stop, "fast" if kind == "restart_postgres" else "immediate")
@@ -699,7 +703,7 @@ class Soak:
             self.record("fault", kind=kind)
             if kind == "freeze_redis":
                 redis.send(signal.SIGSTOP)
-                await asyncio.sleep(rng.uniform(2, 15))
+                await asyncio.sleep(self.span(2, 15))
                 redis.send(signal.SIGCONT)
             else:
                 if kind == "kill_redis":
@@ -711,7 +715,7 @@ class Soak:
             self.record("fault", kind=kind)
             cluster.hang_up()
         elif kind in ("apiserver_restart", "apiserver_outage"):
-            seconds = rng.uniform(1, 8) if kind == "apiserver_restart" else rng.uniform(10, 60)
+            seconds = self.span(1, 8) if kind == "apiserver_restart" else self.span(10, 60)
             self.record("fault", kind=kind, seconds=round(seconds, 1))
             self.api_down = kind == "apiserver_outage"
             try:
@@ -1038,6 +1042,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--churn-seconds", type=float, default=3.0, help="mean time between platform changes")
     parser.add_argument("--fault-seconds", type=float, default=8.0, help="mean time between faults")
     parser.add_argument("--max-faults", type=int, default=3, help="faults under way at once")
+    parser.add_argument("--longest-fault", type=float, default=60.0,
+                        help="cap on a freeze's or an API server outage's seconds (the smoke run's: 15)")
     parser.add_argument("--history", help="the JSONL history (default: in the soak's folder)")
     parser.add_argument("--keep", action="store_true", help="keep the folder (logs, data) even when all held")
     args = parser.parse_args(argv)

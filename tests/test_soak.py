@@ -23,7 +23,7 @@ def test_a_short_soak_with_a_fixed_seed_holds_every_invariant(tmp_path: Path) ->
     history = tmp_path / "history.jsonl"
     run = subprocess.run(
         [sys.executable, "-m", "bench.soak", "--minutes", "0.5", "--seed", "5", "--quiet-seconds", "10",
-         "--fault-seconds", "4", "--history", str(history)],
+         "--fault-seconds", "4", "--longest-fault", "15", "--history", str(history)],
         cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     report = [json.loads(line) for line in history.read_text().splitlines() if '"op": "report"' in line][-1]
