@@ -41,8 +41,10 @@ from typing import Any
 import asyncpg
 import redis.asyncio as aioredis
 
+from learner_api.data import progress
 from learner_api.data.progress import Written, write_entries
 from learner_api.dependencies import Database
+from learner_api.evaluator import process as evaluator_process
 from learner_api.evaluator.metrics import EvaluatorMetrics
 from learner_api.evaluator.worker import Worker, entry_time
 from learner_api.progress_intake import ProgressIntake, body_hash, stream_entry
@@ -122,7 +124,7 @@ class Child:
 
 
 def child_main(child: Child, ready: Any, go: ProcessEvent, stop: ProcessEvent, results: Any) -> None:
-    asyncio.run(_child(child, ready, go, stop, results))
+    evaluator_process.run(_child(child, ready, go, stop, results))  # as `learner-api evaluator` runs
 
 
 async def _child(child: Child, ready: Any, go: ProcessEvent, stop: ProcessEvent, results: Any) -> None:
@@ -134,6 +136,7 @@ async def _child(child: Child, ready: Any, go: ProcessEvent, stop: ProcessEvent,
                        trim_interval=3600, concurrency=child.concurrency)
     worker.lags = [] if child.lags else None
     await worker.setup()
+    evaluator_process.quiet_gc()
     ready.put(os.getpid())
     await asyncio.to_thread(go.wait)
     profiler = cProfile.Profile() if child.profile else None
@@ -208,9 +211,15 @@ class Run:
 
     def per_row(self) -> str:
         us = 1e6 / self.rows
-        total = (self.cpu_client + self.cpu_postgres + self.cpu_redis) * us
-        return (f"CPU/row {total:5.1f} us (client {self.cpu_client * us:4.1f}, PostgreSQL {self.cpu_postgres * us:4.1f}"
-                f", Redis {self.cpu_redis * us:4.1f})")
+        cpu = self.cpu_client + self.cpu_postgres + self.cpu_redis
+        return (f"CPU/row {cpu * us:5.1f} us (client {self.cpu_client * us:4.1f}, "
+                f"PostgreSQL {self.cpu_postgres * us:4.1f}, Redis {self.cpu_redis * us:4.1f}); "
+                f"{cpu:4.2f} CPU s in {self.seconds:4.2f} s; load {load()}")
+
+
+def load() -> str:
+    """The machine's 1-minute load average over its cores: the benchmark shares them with whatever else runs."""
+    return f"{os.getloadavg()[0]:.1f}/{os.cpu_count()}"
 
 
 async def copy_baseline(admin: asyncpg.Connection, n: int) -> Run:
@@ -255,7 +264,7 @@ async def statement_alone(pool: asyncpg.Pool, n: int, batch: int, pairs: str) ->
     """The write statement alone (one connection, no Redis, entries already joined): the ceiling of one
     transaction at a time."""
     items = [data for _, data in events(n, pairs, salt="alone")]
-    payloads = [(b"[" + b",".join(items[at:at + batch]) + b"]").decode() for at in range(0, n, batch)]
+    payloads = [progress.batch(items[at:at + batch]) for at in range(0, n, batch)]
     start = time.perf_counter()
     async with pool.acquire() as connection:
         for payload in payloads:
