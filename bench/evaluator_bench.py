@@ -16,7 +16,7 @@
 It uses its own database (learner_evaluator_bench, emptied at the start) and streams of its own.
 
 Usage: .venv/bin/python -m bench.evaluator_bench [--events 60000] [--batch 2000] [--processes 1,2,4]
-       [--concurrency 2] [--rounds 2] [--rate 5000] [--pairs repeat|new] [--profile]
+       [--concurrency 3] [--rounds 2] [--rate 5000] [--pairs repeat|new] [--profile]
        .venv/bin/python -m bench.evaluator_bench --hot-slot 1,3,12   (Redis Cluster: one stream or shards)
 """
 
@@ -48,6 +48,7 @@ from learner_api.evaluator import process as evaluator_process
 from learner_api.evaluator.metrics import EvaluatorMetrics
 from learner_api.evaluator.worker import Worker, entry_time
 from learner_api.progress_intake import ProgressIntake, body_hash, stream_entry
+from learner_api.settings import Settings
 from learner_api.streams import FIELD, TENANT_FIELD
 from scripts.api_dev import ADMIN_URL, REDIS_URL, prepare
 
@@ -398,7 +399,8 @@ if __name__ == "__main__":
     parser.add_argument("--events", type=int, default=60_000)
     parser.add_argument("--batch", type=int, default=2000, help="EVALUATOR_BATCH_SIZE")
     parser.add_argument("--processes", default="1,2,4", help="evaluator process counts to measure")
-    parser.add_argument("--concurrency", type=int, default=2, help="batches in flight per process")
+    parser.add_argument("--concurrency", type=int, default=Settings.model_fields["evaluator_concurrency"].default,
+                        help="batches in flight per process (EVALUATOR_CONCURRENCY; its default)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--rate", type=int, default=5_000)
     parser.add_argument("--seconds", type=float, default=5.0)

@@ -12,6 +12,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import asyncpg
 import redis.asyncio as aioredis
 
 from learner_api.evaluator import service
@@ -100,12 +101,17 @@ async def test_sigkill_mid_batch_then_restart_stores_every_event_exactly_once(
     command = [sys.executable, "-m", "learner_api.cli", "evaluator"]
 
     log = (tmp_path / "evaluator.log").open("wb")
+    admin = await asyncpg.connect(admin_database_url)  # polled on one connection: the kill follows the first commit
     first = await asyncio.create_subprocess_exec(*command, env=env, stdout=log, stderr=log)
     try:
-        await eventually(lambda: asyncio.run(rows(admin_database_url, tenant)) > 0, within=30, every=0.01)
+        deadline = time.monotonic() + 30
+        while not await admin.fetchval("SELECT EXISTS (SELECT FROM progress_events WHERE tenant_id = $1)", tenant):
+            assert time.monotonic() < deadline, "the evaluator stored nothing in 30 s"
+            await asyncio.sleep(0.002)
     finally:
         first.send_signal(signal.SIGKILL)
         await first.wait()
+        await admin.close()
     before_restart = await rows(admin_database_url, tenant)
     assert 0 < before_restart < N, f"the kill should land in the middle of the work ({before_restart} of {N})"
 
