@@ -1,14 +1,16 @@
 """Evaluator benchmark, each number against its baseline in the same run.
 
 1. Throughput: N progress events already in a Redis Stream (as learner-api writes them), drained by 1, 2
-   and 4 evaluator processes (the real Worker: read, PostgreSQL parses and writes events and projection
+   and 4 evaluator processes (the real Worker: read, msgspec splits, PostgreSQL writes events and projection
    under row-level security, XACK), against raw asyncpg ``copy_records_to_table`` of as many rows into the
    same table (goal >= 0.5x). The baseline runs as the superuser: PostgreSQL refuses COPY FROM into a
    table under row-level security. Rounds alternate baseline and workers, so that the shared machine's
-   load hits both alike; the ratio is the median of the workers' runs over the median of the baselines
-   measured between them (one COPY of 60,000 rows takes a fraction of a second, so one is noise).
-   CPU per row: the evaluator processes, their PostgreSQL backends, and Redis (shared with whoever else
-   uses it: approximate).
+   load hits both alike; each run is compared with the COPY runs just before and after it (their
+   geometric mean) and the ratio is the median over the rounds: the load on a shared machine drifts
+   within seconds, and a COPY of 60,000 rows takes a fraction of one. CPU per row: the evaluator
+   processes, their PostgreSQL backends, and Redis (shared with whoever else uses it: approximate);
+   COPY's CPU per row over the evaluator's is the ratio the two would have with the same CPU, which
+   the load does not move.
 2. Lag at a fixed rate: an open-loop producer sends events through the real accept script
    (ProgressIntake: dedupe keys and XADD) at ``--rate`` events/s, 10 per request, while evaluator
    processes consume; p50/p99 from XADD (the entry id's time) to the committed row.
@@ -16,7 +18,7 @@
 It uses its own database (learner_evaluator_bench, emptied at the start) and streams of its own.
 
 Usage: .venv/bin/python -m bench.evaluator_bench [--events 60000] [--batch 2000] [--processes 1,2,4]
-       [--concurrency 3] [--rounds 2] [--rate 5000] [--pairs repeat|new] [--profile]
+       [--concurrency 3] [--rounds 3] [--rate 5000] [--pairs repeat|new] [--profile]
        .venv/bin/python -m bench.evaluator_bench --hot-slot 1,3,12   (Redis Cluster: one stream or shards)
 """
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import math
 import multiprocessing
 import os
 import pstats
@@ -210,6 +213,11 @@ class Run:
     def rate(self) -> float:
         return self.rows / self.seconds
 
+    @property
+    def cpu_per_row(self) -> float:
+        """Microseconds of CPU per row: client, PostgreSQL and Redis."""
+        return (self.cpu_client + self.cpu_postgres + self.cpu_redis) * 1e6 / self.rows
+
     def per_row(self) -> str:
         us = 1e6 / self.rows
         cpu = self.cpu_client + self.cpu_postgres + self.cpu_redis
@@ -354,32 +362,39 @@ async def main(args: argparse.Namespace) -> None:
     counts = [int(p) for p in args.processes.split(",")]
     print(f"\n{args.events} events a run, batches of {args.batch}, {args.concurrency} in flight per process, "
           f"pairs: {args.pairs}; PostgreSQL and Redis on this machine ({os.cpu_count()} cores, shared)\n")
-    rates: dict[int, list[float]] = {p: [] for p in counts}
-    copies: list[float] = []
+    runs: dict[int, list[Run]] = {p: [] for p in counts}
+    copies: list[Run] = []
+    loads: list[float] = []
     try:
         for round_ in range(1, args.rounds + 1):
             copy = await copy_baseline(admin, args.events)
-            copies.append(copy.rate)
+            copies.append(copy)
             print(f"round {round_}: copy_records_to_table {copy.rate:9.0f} rows/s  {copy.per_row()}")
             for processes in counts:
                 run = await drain_with(processes, admin=admin, n=args.events,
                                        profile=args.profile and round_ == args.rounds and processes == counts[-1],
                                        **common)  # type: ignore[arg-type]
-                rates[processes].append(run.rate)
+                runs[processes].append(run)
+                loads.append(os.getloadavg()[0])
                 plural = "es" if processes > 1 else "  "
                 print(f"         {processes} evaluator process{plural}  {run.rate:9.0f} rows/s  {run.per_row()}")
         copy = await copy_baseline(admin, args.events)
-        copies.append(copy.rate)
+        copies.append(copy)
         print(f"finally: copy_records_to_table {copy.rate:9.0f} rows/s  {copy.per_row()}")
         alone = await statement_alone(pool, args.events, args.batch, args.pairs)
         print(f"\nthe write statement alone (one connection, no Redis): {alone:9.0f} rows/s")
-        baseline = statistics.median(copies)
-        print(f"\nmedian rows/s over the runs; COPY {baseline:.0f} (the median of {len(copies)} runs between them). "
-              "Ratio to COPY (goal >= 0.5x):")
-        for processes, values in rates.items():
-            ratio = statistics.median(values) / baseline
-            print(f"  {processes} process{'es' if processes > 1 else '  '}: {statistics.median(values):9.0f} rows/s, "
-                  f"{ratio:.2f}x ({'met' if ratio >= 0.5 else 'MISSED'})")
+        copy_cpu = statistics.median(run.cpu_per_row for run in copies)
+        print(f"\nRatio to COPY (goal >= 0.5x): each run's rows/s over the geometric mean of the COPY runs just "
+              f"before and after it, the median of the {args.rounds} rounds (load {statistics.median(loads):.1f} "
+              f"on {os.cpu_count()} cores); CPU: COPY's CPU per row over the evaluator's (the ratio if both had "
+              f"the same CPU), COPY {copy_cpu:.1f} us/row:")
+        for processes, measured in runs.items():
+            ratio = statistics.median(run.rate / math.sqrt(copies[i].rate * copies[i + 1].rate)
+                                      for i, run in enumerate(measured))
+            cpu = statistics.median(run.cpu_per_row for run in measured)
+            print(f"  {processes} process{'es' if processes > 1 else '  '}: "
+                  f"{statistics.median(run.rate for run in measured):9.0f} rows/s, {ratio:.2f}x "
+                  f"({'met' if ratio >= 0.5 else 'MISSED'}); CPU {cpu:.1f} us/row, {copy_cpu / cpu:.2f}x")
         lags = await lag_at_rate(args.rate, args.seconds, args.lag_processes, **common)  # type: ignore[arg-type]
         print(f"\nend-to-end lag at {args.rate} events/s for {args.seconds:.0f} s through the accept script, "
               f"{args.lag_processes} evaluator process(es), {len(lags)} events (XADD -> committed row): "
@@ -401,7 +416,7 @@ if __name__ == "__main__":
     parser.add_argument("--processes", default="1,2,4", help="evaluator process counts to measure")
     parser.add_argument("--concurrency", type=int, default=Settings.model_fields["evaluator_concurrency"].default,
                         help="batches in flight per process (EVALUATOR_CONCURRENCY; its default)")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rate", type=int, default=5_000)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--lag-processes", type=int, default=1)
