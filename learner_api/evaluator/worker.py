@@ -279,23 +279,33 @@ class Worker:
         """Store a batch and acknowledge it. ``fresh``: read for the first time, so most likely not stored
         yet (the plain INSERT is tried first)."""
         start = time.perf_counter()
-        items: list[Item] = []
-        for entry_id, fields in entries:
-            if type(fields) is list and len(fields) == 4 and fields[0] == _TENANT and fields[2] == _FIELD:
-                items.append((entry_id, fields[1], fields[3]))  # as learner-api writes them: no copies
-                continue
-            known = mapping(fields)
-            data, tenant = known.get(_FIELD), known.get(_TENANT)
-            try:  # written before the tenant had its own field, or not by learner-api
-                tenant = tenant if tenant is not None and data is not None else parse(known).encode()
-                items.append((entry_id, tenant, data or b""))
-            except ValueError as exc:
-                await self._dead_letter(entry_id, known, str(exc))
+        items: list[Item] = [(entry_id, fields[1], fields[3]) for entry_id, fields in entries  # as learner-api
+                             if type(fields) is list and len(fields) == 4 and fields[0] == _TENANT  # writes them
+                             and fields[2] == _FIELD]
+        if len(items) < len(entries):  # some are not: one by one, in order
+            items = []
+            for entry_id, fields in entries:
+                item = await self._item(entry_id, fields)
+                if item is not None:
+                    items.append(item)
         if not items:
             return
         await self._store(items, entries, fresh=fresh, top=True)
         self.metrics.batch_size.observe(len(items))
         self.metrics.batch_seconds.observe(time.perf_counter() - start)
+
+    async def _item(self, entry_id: bytes, fields: Fields) -> Item | None:
+        """One entry's tenant and event, or None when it is not a progress event (then dead-lettered)."""
+        if type(fields) is list and len(fields) == 4 and fields[0] == _TENANT and fields[2] == _FIELD:
+            return entry_id, fields[1], fields[3]
+        known = mapping(fields)
+        data, tenant = known.get(_FIELD), known.get(_TENANT)
+        try:  # written before the tenant had its own field, or not by learner-api
+            tenant = tenant if tenant is not None and data is not None else parse(known).encode()
+        except ValueError as exc:
+            await self._dead_letter(entry_id, known, str(exc))
+            return None
+        return entry_id, tenant, data or b""
 
     async def _store(self, items: list[Item], entries: list[Entry], *, fresh: bool, top: bool = False) -> None:
         """Write ``items`` in one transaction, or (when some of them are at fault) every part of them that
@@ -329,8 +339,11 @@ class Worker:
 
     async def _write(self, items: list[Item], *, fresh: bool) -> Written:
         by_tenant: dict[bytes, list[bytes]] = {}
-        for _, tenant, data in items:
-            by_tenant.setdefault(tenant, []).append(data)
+        if len({tenant for _, tenant, _ in items}) == 1:  # one tenant: no loop in Python
+            by_tenant[items[0][1]] = [data for _, _, data in items]
+        else:
+            for _, tenant, data in items:
+                by_tenant.setdefault(tenant, []).append(data)
         try:  # in the same order in every transaction: two of them never wait for each other in a circle
             payloads = [(key.decode(), batch(data)) for key, data in sorted(by_tenant.items())]
         except UnicodeDecodeError as exc:
