@@ -144,7 +144,7 @@ async def _child(child: Child, ready: Any, go: ProcessEvent, stop: ProcessEvent,
     ready.put(os.getpid())
     await asyncio.to_thread(go.wait)
     profiler = cProfile.Profile(time.process_time) if child.profile else None  # CPU, not wall: the machine is shared
-    cpu = time.process_time()
+    cpu = os.times()
     if profiler:
         profiler.enable()
     while not stop.is_set():
@@ -153,7 +153,8 @@ async def _child(child: Child, ready: Any, go: ProcessEvent, stop: ProcessEvent,
     if profiler:
         profiler.disable()
         profiler.dump_stats(f"/tmp/evaluator-bench-{child.index}.prof")  # noqa: S108
-    results.put((child.index, time.process_time() - cpu, worker.lags or []))
+    used = os.times()
+    results.put((child.index, (used.user - cpu.user, used.system - cpu.system), worker.lags or []))
     await client.aclose()
     await pool.close()
 
@@ -177,15 +178,16 @@ class Evaluators:
             await asyncio.to_thread(self.ready.get, True, 60)
         return self
 
-    async def finish(self) -> tuple[float, list[float]]:
-        """Stop them; their CPU seconds while running and every entry's lag."""
+    async def finish(self) -> tuple[float, float, list[float]]:
+        """Stop them; their CPU seconds while running (all, and in the kernel) and every entry's lag."""
         self.stop.set()
-        cpu, lags = 0.0, []
+        cpu, system, lags = 0.0, 0.0, []
         for _ in self.processes:
-            _, seconds, entry_lags = await asyncio.to_thread(self.results.get, True, 60)
-            cpu += seconds
+            _, (user_seconds, system_seconds), entry_lags = await asyncio.to_thread(self.results.get, True, 60)
+            cpu += user_seconds + system_seconds
+            system += system_seconds
             lags += entry_lags
-        return cpu, lags
+        return cpu, system, lags
 
     async def __aexit__(self, *exc: object) -> None:
         self.stop.set()
@@ -208,6 +210,7 @@ class Run:
     cpu_client: float
     cpu_postgres: float
     cpu_redis: float
+    cpu_client_kernel: float  # of cpu_client: system calls (on loopback, the kernel's TCP work for both ends)
 
     @property
     def rate(self) -> float:
@@ -221,7 +224,8 @@ class Run:
     def per_row(self) -> str:
         us = 1e6 / self.rows
         cpu = self.cpu_client + self.cpu_postgres + self.cpu_redis
-        return (f"CPU/row {cpu * us:5.1f} us (client {self.cpu_client * us:4.1f}, "
+        return (f"CPU/row {cpu * us:5.1f} us (client {self.cpu_client * us:4.1f} of which kernel "
+                f"{self.cpu_client_kernel * us:3.1f}, "
                 f"PostgreSQL {self.cpu_postgres * us:4.1f}, Redis {self.cpu_redis * us:4.1f}); "
                 f"{cpu:4.2f} CPU s in {self.seconds:4.2f} s; load {load()}")
 
@@ -235,12 +239,14 @@ async def copy_baseline(admin: asyncpg.Connection, n: int) -> Run:
     rows = [(TENANT, uuid.uuid4(), f"learner-{i % 1000}", f"lesson-{i % 50}", "lesson_viewed", datetime.now(UTC))
             for i in range(n)]
     backend = await admin.fetchval("SELECT pg_backend_pid()")
-    server, client = process_cpu(backend), time.process_time()
+    server, client = process_cpu(backend), os.times()
     start = time.perf_counter()
     columns = ["tenant_id", "event_id", "learner_id", "lesson_id", "verb", "occurred_at"]
     await admin.copy_records_to_table("progress_events", records=rows, columns=columns)
     seconds = time.perf_counter() - start
-    return Run(n, seconds, time.process_time() - client, process_cpu(backend) - server, 0.0)
+    used = os.times()
+    return Run(n, seconds, used.user + used.system - client.user - client.system, process_cpu(backend) - server,
+               0.0, used.system - client.system)
 
 
 async def drain_with(processes: int, *, client: aioredis.Redis, admin: asyncpg.Connection, database_url: str,
@@ -259,12 +265,12 @@ async def drain_with(processes: int, *, client: aioredis.Redis, admin: asyncpg.C
             seconds = time.perf_counter() - start
             postgres = sum(map(process_cpu, pids)) - postgres
             redis_used = await redis_cpu(client) - redis_before
-            cpu, _ = await evaluators.finish()
+            cpu, kernel, _ = await evaluators.finish()
         stored = await admin.fetchval("SELECT count(*) FROM progress_events WHERE event_id = ANY($1::uuid[])",
                                       [uuid.UUID(event_id) for event_id, _ in items])
         if stored != n:
             raise SystemExit(f"only {stored} of {n} events stored")
-        return Run(n, seconds, cpu, postgres, redis_used)
+        return Run(n, seconds, cpu, postgres, redis_used, kernel)
     finally:
         await client.delete(stream)
 
@@ -304,7 +310,7 @@ async def lag_at_rate(rate: int, seconds: float, processes: int, *, client: aior
             offered = len(items) / (time.perf_counter() - begin)
             while not await drained(client, stream):  # noqa: ASYNC110  # polling Redis
                 await asyncio.sleep(0.01)
-            _, lags = await evaluators.finish()
+            _, _, lags = await evaluators.finish()
         if offered < rate * 0.95:
             print(f"  (the producer kept only {offered:.0f} events/s of {rate})")
         return sorted(lags)
