@@ -1,14 +1,16 @@
 """Evaluator benchmark, each number against its baseline in the same run.
 
 1. Throughput: N progress events already in a Redis Stream (as learner-api writes them), drained by 1, 2
-   and 4 evaluator processes (the real Worker: read, PostgreSQL parses and writes events and projection
+   and 4 evaluator processes (the real Worker: read, msgspec splits, PostgreSQL writes events and projection
    under row-level security, XACK), against raw asyncpg ``copy_records_to_table`` of as many rows into the
    same table (goal >= 0.5x). The baseline runs as the superuser: PostgreSQL refuses COPY FROM into a
    table under row-level security. Rounds alternate baseline and workers, so that the shared machine's
-   load hits both alike; the ratio is the median of the workers' runs over the median of the baselines
-   measured between them (one COPY of 60,000 rows takes a fraction of a second, so one is noise).
-   CPU per row: the evaluator processes, their PostgreSQL backends, and Redis (shared with whoever else
-   uses it: approximate).
+   load hits both alike; each run is compared with the COPY runs just before and after it (their
+   geometric mean) and the ratio is the median over the rounds: the load on a shared machine drifts
+   within seconds, and a COPY of 60,000 rows takes a fraction of one. CPU per row: the evaluator
+   processes, their PostgreSQL backends, and Redis (shared with whoever else uses it: approximate);
+   COPY's CPU per row over the evaluator's is the ratio the two would have with the same CPU, which
+   the load does not move.
 2. Lag at a fixed rate: an open-loop producer sends events through the real accept script
    (ProgressIntake: dedupe keys and XADD) at ``--rate`` events/s, 10 per request, while evaluator
    processes consume; p50/p99 from XADD (the entry id's time) to the committed row.
@@ -16,7 +18,7 @@
 It uses its own database (learner_evaluator_bench, emptied at the start) and streams of its own.
 
 Usage: .venv/bin/python -m bench.evaluator_bench [--events 60000] [--batch 2000] [--processes 1,2,4]
-       [--concurrency 2] [--rounds 2] [--rate 5000] [--pairs repeat|new] [--profile]
+       [--concurrency 3] [--rounds 3] [--rate 5000] [--pairs repeat|new] [--profile]
        .venv/bin/python -m bench.evaluator_bench --hot-slot 1,3,12   (Redis Cluster: one stream or shards)
 """
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import math
 import multiprocessing
 import os
 import pstats
@@ -41,11 +44,14 @@ from typing import Any
 import asyncpg
 import redis.asyncio as aioredis
 
+from learner_api.data import progress
 from learner_api.data.progress import Written, write_entries
 from learner_api.dependencies import Database
+from learner_api.evaluator import process as evaluator_process
 from learner_api.evaluator.metrics import EvaluatorMetrics
 from learner_api.evaluator.worker import Worker, entry_time
 from learner_api.progress_intake import ProgressIntake, body_hash, stream_entry
+from learner_api.settings import Settings
 from learner_api.streams import FIELD, TENANT_FIELD
 from scripts.api_dev import ADMIN_URL, REDIS_URL, prepare
 
@@ -122,7 +128,7 @@ class Child:
 
 
 def child_main(child: Child, ready: Any, go: ProcessEvent, stop: ProcessEvent, results: Any) -> None:
-    asyncio.run(_child(child, ready, go, stop, results))
+    evaluator_process.run(_child(child, ready, go, stop, results))  # as `learner-api evaluator` runs
 
 
 async def _child(child: Child, ready: Any, go: ProcessEvent, stop: ProcessEvent, results: Any) -> None:
@@ -134,10 +140,11 @@ async def _child(child: Child, ready: Any, go: ProcessEvent, stop: ProcessEvent,
                        trim_interval=3600, concurrency=child.concurrency)
     worker.lags = [] if child.lags else None
     await worker.setup()
+    evaluator_process.quiet_gc()
     ready.put(os.getpid())
     await asyncio.to_thread(go.wait)
-    profiler = cProfile.Profile() if child.profile else None
-    cpu = time.process_time()
+    profiler = cProfile.Profile(time.process_time) if child.profile else None  # CPU, not wall: the machine is shared
+    cpu = os.times()
     if profiler:
         profiler.enable()
     while not stop.is_set():
@@ -146,7 +153,8 @@ async def _child(child: Child, ready: Any, go: ProcessEvent, stop: ProcessEvent,
     if profiler:
         profiler.disable()
         profiler.dump_stats(f"/tmp/evaluator-bench-{child.index}.prof")  # noqa: S108
-    results.put((child.index, time.process_time() - cpu, worker.lags or []))
+    used = os.times()
+    results.put((child.index, (used.user - cpu.user, used.system - cpu.system), worker.lags or []))
     await client.aclose()
     await pool.close()
 
@@ -170,15 +178,16 @@ class Evaluators:
             await asyncio.to_thread(self.ready.get, True, 60)
         return self
 
-    async def finish(self) -> tuple[float, list[float]]:
-        """Stop them; their CPU seconds while running and every entry's lag."""
+    async def finish(self) -> tuple[float, float, list[float]]:
+        """Stop them; their CPU seconds while running (all, and in the kernel) and every entry's lag."""
         self.stop.set()
-        cpu, lags = 0.0, []
+        cpu, system, lags = 0.0, 0.0, []
         for _ in self.processes:
-            _, seconds, entry_lags = await asyncio.to_thread(self.results.get, True, 60)
-            cpu += seconds
+            _, (user_seconds, system_seconds), entry_lags = await asyncio.to_thread(self.results.get, True, 60)
+            cpu += user_seconds + system_seconds
+            system += system_seconds
             lags += entry_lags
-        return cpu, lags
+        return cpu, system, lags
 
     async def __aexit__(self, *exc: object) -> None:
         self.stop.set()
@@ -201,28 +210,43 @@ class Run:
     cpu_client: float
     cpu_postgres: float
     cpu_redis: float
+    cpu_client_kernel: float  # of cpu_client: system calls (on loopback, the kernel's TCP work for both ends)
 
     @property
     def rate(self) -> float:
         return self.rows / self.seconds
 
+    @property
+    def cpu_per_row(self) -> float:
+        """Microseconds of CPU per row: client, PostgreSQL and Redis."""
+        return (self.cpu_client + self.cpu_postgres + self.cpu_redis) * 1e6 / self.rows
+
     def per_row(self) -> str:
         us = 1e6 / self.rows
-        total = (self.cpu_client + self.cpu_postgres + self.cpu_redis) * us
-        return (f"CPU/row {total:5.1f} us (client {self.cpu_client * us:4.1f}, PostgreSQL {self.cpu_postgres * us:4.1f}"
-                f", Redis {self.cpu_redis * us:4.1f})")
+        cpu = self.cpu_client + self.cpu_postgres + self.cpu_redis
+        return (f"CPU/row {cpu * us:5.1f} us (client {self.cpu_client * us:4.1f} of which kernel "
+                f"{self.cpu_client_kernel * us:3.1f}, "
+                f"PostgreSQL {self.cpu_postgres * us:4.1f}, Redis {self.cpu_redis * us:4.1f}); "
+                f"{cpu:4.2f} CPU s in {self.seconds:4.2f} s; load {load()}")
+
+
+def load() -> str:
+    """The machine's 1-minute load average over its cores: the benchmark shares them with whatever else runs."""
+    return f"{os.getloadavg()[0]:.1f}/{os.cpu_count()}"
 
 
 async def copy_baseline(admin: asyncpg.Connection, n: int) -> Run:
     rows = [(TENANT, uuid.uuid4(), f"learner-{i % 1000}", f"lesson-{i % 50}", "lesson_viewed", datetime.now(UTC))
             for i in range(n)]
     backend = await admin.fetchval("SELECT pg_backend_pid()")
-    server, client = process_cpu(backend), time.process_time()
+    server, client = process_cpu(backend), os.times()
     start = time.perf_counter()
     columns = ["tenant_id", "event_id", "learner_id", "lesson_id", "verb", "occurred_at"]
     await admin.copy_records_to_table("progress_events", records=rows, columns=columns)
     seconds = time.perf_counter() - start
-    return Run(n, seconds, time.process_time() - client, process_cpu(backend) - server, 0.0)
+    used = os.times()
+    return Run(n, seconds, used.user + used.system - client.user - client.system, process_cpu(backend) - server,
+               0.0, used.system - client.system)
 
 
 async def drain_with(processes: int, *, client: aioredis.Redis, admin: asyncpg.Connection, database_url: str,
@@ -241,12 +265,12 @@ async def drain_with(processes: int, *, client: aioredis.Redis, admin: asyncpg.C
             seconds = time.perf_counter() - start
             postgres = sum(map(process_cpu, pids)) - postgres
             redis_used = await redis_cpu(client) - redis_before
-            cpu, _ = await evaluators.finish()
+            cpu, kernel, _ = await evaluators.finish()
         stored = await admin.fetchval("SELECT count(*) FROM progress_events WHERE event_id = ANY($1::uuid[])",
                                       [uuid.UUID(event_id) for event_id, _ in items])
         if stored != n:
             raise SystemExit(f"only {stored} of {n} events stored")
-        return Run(n, seconds, cpu, postgres, redis_used)
+        return Run(n, seconds, cpu, postgres, redis_used, kernel)
     finally:
         await client.delete(stream)
 
@@ -255,7 +279,7 @@ async def statement_alone(pool: asyncpg.Pool, n: int, batch: int, pairs: str) ->
     """The write statement alone (one connection, no Redis, entries already joined): the ceiling of one
     transaction at a time."""
     items = [data for _, data in events(n, pairs, salt="alone")]
-    payloads = [(b"[" + b",".join(items[at:at + batch]) + b"]").decode() for at in range(0, n, batch)]
+    payloads = [progress.batch(items[at:at + batch]) for at in range(0, n, batch)]
     start = time.perf_counter()
     async with pool.acquire() as connection:
         for payload in payloads:
@@ -286,7 +310,7 @@ async def lag_at_rate(rate: int, seconds: float, processes: int, *, client: aior
             offered = len(items) / (time.perf_counter() - begin)
             while not await drained(client, stream):  # noqa: ASYNC110  # polling Redis
                 await asyncio.sleep(0.01)
-            _, lags = await evaluators.finish()
+            _, _, lags = await evaluators.finish()
         if offered < rate * 0.95:
             print(f"  (the producer kept only {offered:.0f} events/s of {rate})")
         return sorted(lags)
@@ -344,40 +368,47 @@ async def main(args: argparse.Namespace) -> None:
     counts = [int(p) for p in args.processes.split(",")]
     print(f"\n{args.events} events a run, batches of {args.batch}, {args.concurrency} in flight per process, "
           f"pairs: {args.pairs}; PostgreSQL and Redis on this machine ({os.cpu_count()} cores, shared)\n")
-    rates: dict[int, list[float]] = {p: [] for p in counts}
-    copies: list[float] = []
+    runs: dict[int, list[Run]] = {p: [] for p in counts}
+    copies: list[Run] = []
+    loads: list[float] = []
     try:
         for round_ in range(1, args.rounds + 1):
             copy = await copy_baseline(admin, args.events)
-            copies.append(copy.rate)
+            copies.append(copy)
             print(f"round {round_}: copy_records_to_table {copy.rate:9.0f} rows/s  {copy.per_row()}")
             for processes in counts:
                 run = await drain_with(processes, admin=admin, n=args.events,
                                        profile=args.profile and round_ == args.rounds and processes == counts[-1],
                                        **common)  # type: ignore[arg-type]
-                rates[processes].append(run.rate)
+                runs[processes].append(run)
+                loads.append(os.getloadavg()[0])
                 plural = "es" if processes > 1 else "  "
                 print(f"         {processes} evaluator process{plural}  {run.rate:9.0f} rows/s  {run.per_row()}")
         copy = await copy_baseline(admin, args.events)
-        copies.append(copy.rate)
+        copies.append(copy)
         print(f"finally: copy_records_to_table {copy.rate:9.0f} rows/s  {copy.per_row()}")
         alone = await statement_alone(pool, args.events, args.batch, args.pairs)
         print(f"\nthe write statement alone (one connection, no Redis): {alone:9.0f} rows/s")
-        baseline = statistics.median(copies)
-        print(f"\nmedian rows/s over the runs; COPY {baseline:.0f} (the median of {len(copies)} runs between them). "
-              "Ratio to COPY (goal >= 0.5x):")
-        for processes, values in rates.items():
-            ratio = statistics.median(values) / baseline
-            print(f"  {processes} process{'es' if processes > 1 else '  '}: {statistics.median(values):9.0f} rows/s, "
-                  f"{ratio:.2f}x ({'met' if ratio >= 0.5 else 'MISSED'})")
+        copy_cpu = statistics.median(run.cpu_per_row for run in copies)
+        print(f"\nRatio to COPY (goal >= 0.5x): each run's rows/s over the geometric mean of the COPY runs just "
+              f"before and after it, the median of the {args.rounds} rounds (load {statistics.median(loads):.1f} "
+              f"on {os.cpu_count()} cores); CPU: COPY's CPU per row over the evaluator's (the ratio if both had "
+              f"the same CPU), COPY {copy_cpu:.1f} us/row:")
+        for processes, measured in runs.items():
+            ratio = statistics.median(run.rate / math.sqrt(copies[i].rate * copies[i + 1].rate)
+                                      for i, run in enumerate(measured))
+            cpu = statistics.median(run.cpu_per_row for run in measured)
+            print(f"  {processes} process{'es' if processes > 1 else '  '}: "
+                  f"{statistics.median(run.rate for run in measured):9.0f} rows/s, {ratio:.2f}x "
+                  f"({'met' if ratio >= 0.5 else 'MISSED'}); CPU {cpu:.1f} us/row, {copy_cpu / cpu:.2f}x")
         lags = await lag_at_rate(args.rate, args.seconds, args.lag_processes, **common)  # type: ignore[arg-type]
         print(f"\nend-to-end lag at {args.rate} events/s for {args.seconds:.0f} s through the accept script, "
               f"{args.lag_processes} evaluator process(es), {len(lags)} events (XADD -> committed row): "
               f"p50 {lags[len(lags) // 2] * 1000:.0f} ms, p99 {lags[int(len(lags) * 0.99)] * 1000:.0f} ms, "
               f"max {lags[-1] * 1000:.0f} ms")
         if args.profile:
-            print("\nprofile of evaluator process 0 in the last run (cProfile, by own time):")
-            pstats.Stats("/tmp/evaluator-bench-0.prof").sort_stats("tottime").print_stats(15)  # noqa: S108
+            print("\nprofile of evaluator process 0 in the last run (cProfile on CPU time, by own time):")
+            pstats.Stats("/tmp/evaluator-bench-0.prof").sort_stats("tottime").print_stats(25)  # noqa: S108
     finally:
         await client.aclose()
         await pool.close()
@@ -389,8 +420,9 @@ if __name__ == "__main__":
     parser.add_argument("--events", type=int, default=60_000)
     parser.add_argument("--batch", type=int, default=2000, help="EVALUATOR_BATCH_SIZE")
     parser.add_argument("--processes", default="1,2,4", help="evaluator process counts to measure")
-    parser.add_argument("--concurrency", type=int, default=2, help="batches in flight per process")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=Settings.model_fields["evaluator_concurrency"].default,
+                        help="batches in flight per process (EVALUATOR_CONCURRENCY; its default)")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rate", type=int, default=5_000)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--lag-processes", type=int, default=1)

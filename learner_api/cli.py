@@ -90,7 +90,7 @@ def serve(host: str, drain: float) -> int:
 
 
 def evaluator_command() -> int:
-    from learner_api.evaluator import rules, service
+    from learner_api.evaluator import process, rules, service
     from learner_api.evaluator.rules import RuleFileError
 
     settings = _start("learner-api evaluator")
@@ -104,10 +104,11 @@ def evaluator_command() -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        process.quiet_gc()  # start-up is done: what exists now lives as long as the process
         await service.run(settings, stop)
 
     try:
-        asyncio.run(main())
+        process.run(main())
     except (RuleFileError, ConfigError) as exc:
         return refuse("learner-api evaluator", str(exc))
     return 0

@@ -83,8 +83,10 @@ class Settings(BaseSettings):
     evaluator_batch_size: int = Field(default=2000, ge=1, le=10000)
     evaluator_claim_idle_seconds: float = Field(default=60.0, gt=0)
     evaluator_max_deliveries: int = Field(default=5, ge=1)
-    #: Batches written at once by one evaluator process (reading overlaps writing).
-    evaluator_concurrency: int = Field(default=2, ge=1, le=16)
+    #: Batches written at once by one evaluator process (reading overlaps writing). Three: PostgreSQL
+    #: spends about three times the evaluator's own CPU on a batch, so three backends keep one process busy
+    #: (bench.evaluator_bench); each is a connection of the pool (DATABASE_POOL_MAX must be larger).
+    evaluator_concurrency: int = Field(default=3, ge=1, le=16)
     #: Evaluator /livez fails when entries wait and none was stored for this long.
     evaluator_stall_seconds: float = Field(default=300.0, gt=0)
     #: Evaluator: alert rules (YAML; the operator mounts them from a ConfigMap); unset: built-in defaults.

@@ -25,11 +25,14 @@ class EntryLag(Collector):
 
     def observe_entries(self, now: float, ids: Sequence[bytes]) -> None:
         """``ids``: stream ids in order, so their XADD times rise."""
-        times = [int(entry_id.split(b"-", 1)[0]) / 1000 for entry_id in ids]
+        if not ids:
+            return
+        # "<ms>-<seq> <ms>-<seq>..." -> [ms, ms, ...], in C (a loop over the ids in Python cost more)
+        times = list(map(int, b" ".join(ids).replace(b"-", b" ").split()[::2]))
         for index, bound in enumerate(self.bounds):  # lag <= bound  <=>  time >= now - bound
-            self.cumulative[index] += len(times) - bisect_left(times, now - bound)
+            self.cumulative[index] += len(times) - bisect_left(times, (now - bound) * 1000)
         self.count += len(times)
-        self.sum += max(0.0, now * len(times) - sum(times))
+        self.sum += max(0.0, now * len(times) - sum(times) / 1000)
 
     def collect(self) -> Iterator[HistogramMetricFamily]:
         buckets = [(repr(float(bound)), count) for bound, count in zip(self.bounds, self.cumulative, strict=True)]

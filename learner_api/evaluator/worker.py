@@ -8,7 +8,8 @@
   no-op, and counters move only by the rows RETURNING says were new. Entries read for the first time go
   through the cheaper plain INSERT; a duplicate among them (a redelivery) makes the batch run again with
   ON CONFLICT (see learner_api.data.progress).
-- The entries are not parsed here: PostgreSQL parses their JSON. When a batch fails because of what is
+- The entries are not checked here: msgspec takes them apart into columns and PostgreSQL casts and checks
+  the values (see learner_api.data.progress). When a batch fails because of what is
   in it (a data exception, a constraint, a program limit such as an index row too large: SQLSTATE classes
   22, 23 and 54), it is split in halves until the entries at fault stand alone; every other entry is
   stored and acknowledged at once, whatever its tenant. An entry at fault that is not even a progress
@@ -35,9 +36,10 @@ from typing import Any, Literal
 
 import asyncpg
 import redis.asyncio as aioredis
+from hiredis import pack_command
 from redis.exceptions import ResponseError
 
-from learner_api.data.progress import Written, write_entries
+from learner_api.data.progress import Written, batch, write_entries
 from learner_api.dependencies import POSTGRES_DOWN, REDIS_DOWN, Database
 from learner_api.evaluator.metrics import EvaluatorMetrics
 from learner_api.streams import CONSUMER_GROUP, FIELD, TENANT_FIELD, dead_letters
@@ -56,6 +58,7 @@ ENTRY_CLASSES = ("22", "23", "54")
 RETRY_CLASS = "40"
 RETRIES = 3
 _FIELD, _TENANT = FIELD.encode(), TENANT_FIELD.encode()
+_GROUP = CONSUMER_GROUP.encode()
 
 
 def entry_time(entry_id: str | bytes) -> float:
@@ -94,7 +97,7 @@ def blame(exc: BaseException) -> Literal["entries", "duplicate", "retry", "deplo
 
 def parse(fields: dict[bytes, bytes]) -> str:
     """Check a stream entry as learner-api writes it and return its tenant; ValueError says what is wrong.
-    Only used for the few entries that need a closer look: PostgreSQL parses the rest."""
+    Only used for the few entries that need a closer look: PostgreSQL checks the rest."""
     try:
         data = json.loads(fields[_FIELD])
         tenant = str(data["tenant"])
@@ -133,6 +136,7 @@ class Worker:
         self._writers = writers or asyncio.Semaphore(concurrency)  # transactions at once, all streams
         self._inflight: set[asyncio.Task[None]] = set()
         self._reader = _raw_reader(client)
+        self._stream_key = stream.encode()
         self._failure: BaseException | None = None
         self._own_pending = True  # read our own pending entries before anything new
         self._next_claim = 0.0
@@ -275,23 +279,33 @@ class Worker:
         """Store a batch and acknowledge it. ``fresh``: read for the first time, so most likely not stored
         yet (the plain INSERT is tried first)."""
         start = time.perf_counter()
-        items: list[Item] = []
-        for entry_id, fields in entries:
-            if type(fields) is list and len(fields) == 4 and fields[0] == _TENANT and fields[2] == _FIELD:
-                items.append((entry_id, fields[1], fields[3]))  # as learner-api writes them: no copies
-                continue
-            known = mapping(fields)
-            data, tenant = known.get(_FIELD), known.get(_TENANT)
-            try:  # written before the tenant had its own field, or not by learner-api
-                tenant = tenant if tenant is not None and data is not None else parse(known).encode()
-                items.append((entry_id, tenant, data or b""))
-            except ValueError as exc:
-                await self._dead_letter(entry_id, known, str(exc))
+        items: list[Item] = [(entry_id, fields[1], fields[3]) for entry_id, fields in entries  # as learner-api
+                             if type(fields) is list and len(fields) == 4 and fields[0] == _TENANT  # writes them
+                             and fields[2] == _FIELD]
+        if len(items) < len(entries):  # some are not: one by one, in order
+            items = []
+            for entry_id, fields in entries:
+                item = await self._item(entry_id, fields)
+                if item is not None:
+                    items.append(item)
         if not items:
             return
         await self._store(items, entries, fresh=fresh, top=True)
         self.metrics.batch_size.observe(len(items))
         self.metrics.batch_seconds.observe(time.perf_counter() - start)
+
+    async def _item(self, entry_id: bytes, fields: Fields) -> Item | None:
+        """One entry's tenant and event, or None when it is not a progress event (then dead-lettered)."""
+        if type(fields) is list and len(fields) == 4 and fields[0] == _TENANT and fields[2] == _FIELD:
+            return entry_id, fields[1], fields[3]
+        known = mapping(fields)
+        data, tenant = known.get(_FIELD), known.get(_TENANT)
+        try:  # written before the tenant had its own field, or not by learner-api
+            tenant = tenant if tenant is not None and data is not None else parse(known).encode()
+        except ValueError as exc:
+            await self._dead_letter(entry_id, known, str(exc))
+            return None
+        return entry_id, tenant, data or b""
 
     async def _store(self, items: list[Item], entries: list[Entry], *, fresh: bool, top: bool = False) -> None:
         """Write ``items`` in one transaction, or (when some of them are at fault) every part of them that
@@ -325,11 +339,13 @@ class Worker:
 
     async def _write(self, items: list[Item], *, fresh: bool) -> Written:
         by_tenant: dict[bytes, list[bytes]] = {}
-        for _, tenant, data in items:
-            by_tenant.setdefault(tenant, []).append(data)
+        if len({tenant for _, tenant, _ in items}) == 1:  # one tenant: no loop in Python
+            by_tenant[items[0][1]] = [data for _, _, data in items]
+        else:
+            for _, tenant, data in items:
+                by_tenant.setdefault(tenant, []).append(data)
         try:  # in the same order in every transaction: two of them never wait for each other in a circle
-            payloads = [(key.decode(), (b"[" + b",".join(data) + b"]").decode())
-                        for key, data in sorted(by_tenant.items())]
+            payloads = [(key.decode(), batch(data)) for key, data in sorted(by_tenant.items())]
         except UnicodeDecodeError as exc:
             raise BadEntries(f"not UTF-8: {exc}") from None
         written = Written()
@@ -340,7 +356,7 @@ class Worker:
         return written
 
     async def _acknowledge(self, ids: list[bytes], written: Written, handled: int) -> None:
-        await self.redis.xack(self.stream, CONSUMER_GROUP, *ids)
+        await self._xack(ids)
         now = time.time()
         self.metrics.commit_lag.observe_entries(now, ids)
         self.metrics.lesson_views.inc(written.viewed)
@@ -349,6 +365,23 @@ class Worker:
         self.metrics.events.labels("duplicate").inc(handled - written.total)
         self.metrics.last_batch.set(now)
         self.last_progress = time.monotonic()
+
+    async def _xack(self, ids: list[bytes]) -> None:
+        """XACK, packed by hiredis in one call: redis-py encodes each argument in Python first, which for a
+        batch's thousands of ids cost more than the rest of the acknowledgement."""
+        if not isinstance(self.redis, aioredis.Redis):  # a cluster client routes it itself
+            await self.redis.xack(self.stream, CONSUMER_GROUP, *ids)
+            return
+        pool = self.redis.connection_pool
+        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:  # (hiredis' stub types its argument as a 1-tuple)
+            await connection.send_packed_command(pack_command((b"XACK", self._stream_key, _GROUP, *ids)))  # type: ignore[arg-type]
+            await connection.read_response()  # the count acknowledged; an error reply raises ResponseError
+        except BaseException:
+            await connection.disconnect()  # a reply may still be on its way: the connection is not reused
+            raise
+        finally:
+            await pool.release(connection)
 
     async def _refuse(self, item: Item, fields: dict[bytes, bytes], exc: BaseException) -> None:
         """One entry that PostgreSQL would not take: not a progress event at all -> dead letters now;

@@ -12,6 +12,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import asyncpg
 import redis.asyncio as aioredis
 
 from learner_api.evaluator import service
@@ -83,6 +84,8 @@ async def test_alert_goes_pending_firing_resolved_in_alertmanager_and_pushgatewa
 
 
 N = 20_000
+#: uvicorn's exit status when it cannot listen (its STARTUP_FAILURE)
+BIND_FAILED = 3
 
 
 async def test_sigkill_mid_batch_then_restart_stores_every_event_exactly_once(
@@ -93,25 +96,52 @@ async def test_sigkill_mid_batch_then_restart_stores_every_event_exactly_once(
             pipe.xadd(stream, entry(tenant, verb="lesson_completed" if i % 4 == 0 else "lesson_viewed",
                                     learner=f"learner-{i % 300}", lesson=f"lesson-{i % 40}"))
         await pipe.execute()
-    port = free_port()
     env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": REDIS_URL, "NODE_ENV": "development",
-           "PROGRESS_STREAM": stream, "EVALUATOR_BATCH_SIZE": "200", "METRICS_PORT": str(port),
-           "EVALUATOR_CLAIM_IDLE_SECONDS": "1", "POD_NAME": "evaluator-0"}
-    command = [sys.executable, "-m", "learner_api.cli", "evaluator"]
+           "PROGRESS_STREAM": stream, "EVALUATOR_BATCH_SIZE": "200", "EVALUATOR_CLAIM_IDLE_SECONDS": "1",
+           "POD_NAME": "evaluator-0"}
+    log_path = tmp_path / "evaluator.log"
+    log = log_path.open("wb")
 
-    log = (tmp_path / "evaluator.log").open("wb")
-    first = await asyncio.create_subprocess_exec(*command, env=env, stdout=log, stderr=log)
+    async def start() -> tuple[asyncio.subprocess.Process, int]:
+        port = free_port()
+        process = await asyncio.create_subprocess_exec(sys.executable, "-m", "learner_api.cli", "evaluator",
+                                                       env={**env, "METRICS_PORT": str(port)}, stdout=log, stderr=log)
+        return process, port
+
+    def started_again(process: asyncio.subprocess.Process) -> bool:
+        """Whether ``process`` exited because its metrics port was taken between free_port() and its bind
+        (other test suites on the machine open connections all the time): then it is started again."""
+        if process.returncode is None:
+            return False
+        assert process.returncode == BIND_FAILED, f"the evaluator exited with {process.returncode}: {log_path}"
+        return True
+
+    admin = await asyncpg.connect(admin_database_url)  # polled on one connection: the kill follows the first commit
+    first, _ = await start()
     try:
-        await eventually(lambda: asyncio.run(rows(admin_database_url, tenant)) > 0, within=30, every=0.01)
+        deadline = time.monotonic() + 30
+        while not await admin.fetchval("SELECT EXISTS (SELECT FROM progress_events WHERE tenant_id = $1)", tenant):
+            assert time.monotonic() < deadline, "the evaluator stored nothing in 30 s"
+            if started_again(first):
+                first, _ = await start()
+            await asyncio.sleep(0.002)
     finally:
-        first.send_signal(signal.SIGKILL)
+        if first.returncode is None:
+            first.send_signal(signal.SIGKILL)
         await first.wait()
+        await admin.close()
     before_restart = await rows(admin_database_url, tenant)
     assert 0 < before_restart < N, f"the kill should land in the middle of the work ({before_restart} of {N})"
 
-    second = await asyncio.create_subprocess_exec(*command, env=env, stdout=log, stderr=log)
+    second, port = await start()
     try:
-        await eventually(lambda: asyncio.run(rows(admin_database_url, tenant)) == N, within=60)
+        deadline = time.monotonic() + 60
+        while await rows(admin_database_url, tenant) < N:
+            assert time.monotonic() < deadline, "the restarted evaluator did not store every event in 60 s"
+            if started_again(second):  # what it stored before it exited is not the next one's to count
+                before_restart = await rows(admin_database_url, tenant)
+                second, port = await start()
+            await asyncio.sleep(0.05)
         metrics = await asyncio.to_thread(get, f"http://127.0.0.1:{port}/metrics")
         counted = sum(float(line.split()[1]) for line in metrics.splitlines()
                       if line.startswith(("lesson_views_total ", "lesson_completed_total ")))
