@@ -272,7 +272,24 @@ def server_cpu(server: Server) -> float:
     return sum(cpu_seconds(pid) for pid in server.pids)
 
 
-async def main(rounds: int, many: int, memory: int) -> None:
+async def start_profiler(path: str | None, pid: int) -> asyncio.subprocess.Process | None:
+    """py-spy (``pip install py-spy``, not a project dependency) sampling the operator in collapsed-stack form."""
+    if path is None:
+        return None
+    spy = await asyncio.create_subprocess_exec("py-spy", "record", "--pid", str(pid), "--format", "raw",
+                                               "--rate", "250", "--nonblocking", "--output", path,
+                                               stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    await asyncio.sleep(1)
+    return spy
+
+
+async def stop_profiler(spy: asyncio.subprocess.Process | None) -> None:
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)
+        await asyncio.wait_for(spy.wait(), timeout=60)
+
+
+async def main(rounds: int, many: int, memory: int, profile: str | None = None) -> None:
     binaries = Binaries.from_environment()
     python = sys.executable
     async with (control_plane(binaries) if binaries else emulator()) as server:
@@ -332,10 +349,12 @@ async def main(rounds: int, many: int, memory: int) -> None:
                     names = [f"opmany-{i}" for i in range(many)]
                     cpu = cpu_seconds(op.pid), server_cpu(server)
                     counts = await metrics(session, metrics_port)
+                    spy = await start_profiler(profile, op.pid)
                     start = time.monotonic()
                     await create_platforms(session, server, names)
                     await watch.wait_for({f"{n}-learner-api" for n in names})
                     op_many = time.monotonic() - start
+                    await stop_profiler(spy)
                     cpu_op, cpu_emu = cpu_seconds(op.pid) - cpu[0], server_cpu(server) - cpu[1]
                     after = await metrics(session, metrics_port)
                     reconciles = after.get("reconcile_count", 0) - counts.get("reconcile_count", 0)
@@ -383,5 +402,7 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--many", type=int, default=100)
     parser.add_argument("--memory", type=int, default=1000)
+    parser.add_argument("--profile", metavar="FILE", help="py-spy's collapsed stacks of the operator during the "
+                        "many-at-once phase (needs py-spy on PATH)")
     args = parser.parse_args()
-    asyncio.run(main(args.rounds, args.many, args.memory))
+    asyncio.run(main(args.rounds, args.many, args.memory, args.profile))
