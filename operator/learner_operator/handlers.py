@@ -134,6 +134,42 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.networking.error_backoffs = (0.5, 1, 2, 4, 8, 8, 8, 8)
     # Only warnings and errors become Kubernetes Events: every INFO line would be a write.
     settings.posting.level = logging.WARNING
+    # kopf computes a diff base (a deep copy of every platform body) and reads handler progress on every
+    # watch event, for on.create/update handlers that this operator does not have (see the module docstring).
+    settings.persistence.diffbase_storage = _NoDiffBase()
+    settings.persistence.progress_storage = _NoProgress()
+
+
+class _NoDiffBase(kopf.DiffBaseStorage):
+    """No essence kept or compared: only on.event handlers here, which never read a diff."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        pass
+
+
+class _NoProgress(kopf.ProgressStorage):
+    """No handler progress: on.event handlers have none, and no annotation or status is ever written for it."""
+
+    def fetch(self, *, key: Any, body: kopf.Body) -> kopf.ProgressRecord | None:
+        return None
+
+    def store(self, *, key: Any, record: kopf.ProgressRecord, body: kopf.Body, patch: kopf.Patch) -> None:
+        pass
+
+    def purge(self, *, key: Any, body: kopf.Body, patch: kopf.Patch) -> None:
+        pass
+
+    def touch(self, *, body: kopf.Body, patch: kopf.Patch, value: str | None) -> None:
+        pass
+
+    def clear(self, *, essence: kopf.BodyEssence) -> kopf.BodyEssence:
+        return essence
 
 
 def register(registry: kopf.OperatorRegistry, config: OperatorConfig, login: Callable[..., Any]) -> None:
