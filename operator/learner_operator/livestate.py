@@ -16,11 +16,12 @@ once, from the body, whether it is in sync).
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 import zlib
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+import orjson
 
 from learner_operator.drift import (
     DIGEST_ANNOTATION,
@@ -56,7 +57,7 @@ class Live:
     def body(self) -> dict[str, Any]:
         """The child as the reconciler sees it (a skeleton when the body was not kept)."""
         if self.blob is not None:
-            loaded: dict[str, Any] = json.loads(zlib.decompress(self.blob))
+            loaded: dict[str, Any] = orjson.loads(zlib.decompress(self.blob))
         else:
             loaded = {"apiVersion": self.api_version, "kind": self.kind,
                       "metadata": {"name": self.name, "resourceVersion": self.resource_version,
@@ -71,13 +72,13 @@ class Live:
         if self.blob is None or self.kind == "Job" or not self.full:
             return self
         if self.kind == "Deployment":
-            return dataclasses.replace(self, blob=_pack(_status_view(json.loads(zlib.decompress(self.blob)))),
+            return dataclasses.replace(self, blob=_pack(_status_view(orjson.loads(zlib.decompress(self.blob)))),
                                        full=False)
         return dataclasses.replace(self, blob=None, full=False)
 
 
 def _pack(value: Any) -> bytes:
-    return zlib.compress(json.dumps(value, separators=(",", ":")).encode(), 1)
+    return zlib.compress(orjson.dumps(value), 1)
 
 
 def _status_view(body: dict[str, Any]) -> dict[str, Any]:
