@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import kopf
 
-from learner_operator import builders
+from learner_operator import builders, memory
 from learner_operator.builders import FIELD_MANAGER
 from learner_operator.engine import Engine
 from learner_operator.kube import ApiError, Discovery, KubeApi, RequestCounter
@@ -222,6 +222,8 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, login: Cal
             await _elect(runtime, config.leader_election)
         runtime.tasks.append(asyncio.create_task(_start_when_listed(runtime), name="start-when-listed"))
         runtime.tasks.append(asyncio.create_task(_resync(runtime, config), name="resync"))
+        runtime.tasks.append(asyncio.create_task(
+            memory.trim_after_bursts(lambda: runtime.engine.completed, lambda: runtime.engine.idle), name="trim"))
         if config.metrics_port is not None:
             runtime.closers.append(await _serve_metrics(metrics, config.metrics_port))
         memo["runtime"] = runtime

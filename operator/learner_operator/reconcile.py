@@ -127,7 +127,8 @@ async def _desired(deps: Deps, platform: builders.Platform, result: SyncResult) 
     """The children to apply: those of optional kinds the cluster does not serve are left out (and
     reported, together when the advice is the same), and the builders adapt the rest to that."""
     missing: dict[str, list[dict[str, Any]]] = {}
-    for manifest in builders.children(platform):
+    built = builders.children(platform)
+    for manifest in built:
         kind = manifest["kind"]
         if kind in builders.OPTIONAL_KINDS and not await deps.discovery.served(manifest["apiVersion"],
                                                                                  plural_of(kind)):
@@ -137,8 +138,9 @@ async def _desired(deps: Deps, platform: builders.Platform, result: SyncResult) 
         apis = " nor ".join(f"{m['apiVersion']} {m['kind']}" for m in manifests)
         result.unserved.append(f"{names} {'is' if len(manifests) == 1 else 'are'} not created: the cluster does "
                                f"not serve {apis}; {advice}")
-    unserved = {m["kind"] for manifests in missing.values() for m in manifests}
-    return [drift.with_digest(m) for m in builders.children(platform, unserved=unserved)]
+    if missing:  # built again without them: the builders adapt the rest (the evaluator's replicas without KEDA)
+        built = builders.children(platform, unserved={m["kind"] for ms in missing.values() for m in ms})
+    return [drift.with_digest(m) for m in built]
 
 
 async def _serves_autoscaler(deps: Deps, spec: LearnerPlatformSpec) -> bool:
