@@ -58,6 +58,8 @@ from tests.control_plane import Binaries, ControlPlane
 
 ROOT = Path(__file__).resolve().parent.parent
 NS = "bench"
+#: The plain script's namespace: the operator (serving NS) neither lists nor caches what the script made.
+BASE_NS = "bench-baseline"
 WORKERS = 8
 
 
@@ -145,21 +147,22 @@ async def control_plane(binaries: Binaries) -> AsyncIterator[Server]:
 class Watcher:
     """Counts PodDisruptionBudgets as they appear (one per platform, applied last)."""
 
-    def __init__(self, url: str, tls: ssl.SSLContext | bool = True) -> None:
+    def __init__(self, url: str, tls: ssl.SSLContext | bool = True, namespace: str = NS) -> None:
         self.url = url
         self.tls = tls
+        self.namespace = namespace
         self.seen: set[str] = set()
         self.changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     async def _run(self) -> None:
         async with aiohttp.ClientSession() as session:
-            async with session.get(f"{self.url}/apis/policy/v1/namespaces/{NS}/poddisruptionbudgets",
+            async with session.get(f"{self.url}/apis/policy/v1/namespaces/{self.namespace}/poddisruptionbudgets",
                                    ssl=self.tls) as r:
                 listing = await r.json()
             self.seen |= {item["metadata"]["name"] for item in listing["items"]}
             params = {"watch": "true", "resourceVersion": listing["metadata"]["resourceVersion"]}
-            async with session.get(f"{self.url}/apis/policy/v1/namespaces/{NS}/poddisruptionbudgets",
+            async with session.get(f"{self.url}/apis/policy/v1/namespaces/{self.namespace}/poddisruptionbudgets",
                                    params=params, timeout=aiohttp.ClientTimeout(total=None), ssl=self.tls) as r:
                 async for line in r.content:
                     if line.strip():
@@ -190,7 +193,7 @@ async def apply_like_a_script(api: KubeApi, names: list[str]) -> None:
     """The baseline: the same manifests, the same client, no operator."""
     async def one(name: str) -> None:
         spec = parse_spec(platform_doc(name)["spec"])
-        platform = builders.Platform(name, NS, f"uid-{name}", spec, "0" * 16)
+        platform = builders.Platform(name, BASE_NS, f"uid-{name}", spec, "0" * 16)
         for manifest in builders.children(platform):
             manifest = drift.with_digest(manifest)
             await api.apply(ref_of(manifest), manifest)
@@ -320,7 +323,7 @@ async def operator(session: aiohttp.ClientSession, server: Server, resync: float
     metrics_port = free_port()
     op_env = {**os.environ, "KUBECONFIG": str(operator_kubeconfig(server)), "MALLOC_ARENA_MAX": "2"}
     command = str(Path(sys.executable).parent / "learner-operator")
-    async with process(command, "run", "-A", "--metrics-port", str(metrics_port), "--liveness",
+    async with process(command, "run", "--namespace", NS, "--metrics-port", str(metrics_port), "--liveness",
                        f"http://127.0.0.1:{free_port()}/healthz", "--resync-seconds", str(resync),
                        "--lease-namespace", server.lease_namespace, env=op_env) as op:
         for _ in range(300):
@@ -357,10 +360,13 @@ async def main(rounds: int, many: int, repeats: int, memory_points: list[int], p
             async with session.post(f"{url}/api/v1/namespaces/{NS}/secrets", json=secret, ssl=server.tls) as answer:
                 assert answer.status < 300, await answer.text()
 
+            async with session.post(f"{url}/api/v1/namespaces", ssl=server.tls, json={
+                    "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": BASE_NS}}) as answer:
+                assert answer.status < 300 or answer.status == 409, await answer.text()
             progress("baseline: applying with a plain script")
             base_one: list[float] = []
             base_many: list[Burst] = []
-            async with Watcher(url, server.tls) as watch:
+            async with Watcher(url, server.tls, BASE_NS) as watch:
                 for i in range(rounds):
                     start = time.monotonic()
                     await apply_like_a_script(api, [f"base-{i}"])
@@ -380,7 +386,7 @@ async def main(rounds: int, many: int, repeats: int, memory_points: list[int], p
             progress("starting the operator")
             rss: list[tuple[int, int]] = []
             async with operator(session, server, resync=3600) as (op, metrics_port):
-                await asyncio.sleep(2)  # let it finish its initial listing of the baseline's objects
+                await asyncio.sleep(2)  # let it finish its initial listings
                 idle_rss = await settle_rss(op.pid, 6)  # and trim after it
                 operator_writes = WriteCounter(server, session, metrics_port)
                 before, counted = await operator_writes(), await metrics(session, metrics_port)
