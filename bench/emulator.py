@@ -15,7 +15,8 @@ from tests.kube_emulator import standard_cluster
 async def serve(port: int) -> None:
     cluster = standard_cluster(load(CRD_FILE))
     async with cluster, kmock.Server(cluster, port=port):
-        cluster.put({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "bench"}})
+        for namespace in ("bench", "bench-baseline"):  # the operator's, the plain script's (operator_bench)
+            cluster.put({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
         await asyncio.Event().wait()
 
 

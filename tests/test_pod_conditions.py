@@ -74,8 +74,10 @@ async def test_crash_looping_pods_name_the_container_and_its_last_words(
     for pod in await pods_of(cluster, API, 2):
         kubelet(cluster, pod, **crash_looping("learner-api", line))
     await eventually(lambda: condition(cluster, "LearnerApiAvailable") == ("False", "CrashLoopBackOff"))
+    # Each pod's update is an event of its own: a reconcile between the two names one pod, the next both.
+    await eventually(lambda: "2 learner-api pods CrashLoopBackOff" in conditions(cluster)["LearnerApiAvailable"][
+        "message"], what="both pods named")
     message = conditions(cluster)["LearnerApiAvailable"]["message"]
-    assert "2 learner-api pods CrashLoopBackOff" in message
     assert "container learner-api" in message
     assert line in message
     assert condition(cluster, "Ready") == ("False", "CrashLoopBackOff")

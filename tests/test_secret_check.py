@@ -9,7 +9,9 @@ import pytest
 
 from learner_operator.kube import ResourceRef
 from learner_operator.models import parse_spec
+from learner_operator.platforms import Platforms
 from learner_operator.reconcile import check_secret
+from learner_operator.secretcache import SecretCache
 
 
 class OneSecret:
@@ -58,3 +60,58 @@ async def test_only_the_enabled_components_are_named() -> None:
     assert "evaluator" not in message
     _, _, message = await verdict({"JWT_SECRET": "k", "DATABASE_URL": "x"})
     assert "REDIS_URL (for learner-api, evaluator)" in message
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class CountedSecret(OneSecret):
+    def __init__(self, data: dict[str, str]) -> None:
+        super().__init__(data)
+        self.reads = 0
+
+    async def get(self, ref: ResourceRef) -> dict[str, Any] | None:
+        self.reads += 1
+        answer = await super().get(ref)
+        return {**(answer or {}), "metadata": {"resourceVersion": "7"}}
+
+
+async def test_platforms_new_to_a_secret_read_seconds_ago_get_their_digest_without_a_read() -> None:
+    """A burst of new platforms on one Secret: one read, each its own salted digest, values dropped soon after."""
+    clock = Clock()
+    cache = SecretCache(hold=10.0, clock=clock)
+    cache.changed(("learning", "ai-platform-secrets"), "7")  # the informer's word
+    api = CountedSecret({"DATABASE_URL": "postgres://x", "REDIS_URL": "redis://y", "JWT_SECRET": "k"})
+    spec = parse_spec({"image": {"tag": "abc"}})
+    first = await check_secret(api, "learning", spec, "uid-1", cache)  # type: ignore[arg-type]
+    second = await check_secret(api, "learning", spec, "uid-2", cache)  # type: ignore[arg-type]
+    assert api.reads == 1
+    assert first[0].status == second[0].status == "True"
+    assert first[1] != second[1]  # salted per platform, as if each had read the Secret
+    fresh = await check_secret(api, "learning", spec, "uid-2", SecretCache())  # type: ignore[arg-type]
+    assert fresh[1] == second[1]
+
+    clock.now += 10.5
+    assert cache.holding_values() == 0
+    await check_secret(api, "learning", spec, "uid-3", cache)  # type: ignore[arg-type]
+    assert api.reads == 3  # the values were gone: read again
+    cache.changed(("learning", "ai-platform-secrets"), "8")  # rotated: what was held is not used
+    assert cache.holding_values() == 0
+
+
+def test_a_platform_counts_as_just_seen_once_and_only_within_seconds() -> None:
+    clock = Clock()
+    platforms = Platforms(fresh_seconds=10.0, clock=clock)
+    body = {"metadata": {"namespace": "learning", "name": "a", "uid": "u1", "resourceVersion": "1"}, "spec": {}}
+    platforms.observe(body)
+    platforms.observe({**body, "metadata": {**body["metadata"], "resourceVersion": "2"}})  # not new: same uid
+    assert platforms.first_sight("u1")
+    assert not platforms.first_sight("u1")  # its first reconcile took it
+    platforms.observe({**body, "metadata": {**body["metadata"], "name": "b", "uid": "u2"}})
+    clock.now += 11
+    assert not platforms.first_sight("u2")  # seen too long ago: the reconcile reads it before writing

@@ -193,3 +193,28 @@ async def test_autoscaling_switched_on_keeps_the_replicas_until_the_hpa_moves_th
     await settled(cluster, operator)
     assert await resync_writes(cluster, operator) == []
     assert cluster.get("apps/v1", "deployments", namespace, API)["spec"]["replicas"] == 5
+
+
+@pytest.mark.emulator_only("the Secret's values are held 10 s: a loaded control plane may take longer for the first")
+async def test_a_platform_created_right_after_another_reads_neither_itself_nor_the_secret(
+    cluster: AnyCluster, operator: Operator,
+) -> None:
+    """A burst of creations costs writes only: the Secret read for the first platform serves the next ones
+    (each gets its own salted digest), and a platform just seen on the watch is not read back."""
+    cluster.put(secret())
+    cluster.put(_platform("01-minimal.yaml"))
+    await eventually(lambda: cluster.get("apps/v1", "deployments", NS, API), what="the first platform's Deployment")
+    start = len(cluster.log)
+    second = _platform("01-minimal.yaml")
+    second["metadata"]["name"] = "second"
+    cluster.put(second)
+    await eventually(lambda: cluster.get("apps/v1", "deployments", NS, "second-learner-api"),
+                     what="the second platform's Deployment")
+    await settled(cluster, operator)
+    reads = [(r.resource.plural if r.resource else "", r.name) for r in cluster.log[start:]
+             if r.method.value == "GET" and r.name and r.params.get("watch") != "true"]
+    assert reads == []
+    first_hash, second_hash = (
+        cluster.get("apps/v1", "deployments", NS, name)["spec"]["template"]["metadata"]["annotations"][
+            "learner.dev/secret-hash"] for name in (API, "second-learner-api"))
+    assert first_hash != second_hash  # salted per platform all the same

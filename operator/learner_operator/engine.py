@@ -39,6 +39,8 @@ class Engine(Generic[K]):
         self._idle.set()
         self._running = asyncio.Event()
         self._running.set()
+        #: Keys worked on so far (for what runs after a burst of work: see learner_operator.memory).
+        self.completed = 0
 
     def pause(self) -> None:
         """Stop taking keys (the reconcile in flight finishes); triggers keep queueing."""
@@ -73,6 +75,10 @@ class Engine(Generic[K]):
     def depth(self) -> int:
         return len(self._waiting)
 
+    @property
+    def idle(self) -> bool:
+        return self._idle.is_set()
+
     async def wait_idle(self) -> None:
         """Until nothing is waiting or being worked on (for tests and benchmarks)."""
         await self._idle.wait()
@@ -97,6 +103,7 @@ class Engine(Generic[K]):
                 retry = 1.0
             finally:
                 self._active.discard(key)
+                self.completed += 1
             again = retry == AGAIN
             if isinstance(retry, Later):  # planned, not failed: no backoff; a trigger meanwhile runs now
                 self._failures.pop(key, None)

@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import kopf
 
-from learner_operator import builders
+from learner_operator import builders, memory
 from learner_operator.builders import FIELD_MANAGER
 from learner_operator.engine import Engine
 from learner_operator.kube import ApiError, Discovery, KubeApi, NotLeading, RequestCounter
@@ -136,6 +136,42 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.networking.error_backoffs = (0.5, 1, 2, 4) + (8,) * 37
     # Only warnings and errors become Kubernetes Events: every INFO line would be a write.
     settings.posting.level = logging.WARNING
+    # kopf computes a diff base (a deep copy of every platform body) and reads handler progress on every
+    # watch event, for on.create/update handlers that this operator does not have (see the module docstring).
+    settings.persistence.diffbase_storage = _NoDiffBase()
+    settings.persistence.progress_storage = _NoProgress()
+
+
+class _NoDiffBase(kopf.DiffBaseStorage):
+    """No essence kept or compared: only on.event handlers here, which never read a diff."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        pass
+
+
+class _NoProgress(kopf.ProgressStorage):
+    """No handler progress: on.event handlers have none, and no annotation or status is ever written for it."""
+
+    def fetch(self, *, key: Any, body: kopf.Body) -> kopf.ProgressRecord | None:
+        return None
+
+    def store(self, *, key: Any, record: kopf.ProgressRecord, body: kopf.Body, patch: kopf.Patch) -> None:
+        pass
+
+    def purge(self, *, key: Any, body: kopf.Body, patch: kopf.Patch) -> None:
+        pass
+
+    def touch(self, *, body: kopf.Body, patch: kopf.Patch, value: str | None) -> None:
+        pass
+
+    def clear(self, *, essence: kopf.BodyEssence) -> kopf.BodyEssence:
+        return essence
 
 
 def register(registry: kopf.OperatorRegistry, config: OperatorConfig, login: Callable[..., Any]) -> None:
@@ -192,6 +228,8 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, login: Cal
             await _elect(runtime, config.leader_election)
         runtime.tasks.append(asyncio.create_task(_start_when_listed(runtime), name="start-when-listed"))
         runtime.tasks.append(asyncio.create_task(_resync(runtime, config), name="resync"))
+        runtime.tasks.append(asyncio.create_task(
+            memory.trim_after_bursts(lambda: runtime.engine.completed, lambda: runtime.engine.idle), name="trim"))
         if config.metrics_port is not None:
             runtime.closers.append(await _serve_metrics(metrics, config.metrics_port))
         memo["runtime"] = runtime

@@ -16,11 +16,12 @@ once, from the body, whether it is in sync).
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 import zlib
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+import orjson
 
 from learner_operator.drift import (
     DIGEST_ANNOTATION,
@@ -56,7 +57,7 @@ class Live:
     def body(self) -> dict[str, Any]:
         """The child as the reconciler sees it (a skeleton when the body was not kept)."""
         if self.blob is not None:
-            loaded: dict[str, Any] = json.loads(zlib.decompress(self.blob))
+            loaded: dict[str, Any] = orjson.loads(zlib.decompress(self.blob))
         else:
             loaded = {"apiVersion": self.api_version, "kind": self.kind,
                       "metadata": {"name": self.name, "resourceVersion": self.resource_version,
@@ -71,13 +72,13 @@ class Live:
         if self.blob is None or self.kind == "Job" or not self.full:
             return self
         if self.kind == "Deployment":
-            return dataclasses.replace(self, blob=_pack(_status_view(json.loads(zlib.decompress(self.blob)))),
+            return dataclasses.replace(self, blob=_pack(_status_view(orjson.loads(zlib.decompress(self.blob)))),
                                        full=False)
         return dataclasses.replace(self, blob=None, full=False)
 
 
 def _pack(value: Any) -> bytes:
-    return zlib.compress(json.dumps(value, separators=(",", ":")).encode(), 1)
+    return zlib.compress(orjson.dumps(value), 1)
 
 
 def _status_view(body: dict[str, Any]) -> dict[str, Any]:
@@ -159,17 +160,18 @@ class LiveState:
     def observe(self, owner_uid: str, body: Mapping[str, Any]) -> bool:
         """A watch event's object; True if it is news (not older than what we know, not our own echo)."""
         meta = body.get("metadata") or {}
-        before = self._children.get(owner_uid, {}).get((str(body.get("kind", "")), str(meta.get("name", ""))))
-        live = compact(body, in_sync=before is not None and before.applied is not None)
-        key = (owner_uid, live.kind, live.name)
+        kind, name = str(body.get("kind", "")), str(meta.get("name", ""))
+        version = str(meta.get("resourceVersion", ""))
+        key = (owner_uid, kind, name)
         deleted = self._deleted.get(key)
-        if deleted is not None and not _newer(live.resource_version, deleted):
+        if deleted is not None and not _newer(version, deleted):
             return False  # an event from before our own delete
-        known = self._children.get(owner_uid, {}).get((live.kind, live.name))
-        if known is not None and not _newer(live.resource_version, known.resource_version):
-            if self._own_writes.get(key) == live.resource_version:
+        known = self._children.get(owner_uid, {}).get((kind, name))
+        if known is not None and not _newer(version, known.resource_version):
+            if self._own_writes.get(key) == version:
                 del self._own_writes[key]  # the echo of our write, which we stored already
-            return False  # older than (or the same as) what we know
+            return False  # older than (or the same as) what we know: not even compacted
+        live = compact(body, in_sync=known is not None and known.applied is not None)
         self._deleted.pop(key, None)
         self._store(owner_uid, live)
         if key in self._in_flight:  # most likely the echo of the write: its answer will tell

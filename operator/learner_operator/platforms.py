@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
-import json
+import time
 import zlib
+from collections.abc import Callable
 from typing import Any
+
+import orjson
 
 from learner_operator.kube import ResourceRef
 from learner_operator.models import API_VERSION, PLURAL
 from learner_operator.models.v1alpha1 import SecretRef
 
 Key = tuple[str, str]  # (namespace, name)
+#: For how long a platform's first sighting (a watch event or a listing) stands for its existence.
+FRESH_SECONDS = 10.0
 _DEFAULT_SECRET = SecretRef().name
 #: Annotations that ask the operator to act (a change of one triggers a reconcile).
 COMMAND_ANNOTATIONS = frozenset({"learner.dev/rollout", "learner.dev/retry-migration"})
@@ -34,7 +39,7 @@ def _newer(a: str, b: str) -> bool:
 
 
 def _pack(value: Any) -> bytes:
-    return zlib.compress(json.dumps(value, separators=(",", ":")).encode(), 1)  # order kept: it reaches YAML
+    return zlib.compress(orjson.dumps(value), 1)  # order kept: it reaches YAML
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -60,11 +65,11 @@ class Snapshot:
 
     @property
     def spec(self) -> Any:
-        return json.loads(zlib.decompress(self.packed_spec))
+        return orjson.loads(zlib.decompress(self.packed_spec))
 
     @property
     def status(self) -> dict[str, Any]:
-        loaded = json.loads(zlib.decompress(self.packed_status))
+        loaded = orjson.loads(zlib.decompress(self.packed_status))
         return loaded if isinstance(loaded, dict) else {}
 
     @property
@@ -92,8 +97,12 @@ class Snapshot:
 
 
 class Platforms:
-    def __init__(self) -> None:
+    def __init__(self, fresh_seconds: float = FRESH_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
         self._by_key: dict[Key, Snapshot] = {}
+        # uid -> when first seen, for platforms not reconciled since (oldest first)
+        self._new: dict[str, float] = {}
+        self._fresh_seconds = fresh_seconds
+        self._clock = clock
 
     def __len__(self) -> int:
         return len(self._by_key)
@@ -111,6 +120,8 @@ class Platforms:
         if old is not None and old.uid == new.uid and not _newer(new.resource_version, old.resource_version):
             return False  # older than what we already know (e.g. than our own status write)
         self._by_key[new.key] = new
+        if old is None or old.uid != new.uid:
+            self._seen_new(new.uid)
         return (old is None or old.uid != new.uid or old.generation != new.generation
                 or old.packed_spec != new.packed_spec or old.deleting != new.deleting or old.commands != new.commands)
 
@@ -121,13 +132,33 @@ class Platforms:
         if old is None or old.uid != new.uid or _newer(new.resource_version, old.resource_version):
             self._by_key[new.key] = new
 
+    def _seen_new(self, uid: str) -> None:
+        now = self._clock()
+        while self._new and (oldest := next(iter(self._new.items())))[1] < now - self._fresh_seconds:
+            del self._new[oldest[0]]
+        self._new[uid] = now
+
+    def first_sight(self, uid: str) -> bool:
+        """Is this its first reconcile, moments after the platform was first seen? (True once at most.)
+
+        A platform known for seconds only, from a watch event or a listing, exists as surely as a GET
+        would say (which can be outdated by the time its answer arrives, too). Should the watch have
+        missed its deletion meanwhile, one round of children is created for nothing and collected by the
+        garbage collector; the reconciles their events bring read the platform before writing.
+        """
+        seen = self._new.pop(uid, None)
+        return seen is not None and self._clock() - seen <= self._fresh_seconds
+
     def forget(self, key: Key) -> Snapshot | None:
+        if (known := self._by_key.get(key)) is not None:
+            self._new.pop(known.uid, None)
         return self._by_key.pop(key, None)
 
     def forget_if(self, key: Key, uid: str) -> None:
         """Forget the platform under ``key`` if it is still the one with ``uid`` (not a new one of that name)."""
         if (known := self._by_key.get(key)) is not None and known.uid == uid:
             del self._by_key[key]
+            self._new.pop(uid, None)
 
     def by_uid(self) -> dict[str, Key]:
         return {snap.uid: key for key, snap in self._by_key.items()}

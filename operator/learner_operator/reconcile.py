@@ -71,7 +71,8 @@ async def check_secret(
     KEDA will scale the evaluator, so its scaler's key is needed too.
     """
     name = spec.secret_ref.name
-    cached = cache.lookup((namespace, name), uid) if cache is not None else None
+    cached = cache.lookup((namespace, name), uid, lambda values: builders.secret_digest(uid, values)) if (
+        cache is not None) else None
     if cached is not None:
         present, digest = cached
         return _secret_verdict(namespace, name, spec, present, digest, autoscaler)
@@ -92,8 +93,9 @@ async def check_secret(
     present = frozenset(key for key, value in data.items() if value)
     digest = builders.secret_digest(uid, data)
     if cache is not None:
+        wired = {key: value for key, value in data.items() if key in builders.SECRET_DIGEST_KEYS}
         cache.store((namespace, name), str((secret.get("metadata") or {}).get("resourceVersion", "")), present, uid,
-                    digest)
+                    digest, wired)
     return _secret_verdict(namespace, name, spec, present, digest, autoscaler)
 
 
@@ -125,7 +127,8 @@ async def _desired(deps: Deps, platform: builders.Platform, result: SyncResult) 
     """The children to apply: those of optional kinds the cluster does not serve are left out (and
     reported, together when the advice is the same), and the builders adapt the rest to that."""
     missing: dict[str, list[dict[str, Any]]] = {}
-    for manifest in builders.children(platform):
+    built = builders.children(platform)
+    for manifest in built:
         kind = manifest["kind"]
         if kind in builders.OPTIONAL_KINDS and not await deps.discovery.served(manifest["apiVersion"],
                                                                                  plural_of(kind)):
@@ -135,8 +138,9 @@ async def _desired(deps: Deps, platform: builders.Platform, result: SyncResult) 
         apis = " nor ".join(f"{m['apiVersion']} {m['kind']}" for m in manifests)
         result.unserved.append(f"{names} {'is' if len(manifests) == 1 else 'are'} not created: the cluster does "
                                f"not serve {apis}; {advice}")
-    unserved = {m["kind"] for manifests in missing.values() for m in manifests}
-    return [drift.with_digest(m) for m in builders.children(platform, unserved=unserved)]
+    if missing:  # built again without them: the builders adapt the rest (the evaluator's replicas without KEDA)
+        built = builders.children(platform, unserved={m["kind"] for ms in missing.values() for m in ms})
+    return [drift.with_digest(m) for m in built]
 
 
 async def _serves_autoscaler(deps: Deps, spec: LearnerPlatformSpec) -> bool:
@@ -164,7 +168,7 @@ async def _still_wanted(deps: Deps, cr: Snapshot, fresh: asyncio.Task[dict[str, 
 async def _sync_children(
     deps: Deps, cr: Snapshot, spec: LearnerPlatformSpec, secret_hash: str, live: dict[tuple[str, str], Any],
     logger: Logger, gate: migration.Gate, fresh: asyncio.Task[dict[str, Any] | None] | None = None,
-    plan: rollout.Plan | None = None,
+    plan: rollout.Plan | None = None, *, seen_just_now: bool = False,
 ) -> SyncResult:
     """Apply the children that differ and delete the ones no longer wanted."""
     result = SyncResult()
@@ -184,7 +188,7 @@ async def _sync_children(
     # A child being deleted already is left to its finalizers (KEDA holds a ScaledObject until its HPA is gone).
     unwanted = [(kind, name) for (kind, name), body in live.items()
                 if (kind, name) not in wanted and not (body.get("metadata") or {}).get("deletionTimestamp")]
-    if (stale or unwanted or gate.job is not None) and not await _still_wanted(deps, cr, fresh):
+    if (stale or unwanted or gate.job is not None) and not seen_just_now and not await _still_wanted(deps, cr, fresh):
         logger.info("The platform is gone or being deleted: its children are left to the garbage collector")
         result.gone = True
         return result
@@ -239,6 +243,7 @@ async def _sync_children(
 
 async def reconcile(deps: Deps, cr: Snapshot, logger: Logger) -> float | None:
     """Returns the seconds after which to try again, or None when nothing needs a retry."""
+    first_sight = deps.platforms.first_sight(cr.uid)
     if cr.deleting:
         return None  # the garbage collector takes the children; writing now would only fight it
     try:
@@ -255,8 +260,9 @@ async def reconcile(deps: Deps, cr: Snapshot, logger: Logger) -> float | None:
     # The migration Jobs are the gate's (learner_operator.migration), not the diff's: never applied, never pruned.
     jobs = {name: body for (kind, name), body in live.items() if kind in builders.ONE_SHOT_KINDS}
     live = {key: body for key, body in live.items() if key[0] not in builders.ONE_SHOT_KINDS}
-    # A platform without children is about to be written for: read it alongside the Secret.
-    fresh = asyncio.create_task(deps.api.get(cr.ref)) if not live else None
+    # A platform without children is about to be written for: read it alongside the Secret, unless it was
+    # first seen just now (see Platforms.first_sight).
+    fresh = asyncio.create_task(deps.api.get(cr.ref)) if not live and not first_sight else None
     gate: migration.Gate | None = None
     plan: rollout.Plan | None = None
     try:
@@ -282,7 +288,8 @@ async def reconcile(deps: Deps, cr: Snapshot, logger: Logger) -> float | None:
                 if recorded is None:
                     return None  # deleted meanwhile
                 cr = recorded
-            synced = await _sync_children(deps, cr, spec, secret_hash, live, logger, gate, fresh, plan)
+            synced = await _sync_children(deps, cr, spec, secret_hash, live, logger, gate, fresh, plan,
+                                          seen_just_now=first_sight)
             if synced.gone:
                 return None
             if plan.acknowledge:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import kopf
 
+from learner_operator import memory
 from learner_operator.handlers import LeaseConfig, OperatorConfig, register
 
 
@@ -34,6 +35,7 @@ def run(
     config = OperatorConfig(resync_seconds=resync_seconds, metrics_port=metrics_port, leader_election=election,
                             namespaces=() if all_namespaces else tuple(namespaces))
     register(registry, config, login=kopf.login_via_client)
+    memory.freeze()  # the modules, kopf and the registry live as long as the process
     asyncio.run(kopf.operator(
         registry=registry,
         clusterwide=all_namespaces or not namespaces,

@@ -30,6 +30,8 @@ REQUIRED_SECRET_KEYS = ("DATABASE_URL", "REDIS_URL")
 #: Wired when present (optional secretKeyRefs), so that a Secret without them still starts.
 OPTIONAL_SECRET_KEYS = ("JWT_SECRET", "JWT_PUBLIC_KEY", "PAYMENT_WEBHOOK_SECRET", "ALERTMANAGER_URL",
                         "DATABASE_MIGRATION_URL")
+#: The keys whose values the pods' secret digest covers (secret_digest).
+SECRET_DIGEST_KEYS = frozenset(REQUIRED_SECRET_KEYS + OPTIONAL_SECRET_KEYS)
 
 #: KEDA's Redis scalers take an address (host:port, or a comma-separated list of a cluster's nodes), not
 #: a URL: the Secret holds it beside REDIS_URL for the evaluator's autoscaler, which reads it through a
@@ -121,7 +123,7 @@ def serving(p: Platform) -> Platform:
 def secret_digest(uid: str, data: Mapping[str, bytes]) -> str:
     """A short salted digest of the wired keys: enough to roll pods on rotation, useless to recover a value."""
     digest = hashlib.sha256(uid.encode())
-    for key in sorted(k for k in data if k in REQUIRED_SECRET_KEYS + OPTIONAL_SECRET_KEYS):
+    for key in sorted(k for k in data if k in SECRET_DIGEST_KEYS):
         digest.update(key.encode() + b"\0" + data[key] + b"\0")
     return digest.hexdigest()[:16]
 

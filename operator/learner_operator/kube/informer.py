@@ -20,13 +20,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
-import json
 import logging
 import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import aiohttp
+import orjson
 
 from learner_operator.kube.client import ApiError, KubeApi
 
@@ -119,7 +119,7 @@ class Informer:
             async with self.api.stream(self.api_version, self.plural, self.namespace, query, accept=accept,
                                        read_timeout=read_timeout) as lines:
                 async for line in lines:
-                    event = json.loads(line)
+                    event = orjson.loads(line)
                     kind, obj = event.get("type"), event.get("object") or {}
                     if kind == "ERROR":
                         if obj.get("code") == 410:
