@@ -38,8 +38,10 @@ class DrainingServer(uvicorn.Server):
         self.app = app
         self.drain = drain
         self._terminating = False
+        self.interrupted = False
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.interrupted = self.interrupted or sig == signal.SIGINT
         if self._terminating or sig != signal.SIGTERM or self.drain <= 0:
             super().handle_exit(sig, frame)
             return
@@ -84,9 +86,12 @@ def serve(host: str, drain: float) -> int:
     app = create_app(settings)
     metrics = http_server.MetricsServer(http_server.metrics_config(metrics_app(app.state.metrics_registry),
                                                                    settings, host))
-    # Ctrl-C: uvicorn shuts down, then re-raises SIGINT, which main() turns into exit code 130
-    asyncio.run(http_server.serve_both(DrainingServer(http_server.config(app, settings, host), app, drain), metrics))
-    return 0
+    server = DrainingServer(http_server.config(app, settings, host), app, drain)
+    # Ctrl-C: uvicorn shuts down, then re-raises SIGINT, which main() turns into exit code 130. Where SIGINT
+    # was inherited as ignored (a shell script's background job), uvicorn still stops on it but its re-raise
+    # does nothing: the exit code is said here, so that it does not depend on how the process was started.
+    asyncio.run(http_server.serve_both(server, metrics))
+    return 130 if server.interrupted else 0
 
 
 def evaluator_command() -> int:
