@@ -139,7 +139,8 @@ def test_the_install_order_of_the_docs_works_on_a_managed_postgresql(
     assert seeded.returncode == 0, seeded.stderr
     port = free_port()
     server = subprocess.Popen([LEARNER_API, "serve", "--host", "127.0.0.1", "--drain-seconds", "0"], text=True,
-                              env=container_env("learner-api", secret, PORT=str(port)), stderr=subprocess.PIPE)
+                              env=container_env("learner-api", secret, PORT=str(port), METRICS_PORT=str(free_port())),
+                              stderr=subprocess.PIPE)
     try:
         wait_http(f"http://127.0.0.1:{port}/readyz", server)
         courses = httpx.get(f"http://127.0.0.1:{port}/v1/courses", headers=bearer("ada"), timeout=5)
