@@ -1,5 +1,5 @@
 # Shared by scripts/*: a project virtualenv that installs from the registries only.
-step() { printf '\n== %s\n' "$*"; }
+step() { printf '\n== %s  [%ss]\n' "$*" "$SECONDS"; }
 
 ensure_venv() {
   local python=${PYTHON:-python3}

@@ -130,7 +130,7 @@ class Operator:
 
     async def start(self) -> None:
         self._thread.start()
-        await asyncio.to_thread(self._ready.wait, 10)
+        await asyncio.to_thread(self._ready.wait, 60)  # generous: parallel workers on a busy machine
         if not self._ready.is_set():
             raise RuntimeError(f"the operator did not start: {self.error!r}")
 
