@@ -12,41 +12,16 @@ import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 from typing import NoReturn
 
 import asyncpg
-import uvicorn
-from fastapi import FastAPI
 from redis.exceptions import RedisError
 
-from learner_api import __version__, http_server, startup_checks
-from learner_api.app import create_app
-from learner_api.metrics import metrics_app
+from learner_api import __version__, startup_checks
 from learner_api.settings import ConfigError, Settings, load_migration_settings, load_settings
 from learner_api.termination import record, refuse
 
 logger = logging.getLogger("learner_api")
-
-
-class DrainingServer(uvicorn.Server):
-    """On SIGTERM: answer /readyz with 503 at once, keep serving for ``drain`` seconds so that the
-    endpoints controller takes the pod out of the Service, then finish in-flight requests and exit."""
-
-    def __init__(self, config: uvicorn.Config, app: FastAPI, drain: float) -> None:
-        super().__init__(config)
-        self.app = app
-        self.drain = drain
-        self._terminating = False
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self._terminating or sig != signal.SIGTERM or self.drain <= 0:
-            super().handle_exit(sig, frame)
-            return
-        self._terminating = True
-        self.app.state.draining = True
-        logger.info("SIGTERM: not ready any more; draining for %.0fs", self.drain)
-        asyncio.get_event_loop().call_later(self.drain, super().handle_exit, sig, frame)
 
 
 def _start(prog: str) -> Settings | None:
@@ -81,12 +56,21 @@ def serve(host: str, drain: float) -> int:
         asyncio.run(startup_checks.check_database(settings, startup_checks.SERVE))
     except ConfigError as exc:
         return refuse("learner-api", str(exc))
+    # the web stack is imported by `serve` alone: the other commands (migrate, seed, token: a pod's init
+    # container, a terminal) start without it
+    from learner_api import http_server
+    from learner_api.app import create_app
+    from learner_api.metrics import metrics_app
+
     app = create_app(settings)
     metrics = http_server.MetricsServer(http_server.metrics_config(metrics_app(app.state.metrics_registry),
                                                                    settings, host))
-    # Ctrl-C: uvicorn shuts down, then re-raises SIGINT, which main() turns into exit code 130
-    asyncio.run(http_server.serve_both(DrainingServer(http_server.config(app, settings, host), app, drain), metrics))
-    return 0
+    server = http_server.DrainingServer(http_server.config(app, settings, host), app, drain)
+    # Ctrl-C: uvicorn shuts down, then re-raises SIGINT, which main() turns into exit code 130. Where SIGINT
+    # was inherited as ignored (a shell script's background job), uvicorn still stops on it but its re-raise
+    # does nothing: the exit code is said here, so that it does not depend on how the process was started.
+    asyncio.run(http_server.serve_both(server, metrics))
+    return 130 if server.interrupted else 0
 
 
 def evaluator_command() -> int:

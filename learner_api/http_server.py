@@ -19,9 +19,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
+from types import FrameType
 from typing import Any
 
 import httptools
@@ -221,3 +223,25 @@ async def serve_both(api: uvicorn.Server, metrics: MetricsServer) -> None:
     finally:
         metrics.should_exit = True
         await asyncio.gather(metrics_task, return_exceptions=True)
+
+
+class DrainingServer(uvicorn.Server):
+    """On SIGTERM: answer /readyz with 503 at once, keep serving for ``drain`` seconds so that the
+    endpoints controller takes the pod out of the Service, then finish in-flight requests and exit."""
+
+    def __init__(self, config: uvicorn.Config, app: Any, drain: float) -> None:
+        super().__init__(config)
+        self.app = app
+        self.drain = drain
+        self._terminating = False
+        self.interrupted = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.interrupted = self.interrupted or sig == signal.SIGINT
+        if self._terminating or sig != signal.SIGTERM or self.drain <= 0:
+            super().handle_exit(sig, frame)
+            return
+        self._terminating = True
+        self.app.state.draining = True
+        logger.info("SIGTERM: not ready any more; draining for %.0fs", self.drain)
+        asyncio.get_event_loop().call_later(self.drain, super().handle_exit, sig, frame)

@@ -139,7 +139,10 @@ Try it (in another terminal):
 
 Ctrl-C stops both.
 """, flush=True)
-        return api.wait()
+        code = api.wait()
+        # Ctrl-C (SIGINT to the process group) stopped it: when SIGINT reached this process, the handler below
+        # says 0; where it did not (inherited as ignored), the API's 130 says the same thing
+        return 0 if code == 130 else code
     finally:
         for process in processes:
             if process.poll() is None:

@@ -1,5 +1,5 @@
 # Shared by scripts/*: a project virtualenv that installs from the registries only.
-step() { printf '\n== %s\n' "$*"; }
+step() { printf '\n== %s  [%ss]\n' "$*" "$SECONDS"; }
 
 ensure_venv() {
   local python=${PYTHON:-python3}
@@ -19,6 +19,76 @@ ensure_venv() {
 
 pip_install() {
   .venv/bin/python -m pip install --quiet --disable-pip-version-check "$@"
+}
+
+# The project with the given extras into .venv: with uv (a few times faster than pip; installed into .venv
+# by pip) where it works, pip otherwise. Skipped when pyproject.toml and the extras are those of the last
+# install (a stamp in .venv): the install is editable, so changes to the code need none.
+install_project() {
+  local extras=$1 stamp=.venv/.installed want
+  want="$(sha256sum pyproject.toml | cut -d' ' -f1) $extras $(.venv/bin/python -V 2>&1)"
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    step "the project and its test tools are installed (pyproject.toml unchanged)"; return
+  fi
+  step "installing the project and its test tools"
+  rm -f "$stamp"
+  if { [ -x .venv/bin/uv ] || pip_install uv 2>/dev/null; } &&
+     .venv/bin/uv pip install --quiet --python .venv/bin/python -e ".[$extras]"; then
+    :
+  else
+    echo "note: uv could not install; pip does" >&2
+    pip_install -e ".[$extras]"
+  fi
+  echo "$want" > "$stamp"
+}
+
+# Debian packages: every missing one in one apt-get call (one `apt-get update`) when we may (root with
+# apt-get, as on CI); otherwise say what to install. Arguments: "package:why" pairs.
+apt_install_all() {
+  [ $# = 0 ] && return
+  local packages=() whys=() pair
+  for pair in "$@"; do packages+=("${pair%%:*}"); whys+=("${pair#*:}"); done
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+    local i
+    for i in "${!packages[@]}"; do echo "error: ${whys[$i]}: apt-get install ${packages[$i]}" >&2; done
+    exit 1
+  fi
+  step "installing ${packages[*]} (Debian packages)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -q --no-install-recommends "${packages[@]}" >/dev/null 2>&1 \
+    || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends "${packages[@]}" >/dev/null; }
+}
+
+# What the tests need from Debian that is missing, as "package:why" lines (see apt_install_all).
+missing_debian_packages() {
+  command -v npm >/dev/null || printf '%s\n' "nodejs:the workflow lint (Node.js 18+)" "npm:the workflow lint (npm)"
+  { command -v redis-server >/dev/null && command -v redis-cli >/dev/null; } \
+    || echo "redis-server:the Redis Cluster tests start their own redis-server nodes"
+  port_open 5432 || ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1 \
+    || echo "postgresql:no PostgreSQL answers on 127.0.0.1:5432"
+  command -v promtool >/dev/null || echo "prometheus:checking the alert rules (promtool)"
+  [ -x /usr/bin/prometheus-pushgateway ] || command -v prometheus-pushgateway >/dev/null ||
+    echo "prometheus-pushgateway:the evaluator tests (Pushgateway)"
+  [ -x /usr/bin/prometheus-alertmanager ] || command -v prometheus-alertmanager >/dev/null ||
+    echo "prometheus-alertmanager:the evaluator tests (Alertmanager)"
+}
+
+# Run "name command..." jobs at once, each one's output kept apart and printed when it ends;
+# fails (after all ended) if any failed.
+parallel() {
+  local dir; dir=$(mktemp -d)
+  local names=() pids=() spec failed=0 i
+  for spec in "$@"; do
+    names+=("$spec")
+    ( eval "$spec" ) >"$dir/${#pids[@]}.log" 2>&1 &
+    pids+=($!)
+  done
+  for i in "${!pids[@]}"; do
+    if ! wait "${pids[$i]}"; then failed=1; echo "error: '${names[$i]}' failed:" >&2; fi
+    cat "$dir/$i.log"
+  done
+  rm -rf "$dir"
+  return $failed
 }
 
 # Install Debian packages when we may (root with apt-get, as on CI); otherwise say what to install.

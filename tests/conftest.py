@@ -46,7 +46,23 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"kubernetes: a real control plane from {binaries.folder}, {with_controllers} kube-controller-manager"
 
 
+#: The tiers that are not marked in their modules (`operator` is): by folder or file, so that a new test
+#: there is in its tier without saying so. `scripts/test -m api` runs one tier.
+_TIERS = {"api": "api", "evaluator": "evaluator", "test_chart.py": "chart", "test_crd.py": "chart",
+          "test_crd_admission.py": "chart"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m selects by them
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    tests = ROOT / "tests"
+    for item in items:
+        parts = item.path.relative_to(tests).parts if item.path.is_relative_to(tests) else ()
+        if parts and (tier := _TIERS.get(parts[0])):
+            item.add_marker(tier)
+    _skip_where_the_backend_cannot(config, items)
+
+
+def _skip_where_the_backend_cannot(config: pytest.Config, items: list[pytest.Item]) -> None:
     binaries = config.stash.get(_BINARIES, None)
     if binaries is None:
         return

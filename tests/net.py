@@ -17,6 +17,18 @@ def free_port() -> int:
         return port
 
 
+def free_port_pair() -> int:
+    """A free port whose next one is free too (`scripts/run api` gives the API's metrics METRICS_PORT + 1)."""
+    while True:
+        port = free_port()
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return port
+
+
 def wait_http(url: str, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while True:

@@ -130,7 +130,7 @@ class Operator:
 
     async def start(self) -> None:
         self._thread.start()
-        await asyncio.to_thread(self._ready.wait, 10)
+        await asyncio.to_thread(self._ready.wait, 60)  # generous: parallel workers on a busy machine
         if not self._ready.is_set():
             raise RuntimeError(f"the operator did not start: {self.error!r}")
 
@@ -155,7 +155,7 @@ async def running_operator(cluster: AnyCluster, *, resync_seconds: float = 300.0
         await operator.stop()
 
 
-async def eventually(check: Callable[[], Any], *, within: float = 10.0, what: str = "") -> Any:
+async def eventually(check: Callable[[], Any], *, within: float = 30.0, what: str = "") -> Any:
     """Poll until ``check()`` returns something truthy; fail with ``what`` after ``within`` seconds."""
     deadline = time.monotonic() + within
     while True:
@@ -172,7 +172,7 @@ def _activity(cluster: AnyCluster) -> int:
     return sum(1 for r in cluster.log if r.resource is None or r.resource.plural != "leases")
 
 
-async def settled(cluster: AnyCluster, operator: Operator, *, quiet: float = 0.5, within: float = 15.0) -> None:
+async def settled(cluster: AnyCluster, operator: Operator, *, quiet: float = 0.5, within: float = 45.0) -> None:
     """Until the operator has been idle and the cluster unwritten-to for ``quiet`` seconds."""
     deadline = time.monotonic() + within
     count, since = _activity(cluster), time.monotonic()

@@ -115,6 +115,8 @@ async def test_first_install_runs_one_restricted_job_owned_by_the_platform(
 
     cluster.finish_job(NS, name, succeeded=True, message=SUCCESS.format("0007_startup", "0001_tenants, ..."))
     await eventually(lambda: condition(cluster, "Migrated") == ("True", "MigrationSucceeded"))
+    # the outcome is written before the rollout goes on (a restart in between cannot lose it): wait for the rest
+    await settled(cluster, operator)
     assert status(cluster)["schemaVersion"] == "0007_startup"
     assert status(cluster)["migratedImage"] == {"repository": REPOSITORY, "tag": "v1", "digest": ""}
     assert "schema version 0007_startup" in conditions(cluster)["Migrated"]["message"]

@@ -30,7 +30,11 @@ from learner_api.seed import seed
 from learner_api.settings import Settings
 
 ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+#: pytest-xdist's worker ("gw0", "gw1", ...): each worker has its own database (below) and Redis database
+#: number, so that no worker sees another's keys (the content cache of the tenant "default", say).
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+_REDIS_DB = 1 + int(WORKER[2:]) % 15 if WORKER.startswith("gw") else 0
+REDIS_URL = os.environ.get("TEST_REDIS_URL", f"redis://127.0.0.1:6379/{_REDIS_DB}")
 APP_ROLE = "learner_api_test"
 JWT_SECRET = "test-signing-key-with-enough-entropy-0123456789"
 WEBHOOK_SECRET = "test-webhook-secret-0123456789abcdef"
@@ -64,20 +68,44 @@ async def throwaway_database(prefix: str) -> AsyncIterator[str]:
         await admin.close()
 
 
+#: pg_advisory_lock key (taken in the `postgres` database) held while a worker migrates its database.
+ROLES_LOCK = 0x1EA27E57
+
+
+async def _migrate_with_roles(url: str) -> None:
+    """Migrate ``url`` and give it the app's login role. Roles are global to the server while IF NOT EXISTS and
+    the migrations' advisory lock are not (the lock is per database): parallel workers creating the same role
+    on a fresh server would fail with a duplicate key, so one worker at a time does this."""
+    lock = await asyncpg.connect(ADMIN_URL)
+    try:
+        await lock.execute("SELECT pg_advisory_lock($1)", ROLES_LOCK)
+        await migrate(url)
+        await admin_execute(
+            f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{APP_ROLE}') THEN "
+            f"CREATE ROLE {APP_ROLE} LOGIN; END IF; END $$; GRANT learner_app TO {APP_ROLE}", url=url)
+    finally:
+        await lock.close()  # releases the lock
+
+
 @pytest.fixture(scope="session")
 def admin_database_url() -> Iterator[str]:
-    """A fresh, migrated database; this URL connects as the superuser (bypasses row-level security)."""
-    name = f"learner_test_{secrets.token_hex(4)}"
+    """A fresh, migrated database of this worker's; this URL connects as the superuser (bypasses row-level
+    security)."""
+    name = f"learner_test_{WORKER or 'main'}_{secrets.token_hex(4)}"
     asyncio.run(admin_execute(f'CREATE DATABASE "{name}"'))
     url = with_database(ADMIN_URL, name)
     try:
-        asyncio.run(migrate(url))
-        asyncio.run(admin_execute(
-            f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{APP_ROLE}') THEN "
-            f"CREATE ROLE {APP_ROLE} LOGIN; END IF; END $$; GRANT learner_app TO {APP_ROLE}", url=url))
+        asyncio.run(_migrate_with_roles(url))
         yield url
     finally:
         asyncio.run(admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _roles_exist(admin_database_url: str) -> None:
+    """The server-wide roles (learner_app, learner_stats, the app's login role) exist before any test of this
+    worker migrates a database of its own (tests/api/test_migrate.py...), so that those never race to create
+    them with another worker."""
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ import pytest
 
 from tests.api.conftest import admin_execute
 from tests.conftest import ROOT
-from tests.net import free_port
+from tests.net import free_port, free_port_pair
 
 
 @pytest.fixture
@@ -41,7 +41,7 @@ def read_until(process: subprocess.Popen[str], marker: str, timeout: float = 120
 
 
 def test_the_printed_commands_work_and_ctrl_c_is_clean(dev_database: str) -> None:
-    port, metrics = free_port(), free_port()
+    port, metrics = free_port(), free_port_pair()
     env = {**os.environ, "LEARNER_DEV_DATABASE": dev_database, "PORT": str(port), "METRICS_PORT": str(metrics),
            "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen([sys.executable, "-m", "scripts.api_dev"], cwd=ROOT, env=env, text=True,
@@ -77,7 +77,7 @@ def test_a_busy_port_is_reported_before_anything_is_printed(dev_database: str) -
         busy.listen()
         port = busy.getsockname()[1]
         env = {**os.environ, "LEARNER_DEV_DATABASE": dev_database, "PORT": str(port),
-               "METRICS_PORT": str(free_port())}
+               "METRICS_PORT": str(free_port_pair())}
         result = subprocess.run([sys.executable, "-m", "scripts.api_dev"], cwd=ROOT, env=env, capture_output=True,
                                 text=True, timeout=60)
     assert result.returncode == 2

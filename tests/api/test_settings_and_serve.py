@@ -77,7 +77,7 @@ async def test_refuses_to_start_with_a_clear_message() -> None:
 async def test_sigterm_stops_readiness_then_drains_and_exits(database_url: str) -> None:
     port = _free_port()
     env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": REDIS_URL, "NODE_ENV": "development",
-           "PORT": str(port)}
+           "PORT": str(port), "METRICS_PORT": str(_free_port())}
     process = await asyncio.create_subprocess_exec(_command(), "serve", "--host", "127.0.0.1", "--drain-seconds",
                                                    "1.5", env=env, stderr=asyncio.subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"

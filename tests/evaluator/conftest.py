@@ -19,7 +19,13 @@ from learner_api.evaluator.metrics import EvaluatorMetrics
 from learner_api.evaluator.worker import Worker
 from learner_api.progress_intake import stream_entry
 from learner_api.streams import FIELD
-from tests.api.conftest import REDIS_URL, admin_database_url, database_url, stream  # noqa: F401  # fixtures
+from tests.api.conftest import (  # noqa: F401  # fixtures
+    REDIS_URL,
+    _roles_exist,
+    admin_database_url,
+    database_url,
+    stream,
+)
 from tests.net import free_port, serving
 
 
