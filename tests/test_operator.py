@@ -328,6 +328,34 @@ async def test_apply_failures_are_reported_and_retried(cluster: Emulator, operat
     await eventually(lambda: condition(cluster, "Degraded") == ("False", "AsExpected"))
 
 
+@pytest.mark.emulator_only("kmock fault injection")
+async def test_an_annotation_set_while_the_status_is_written_is_acted_on(
+    cluster: Emulator, operator: Operator,
+) -> None:
+    """An SRE's learner.dev/ annotation that lands just before the operator's status write comes back in that
+    write's answer; the annotation's own watch event then looks older than what the operator knows. It must
+    still be acted on (here: a retry asked for a migration that has not failed is acknowledged, i.e. removed)."""
+    await ready_platform(cluster, operator)
+    annotated: list[bool] = []
+
+    def annotate_first(request: kmock.Request) -> Any:
+        if request.subresource == "status" and not annotated:
+            annotated.append(True)
+            cluster.edit("learner.dev/v1alpha1", "learnerplatforms", NS, "ai-platform",
+                         {"metadata": {"annotations": {"learner.dev/retry-migration": "true"}}})
+        raise NotImplementedError  # on to the emulator's own handling of the status write
+
+    cluster["patch", kmock.resource("learner.dev", "v1alpha1", "learnerplatforms")] << annotate_first
+    cluster.set_deployment_status(NS, API, ready=0)  # the operator writes the status (learner-api unavailable)
+    await eventually(lambda: annotated, what="the status write")
+
+    def annotations() -> dict[str, str]:
+        platform = cluster.get("learner.dev/v1alpha1", "learnerplatforms", NS, "ai-platform") or {}
+        return dict(platform.get("metadata", {}).get("annotations") or {})
+
+    await eventually(lambda: "learner.dev/retry-migration" not in annotations(), what="the annotation acted on")
+
+
 async def test_write_budget_create_noop_and_drift_repair(cluster: AnyCluster, operator: Operator) -> None:
     """Create <= children + the migration Job + 1 status write; a no-op resync writes nothing; one drifted child
     costs one write."""

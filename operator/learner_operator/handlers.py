@@ -205,10 +205,11 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, login: Cal
                     raise
             metrics.reconciles.labels("retry" if retry is not None else "ok").inc()
             metrics.queue_depth.set(runtime.engine.depth)
-            # Our own status write may have carried a newer spec than the one reconciled (edited while we
-            # worked); its watch event then looks old and triggers nothing, so look here and go again.
+            # Our own writes' answers may carry what someone changed while we worked (a newer spec, an SRE's
+            # annotation, a deletion); its watch event then looks older than what we know and triggers nothing,
+            # so look here and go again (after an acknowledged annotation, once more for nothing: no write).
             latest = deps.platforms.get(key)
-            if latest is not None and (latest.uid, latest.generation) != (snapshot.uid, snapshot.generation):
+            if latest is not None and latest.asks_more_than(snapshot):
                 runtime.engine.trigger(key)
             return retry
 

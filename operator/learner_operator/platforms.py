@@ -80,6 +80,11 @@ class Snapshot:
     def ref(self) -> ResourceRef:
         return ResourceRef(API_VERSION, PLURAL, self.namespace, self.name)
 
+    def asks_more_than(self, reconciled: Snapshot) -> bool:
+        """Whether this newer sighting holds a change that asks for a reconcile beyond ``reconciled``'s."""
+        return (self.uid, self.generation, self.deleting, self.commands) != (
+            reconciled.uid, reconciled.generation, reconciled.deleting, reconciled.commands)
+
     @classmethod
     def of(cls, body: Any) -> Snapshot:
         meta = body.get("metadata") or {}
