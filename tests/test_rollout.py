@@ -32,7 +32,9 @@ BUILDS = {"v2-5xx": {"TEST_FAULT_5XX_RATIO": "0.5"}, "v2-slow": {"TEST_FAULT_LAT
 SERVICE_SELECTOR = {"app.kubernetes.io/name": "learner-api", "app.kubernetes.io/instance": "ai-platform"}
 #: Short steps, so that a test takes seconds: 30% of the pods, then 60%, 3 s each, judged every half second.
 ROLLOUT = {"strategy": "Canary", "steps": [{"weight": 30, "pause": "3s"}, {"weight": 60, "pause": "3s"}],
-           "slo": {"minRequests": 40, "maxLatencyIncreaseMs": 100}, "analysisInterval": "500ms"}
+           "slo": {"minRequests": 40, "maxLatencyIncreaseMs": 400}, "analysisInterval": "500ms"}
+#: 400 ms over stable: a good build's fresh processes on 2 busy cores (four test workers) stay well under it,
+#: the slow build (900 ms a request) is far over it.
 WITHIN = 120.0  # generous: learner-api processes start slowly on a loaded machine
 
 
@@ -103,8 +105,14 @@ async def test_a_good_image_is_promoted_step_by_step(cluster: AnyCluster, operat
         await eventually(lambda: rollout(cluster).get("step") == 1 and rollout(cluster).get("canaryWeight") == 33,
                          within=30, what="step 1: one canary pod of three")
         seen_steps = set()
-        await eventually(lambda: seen_steps.add(rollout(cluster).get("step")) or
-                         rollout(cluster).get("phase") == "Succeeded", within=WITHIN, what="promoted")
+
+        def promoted() -> bool:
+            r = rollout(cluster)
+            seen_steps.add(r.get("step"))
+            assert r.get("phase") != "RolledBack", f"the good build was rolled back: {r}"
+            return r.get("phase") == "Succeeded"
+
+        await eventually(promoted, within=WITHIN, what="promoted")
         report("promoted", cluster, since)
     assert {1, 2} <= seen_steps
     await eventually(lambda: image(cluster, API) == image(cluster, "ai-platform-evaluator") == f"{REPOSITORY}:v2",
