@@ -83,6 +83,8 @@ LESSONS = [lesson[0] for course in COURSES for lesson in course[3]]
 PRODUCT = "python-101-full"
 #: RSS bounds (MiB) per kind of process: what the chart's limits leave room for, with a margin.
 RSS_BOUND_MIB = {"operator": 300.0, "api": 300.0, "evaluator": 300.0, "redis": 200.0}
+#: Writes after convergence that still belong to it (see Soak.finish), at most this far apart.
+SETTLE_SECONDS = 3.0
 CONVERGE_SECONDS = 60.0
 #: Kinds the emulator does not serve (no KEDA): what the operator leaves out.
 UNSERVED = ("ScaledObject", "TriggerAuthentication")
@@ -880,6 +882,12 @@ class Soak:
         for key, why in waiting.items():
             self.broke(f"{key} not converged {CONVERGE_SECONDS:.0f} s after the last fault: {why}")
         await self.drain()
+        # A replica frozen mid-reconcile may still send, once thawed, the write it had checked its lease for
+        # (no lease fences that), and the leader then repairs what it wrote: both are the last fault's
+        # convergence, not writes at rest. So rest begins once nothing but lease renewals was written for
+        # SETTLE_SECONDS; still writing a minute after convergence is a broken invariant of its own.
+        if not await self.settled(within=CONVERGE_SECONDS):
+            self.broke(f"the operator still writes {CONVERGE_SECONDS:.0f} s after convergence")
         # at rest: no operator writes (lease renewals aside) for --quiet-seconds
         start = len(self.cluster.log)
         await asyncio.sleep(self.args.quiet_seconds)
@@ -896,6 +904,24 @@ class Soak:
             if why := self.converged(lp, owned):
                 self.broke(f"{lp['metadata']['namespace']}/{lp['metadata']['name']} diverged at rest: {why}")
         await self.check_data()
+
+    def writes_since(self, start: int) -> int:
+        assert self.cluster is not None
+        return sum(1 for request in self.cluster.mutating_requests(start)
+                   if request.resource is None or request.resource.plural != "leases")
+
+    async def settled(self, within: float) -> bool:
+        """Until the operator wrote nothing but lease renewals for SETTLE_SECONDS; False after ``within``."""
+        assert self.cluster is not None
+        deadline, mark, since = _now() + within, len(self.cluster.log), _now()
+        while _now() - since < SETTLE_SECONDS:
+            if _now() > deadline:
+                return False
+            await asyncio.sleep(0.25)
+            self.play_controllers()
+            if self.writes_since(mark):
+                mark, since = len(self.cluster.log), _now()
+        return True
 
     async def drain(self) -> None:
         """Until the evaluators have stored every entry of the stream (bounded: 180 s)."""
