@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 import uuid
 from datetime import UTC, datetime
 
@@ -47,12 +48,29 @@ async def test_limits_are_counted_across_replicas_in_redis_with_expiring_keys(da
                                                                              tenant: str) -> None:
     settings = settings_for(database_url, rate_limit_per_learner=1000, rate_limit_per_tenant=6,
                             rate_limit_window_seconds=60)
+    # The windows are fixed (wall clock): a test that crosses into the next one starts counting from 0 there.
+    # Start in a window with at least 40 s left (a wait on the clock, at most 20 s).
+    if (left := 60 - time.time() % 60) < 40:
+        await asyncio.sleep(left + 0.1)
+    redis = aioredis.from_url(REDIS_URL)
+
+    async def tenant_count() -> int:
+        keys = [key async for key in redis.scan_iter(tenant_key(tenant, "rl:*:all"), count=10_000)]
+        return sum([int(await redis.get(key) or 0) for key in keys])
+
+    async def counted(expected: int) -> None:  # each replica adds its counts to Redis within 0.1 s, or later
+        deadline = time.monotonic() + 30
+        while await tenant_count() < expected:
+            assert time.monotonic() < deadline, f"Redis counts {await tenant_count()} of {expected} requests"
+            await asyncio.sleep(0.05)
+
     async for first in client_for(create_app(settings)):
         async for second in client_for(create_app(settings)):
-            for client in (first, second, first):
+            for n, client in enumerate((first, second, first), start=1):
                 for learner in ("ada", "grace"):
                     assert (await client.get("/v1/entitlements", headers=bearer(learner, tenant))).status_code == 200
-                await asyncio.sleep(0.3)  # each replica adds its counts to Redis within 0.1 s
+                await counted(2 * n)
+            await asyncio.sleep(0.3)  # `second`'s next flush (every 0.1 s) reads back the platform-wide count
             # 6 of 6 used, 4 of them through `second`, which has not heard of the last 2 yet: it may admit
             # one more before its next flush tells it the platform-wide count (the documented overshoot)
             answers = []
@@ -62,7 +80,6 @@ async def test_limits_are_counted_across_replicas_in_redis_with_expiring_keys(da
             assert [r.status_code for r in answers].count(200) <= 1
             assert answers[-1].status_code == 429
             assert "this tenant" in answers[-1].json()["detail"]
-    redis = aioredis.from_url(REDIS_URL)
     try:
         keys = [key async for key in redis.scan_iter(tenant_key(tenant, "rl:*"), count=10_000)]
         assert len(keys) == 4  # one per learner seen (3) and one for the tenant, in this window
