@@ -1,10 +1,9 @@
 """The system under test: PostgreSQL, Redis, the Kubernetes API, the operator replicas, learner-api and
 its evaluators, and the controllers the API server lacks (the soak plays them).
 
-Two seams: ``RedisServer`` is the Redis side (one server; a cluster would be another class with the same
-``url``, ``start``, ``processes`` and ``proc``), and ``Emulator`` the Kubernetes side (the tests' emulator in
-this process; a real control plane would be another class with the same ``serving``, ``kubeconfig`` and
-``cluster``). ``redis_side`` and ``kube_side`` pick one.
+Two seams, each a Protocol with one implementation so far: ``RedisSide`` (``RedisServer``, one server; a
+cluster would be another class) and ``KubeSide`` (``Emulator``, the tests' emulator in this process; a real
+control plane would be another class). ``redis_side`` and ``kube_side`` pick one.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ import shutil
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 import httpx
@@ -62,12 +61,30 @@ async def redis_ping(url: str) -> bool:
         await client.aclose()
 
 
+class RedisSide(Protocol):
+    """The Redis side of the system: where its clients connect, the processes it runs (started by ``start``,
+    supervised with the others), and ``proc``, the one the Redis faults kill, freeze and restart."""
+
+    proc: Proc
+
+    @property
+    def url(self) -> str: ...
+
+    def processes(self) -> list[Proc]: ...
+
+    async def start(self) -> None: ...
+
+
 class RedisServer:
     """One throwaway redis-server, its append-only file fsynced on every write (a managed Redis does not lose
-    what it acknowledged). ``proc`` is what the Redis faults kill, freeze and restart."""
+    what it acknowledged)."""
 
     def __init__(self, folder: Path) -> None:
         self.folder, self.port = folder, free_port()
+        self.proc = Proc("redis", "redis", [
+            shutil.which("redis-server") or "redis-server", "--bind", "127.0.0.1", "--port", str(self.port),
+            "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.folder),
+            "--protected-mode", "yes"], dict(os.environ), self.folder / "log")
 
     @property
     def url(self) -> str:
@@ -75,10 +92,6 @@ class RedisServer:
 
     def processes(self) -> list[Proc]:
         self.folder.mkdir(exist_ok=True)
-        self.proc = Proc("redis", "redis", [
-            shutil.which("redis-server") or "redis-server", "--bind", "127.0.0.1", "--port", str(self.port),
-            "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.folder),
-            "--protected-mode", "yes"], dict(os.environ), self.folder / "log")
         return [self.proc]
 
     async def start(self) -> None:
@@ -86,9 +99,21 @@ class RedisServer:
         await until(lambda: redis_ping(self.url), 20, "the soak's Redis answers")
 
 
-def redis_side(folder: Path) -> RedisServer:
+def redis_side(folder: Path) -> RedisSide:
     """The Redis the soak runs (one server: the only kind so far)."""
     return RedisServer(folder / "redis")
+
+
+class KubeSide(Protocol):
+    """The Kubernetes side of the system: ``serving`` holds the API up for the run, ``kubeconfig`` is what the
+    operator replicas connect with, and ``cluster`` what the soak reads, plays controllers in, churns and
+    faults (the emulator's store: a real control plane needs a client offering the same calls)."""
+
+    cluster: Cluster
+
+    def serving(self) -> contextlib.AbstractAsyncContextManager[Cluster]: ...
+
+    def kubeconfig(self, folder: Path) -> Path: ...
 
 
 class Emulator:
@@ -106,7 +131,7 @@ class Emulator:
         return operator_kubeconfig(self.cluster, folder)
 
 
-def kube_side() -> Emulator:
+def kube_side() -> KubeSide:
     """The Kubernetes API the soak runs against (the emulator: the real control plane is not supported yet)."""
     if os.environ.get("KUBEBUILDER_ASSETS"):
         print("note: the soak runs against the emulator; the real control plane (KUBEBUILDER_ASSETS) is not "
