@@ -1,4 +1,4 @@
-"""The chaos soak (bench/soak.py) as a smoke run: half a minute of load and faults from a fixed seed, then
+"""The chaos soak (the bench/soak package) as a smoke run: half a minute of load and faults from a fixed seed, then
 every invariant checked. Select it alone with ``pytest -m soak``; a long run is ``python -m bench.soak``."""
 
 from __future__ import annotations

@@ -1,0 +1,214 @@
+"""The invariants: convergence within a minute of the last fault and no zombie children, no operator write
+at rest, every acknowledged progress event stored exactly once and none dead-lettered, at most one order per
+Idempotency-Key and each confirmed payment fulfilled once, every process ready and under its RSS bound,
+Redis keys bounded. Each broken one is written to the history."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections import Counter
+from typing import Any
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from bench.soak.common import CONVERGE_SECONDS, RSS_BOUND_MIB, SETTLE_SECONDS, STREAM, UNSERVED, now
+from bench.soak.faults import Faults
+from bench.soak.history import History
+from bench.soak.load import Churn, Clients
+from bench.soak.system import System
+from learner_api.streams import CONSUMER_GROUP, dead_letters
+from learner_operator.builders import children
+from learner_operator.builders.common import Platform
+from learner_operator.models import LearnerPlatformSpec
+from tests.kube_emulator import Cluster
+
+
+def converged(cluster: Cluster, lp: dict[str, Any], owned: dict[str, set[tuple[str, str]]]) -> str:
+    """Empty when ``lp`` is as its spec asks (children, status); else what is not (yet)."""
+    meta, status = lp["metadata"], lp.get("status") or {}
+    if status.get("observedGeneration") != meta.get("generation"):
+        return f"observedGeneration {status.get('observedGeneration')} != generation {meta.get('generation')}"
+    conditions = {c["type"]: c for c in status.get("conditions") or []}
+    spec = LearnerPlatformSpec.model_validate(lp["spec"])
+    if spec.paused:
+        reasons = {c.get("reason") for c in conditions.values()}
+        return "" if "Paused" in reasons else f"paused but no condition says so: {sorted(map(str, reasons))}"
+    ready = conditions.get("Ready", {})
+    if ready.get("status") != "True":
+        return f"Ready={ready.get('status')} {ready.get('reason')}: {ready.get('message')}"
+    platform = Platform(meta["name"], meta["namespace"], meta["uid"], spec)
+    wanted = {(m["kind"], m["metadata"]["name"]) for m in children(platform, unserved=UNSERVED)}
+    have = {k for k in owned.get(meta["uid"], set()) if k[0] not in ("Job", "Pod")}
+    if wanted != have:
+        return f"children: missing {sorted(wanted - have)}, extra {sorted(have - wanted)}"
+    api = cluster.get("apps/v1", "deployments", meta["namespace"], f"{meta['name']}-learner-api") or {}
+    images = [c["image"] for c in api.get("spec", {}).get("template", {}).get("spec", {}).get("containers", [])]
+    if not images or not images[0].endswith(":" + spec.image.tag):
+        return f"learner-api runs {images}, the spec says {spec.image.tag}"
+    return ""
+
+
+class Checks:
+    """Checks the invariants as the run goes and after it; the counts it read go in the report."""
+
+    def __init__(self, system: System, churn: Churn, clients: Clients, faults: Faults, history: History,
+                 args: argparse.Namespace) -> None:
+        self.system, self.churn, self.clients, self.faults = system, churn, clients, faults
+        self.history, self.args = history, args
+        self.cluster, self.controllers, self.stats = system.kube.cluster, system.controllers, history.stats
+        self.stored_events = 0
+        self.redis_keys = 0
+        self.redis_keys_without_ttl = 0
+
+    def broke(self, what: str) -> None:
+        self.history.broke(what)
+
+    def check_zombies(self, owned: dict[str, set[tuple[str, str]]]) -> None:
+        for uid in set(owned) & self.churn.deleted_uids:
+            self.broke(f"zombie: {sorted(owned[uid])} owned by a deleted LearnerPlatform (uid {uid}) re-created")
+            self.churn.deleted_uids.discard(uid)  # reported once
+
+    def measure_convergence(self) -> None:
+        owned = self.controllers.owned()
+        self.check_zombies(owned)
+        for lp in self.controllers.platforms():
+            key = (lp["metadata"]["namespace"], lp["metadata"]["name"])
+            if key in self.churn.pending and not converged(self.cluster, lp, owned):
+                since, generation = self.churn.pending.pop(key)
+                if int(lp["metadata"].get("generation") or 1) >= generation:
+                    self.stats.convergence.append(now() - since)
+                else:
+                    self.churn.pending[key] = (since, generation)
+
+    async def finish(self) -> None:
+        """After the last fault: convergence, readiness, the drained stream, then the writes at rest."""
+        # every process that should run is back and ready
+        late = await self.system.wait_ready(within=60)
+        if late:
+            self.broke(f"not ready 60 s after the last fault: {late}")
+        # convergence within 60 s of the last fault
+        deadline = self.faults.last_fault_end + CONVERGE_SECONDS
+        waiting: dict[str, str] = {}
+        while True:
+            self.controllers.play_controllers()
+            owned = self.controllers.owned()
+            self.check_zombies(owned)
+            waiting = {}
+            for lp in self.controllers.platforms():
+                key = f"{lp['metadata']['namespace']}/{lp['metadata']['name']}"
+                why = converged(self.cluster, lp, owned)
+                if why:
+                    waiting[key] = why
+                elif key not in self.stats.final_convergence:
+                    self.stats.final_convergence[key] = max(0.0, now() - self.faults.last_fault_end)
+            if not waiting or now() > deadline:
+                break
+            await asyncio.sleep(0.5)
+        for key, why in waiting.items():
+            self.broke(f"{key} not converged {CONVERGE_SECONDS:.0f} s after the last fault: {why}")
+        await self.drain()
+        # A replica frozen mid-reconcile may still send, once thawed, the write it had checked its lease for
+        # (no lease fences that), and the leader then repairs what it wrote: both are the last fault's
+        # convergence, not writes at rest. So rest begins once nothing but lease renewals was written for
+        # SETTLE_SECONDS; still writing a minute after convergence is a broken invariant of its own.
+        if not await self.settled(within=CONVERGE_SECONDS):
+            self.broke(f"the operator still writes {CONVERGE_SECONDS:.0f} s after convergence")
+        # at rest: no operator writes (lease renewals aside) for --quiet-seconds
+        start = len(self.cluster.log)
+        await asyncio.sleep(self.args.quiet_seconds)
+        self.controllers.play_controllers()  # nothing to do at rest; a write it needed would show below
+        for request in self.cluster.mutating_requests(start):
+            if request.resource is None or request.resource.plural != "leases":
+                self.stats.writes_at_rest.append(f"{request.method.value} {request.url}")
+        if self.stats.writes_at_rest:
+            self.broke(f"{len(self.stats.writes_at_rest)} operator writes in {self.args.quiet_seconds:.0f} s "
+                       f"at rest: {self.stats.writes_at_rest[:5]}")
+        owned = self.controllers.owned()
+        self.check_zombies(owned)
+        for lp in self.controllers.platforms():
+            if why := converged(self.cluster, lp, owned):
+                self.broke(f"{lp['metadata']['namespace']}/{lp['metadata']['name']} diverged at rest: {why}")
+        await self.check_data()
+
+    def writes_since(self, start: int) -> int:
+        return sum(1 for request in self.cluster.mutating_requests(start)
+                   if request.resource is None or request.resource.plural != "leases")
+
+    async def settled(self, within: float) -> bool:
+        """Until the operator wrote nothing but lease renewals for SETTLE_SECONDS; False after ``within``."""
+        deadline, mark, since = now() + within, len(self.cluster.log), now()
+        while now() - since < SETTLE_SECONDS:
+            if now() > deadline:
+                return False
+            await asyncio.sleep(0.25)
+            self.controllers.play_controllers()
+            if self.writes_since(mark):
+                mark, since = len(self.cluster.log), now()
+        return True
+
+    async def drain(self) -> None:
+        """Until the evaluators have stored every entry of the stream (bounded: 180 s)."""
+        client = aioredis.from_url(self.system.redis.url)
+        try:
+            deadline = now() + 180
+            while now() < deadline:
+                groups = {g["name"].decode(): g for g in await client.xinfo_groups(STREAM)}
+                group = groups.get(CONSUMER_GROUP)
+                if group and group["pending"] == 0 and (group.get("lag") or 0) == 0:
+                    return
+                await asyncio.sleep(1)
+            self.broke(f"the evaluators did not drain the stream within 180 s: {group}")
+        finally:
+            await client.aclose()
+
+    async def check_data(self) -> None:
+        connection = await asyncpg.connect(self.system.admin_db_url())
+        try:
+            stored = Counter(str(r["event_id"]) for r in await connection.fetch("SELECT event_id FROM progress_events"))
+            orders = Counter(r["learner_id"] for r in await connection.fetch("SELECT learner_id FROM orders"))
+            rows = await connection.fetch("SELECT learner_id, status FROM orders")
+            paid = {r["learner_id"]: r["status"] for r in rows}
+            entitled = Counter(r["learner_id"] for r in await connection.fetch("SELECT learner_id FROM entitlements"))
+        finally:
+            await connection.close()
+        self.stored_events = len(stored)
+        missing = self.clients.progress_acked - set(stored)
+        if missing:
+            self.broke(f"{len(missing)} progress events answered 202 are not stored, e.g. {sorted(missing)[:3]}")
+        twice = [k for k, n in stored.items() if n > 1]
+        if twice:
+            self.broke(f"{len(twice)} progress events stored more than once, e.g. {twice[:3]}")
+        unknown = set(stored) - self.clients.progress_sent
+        if unknown:
+            self.broke(f"{len(unknown)} stored progress events were never sent, e.g. {sorted(unknown)[:3]}")
+        client = aioredis.from_url(self.system.redis.url)
+        try:
+            dead = await client.xlen(dead_letters(STREAM))
+            self.redis_keys = await client.dbsize()
+            keys = [k async for k in client.scan_iter(count=1000)]
+            without_ttl = []
+            for start in range(0, len(keys), 1000):
+                async with client.pipeline(transaction=False) as pipe:
+                    for key in keys[start:start + 1000]:
+                        pipe.ttl(key)
+                    ttls = await pipe.execute()
+                without_ttl += [k for k, ttl in zip(keys[start:start + 1000], ttls, strict=True) if ttl == -1]
+        finally:
+            await client.aclose()
+        if dead:
+            self.broke(f"{dead} valid progress events dead-lettered")
+        self.redis_keys_without_ttl = len(without_ttl)
+        if len(without_ttl) > 50:
+            self.broke(f"{len(without_ttl)} Redis keys never expire (bounded by 50): {sorted(without_ttl)[:5]}")
+        for learner, buyer in self.clients.buyers.items():
+            if orders[learner] > 1:
+                self.broke(f"{orders[learner]} orders for one Idempotency-Key ({learner}, key {buyer['key']})")
+            if buyer["paid"] and (paid.get(learner) != "paid" or entitled[learner] != 1):
+                self.broke(f"{learner}'s confirmed payment: order {paid.get(learner)}, "
+                           f"{entitled[learner]} entitlements (1 expected)")
+        for proc in self.system.procs.values():
+            bound = RSS_BOUND_MIB.get(proc.kind)
+            if bound and proc.peak_rss_mib > bound:
+                self.broke(f"{proc.name} reached {proc.peak_rss_mib:.0f} MiB RSS (bound {bound:.0f})")

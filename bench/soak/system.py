@@ -1,0 +1,311 @@
+"""The system under test: PostgreSQL, Redis, the Kubernetes API, the operator replicas, learner-api and
+its evaluators, and the controllers the API server lacks (the soak plays them).
+
+Two seams, each a Protocol with one implementation so far: ``RedisSide`` (``RedisServer``, one server; a
+cluster would be another class) and ``KubeSide`` (``Emulator``, the tests' emulator in this process; a real
+control plane would be another class). ``redis_side`` and ``kube_side`` pick one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import os
+import shutil
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import asyncpg
+import httpx
+import kmock
+import redis.asyncio as aioredis
+
+from bench.soak.common import (
+    BIN,
+    JWT_SECRET,
+    LEASE,
+    LEASE_NS,
+    NAMESPACES,
+    STREAM,
+    TENANTS,
+    WEBHOOK_SECRET,
+    now,
+    until,
+)
+from bench.soak.history import History
+from bench.soak.processes import Postgres, Proc
+from learner_api.migrate import bundled, migrate
+from learner_api.seed import seed
+from tests.conftest import CRD_FILE, load
+from tests.kube_emulator import Cluster, standard_cluster
+from tests.net import free_port
+from tests.operator_harness import operator_kubeconfig
+
+CHILD_PLURALS = {"serviceaccounts": "v1", "configmaps": "v1", "services": "v1", "deployments": "apps/v1",
+                 "horizontalpodautoscalers": "autoscaling/v2", "poddisruptionbudgets": "policy/v1",
+                 "networkpolicies": "networking.k8s.io/v1", "jobs": "batch/v1",
+                 "servicemonitors": "monitoring.coreos.com/v1"}
+
+
+async def redis_ping(url: str) -> bool:
+    client = aioredis.from_url(url)
+    try:
+        return bool(await client.ping())
+    except Exception:
+        return False
+    finally:
+        await client.aclose()
+
+
+class RedisSide(Protocol):
+    """The Redis side of the system: where its clients connect, the processes it runs (started by ``start``,
+    supervised with the others), and ``proc``, the one the Redis faults kill, freeze and restart."""
+
+    proc: Proc
+
+    @property
+    def url(self) -> str: ...
+
+    def processes(self) -> list[Proc]: ...
+
+    async def start(self) -> None: ...
+
+
+class RedisServer:
+    """One throwaway redis-server, its append-only file fsynced on every write (a managed Redis does not lose
+    what it acknowledged)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.port = folder, free_port()
+        self.proc = Proc("redis", "redis", [
+            shutil.which("redis-server") or "redis-server", "--bind", "127.0.0.1", "--port", str(self.port),
+            "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.folder),
+            "--protected-mode", "yes"], dict(os.environ), self.folder / "log")
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def processes(self) -> list[Proc]:
+        self.folder.mkdir(exist_ok=True)
+        return [self.proc]
+
+    async def start(self) -> None:
+        self.proc.start()
+        await until(lambda: redis_ping(self.url), 20, "the soak's Redis answers")
+
+
+def redis_side(folder: Path) -> RedisSide:
+    """The Redis the soak runs (one server: the only kind so far)."""
+    return RedisServer(folder / "redis")
+
+
+class KubeSide(Protocol):
+    """The Kubernetes side of the system: ``serving`` holds the API up for the run, ``kubeconfig`` is what the
+    operator replicas connect with, and ``cluster`` what the soak reads, plays controllers in, churns and
+    faults (the emulator's store: a real control plane needs a client offering the same calls)."""
+
+    cluster: Cluster
+
+    def serving(self) -> contextlib.AbstractAsyncContextManager[Cluster]: ...
+
+    def kubeconfig(self, folder: Path) -> Path: ...
+
+
+class Emulator:
+    """The tests' Kubernetes API emulator, served in this process; ``cluster`` is its store."""
+
+    def __init__(self) -> None:
+        self.cluster: Cluster = standard_cluster(load(CRD_FILE))
+
+    @contextlib.asynccontextmanager
+    async def serving(self) -> AsyncIterator[Cluster]:
+        async with self.cluster, kmock.Server(self.cluster):
+            yield self.cluster
+
+    def kubeconfig(self, folder: Path) -> Path:
+        return operator_kubeconfig(self.cluster, folder)
+
+
+def kube_side() -> KubeSide:
+    """The Kubernetes API the soak runs against (the emulator: the real control plane is not supported yet)."""
+    if os.environ.get("KUBEBUILDER_ASSETS"):
+        print("note: the soak runs against the emulator; the real control plane (KUBEBUILDER_ASSETS) is not "
+              "supported by it yet", file=sys.stderr)
+    return Emulator()
+
+
+class Controllers:
+    """What the soak reads from and plays in the cluster: the Job controller (a migration succeeds), the HPA
+    (2 replicas), the Deployment controller; the platforms, their children and the operator's leader."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+
+    def prepare(self) -> None:
+        for ns in (*NAMESPACES, LEASE_NS):
+            self.cluster.put({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+        data = {"DATABASE_URL": "postgresql://learner:soak@db.invalid:5432/learn?sslmode=require",
+                "REDIS_URL": "rediss://:soak@cache.invalid:6380/0", "JWT_SECRET": "soak-signing-key-0123456789abcdef"}
+        for ns in NAMESPACES:
+            self.cluster.put({"apiVersion": "v1", "kind": "Secret",
+                              "metadata": {"name": "ai-platform-secrets", "namespace": ns},
+                              "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}})
+
+    def play_controllers(self) -> None:
+        """One pass of the Job controller, the HPA and the Deployment controller."""
+        cluster = self.cluster
+        version = bundled()[-1].version
+        for ns in NAMESPACES:
+            for job in cluster.all("batch/v1", "jobs", ns):
+                if not (job.get("status") or {}).get("conditions"):
+                    with contextlib.suppress(KeyError):
+                        cluster.finish_job(ns, job["metadata"]["name"], succeeded=True,
+                                           message=f"learner-api migrate: schema version {version} (applied all)")
+            hpas = {h["spec"]["scaleTargetRef"]["name"] for h in cluster.all("autoscaling/v2",
+                                                                             "horizontalpodautoscalers", ns)}
+            for deployment in cluster.all("apps/v1", "deployments", ns):
+                name = deployment["metadata"]["name"]
+                with contextlib.suppress(KeyError):
+                    if name in hpas and "replicas" not in deployment["spec"]:
+                        deployment = cluster.scale(ns, name, 2)
+                    status = deployment.get("status") or {}
+                    if status.get("observedGeneration") != deployment["metadata"].get("generation") or \
+                            status.get("readyReplicas") != deployment["spec"].get("replicas", 1):
+                        cluster.set_deployment_status(ns, name)
+
+    def platforms(self) -> list[dict[str, Any]]:
+        return [lp for ns in NAMESPACES for lp in self.cluster.all("learner.dev/v1alpha1", "learnerplatforms", ns)]
+
+    def owned(self) -> dict[str, set[tuple[str, str]]]:
+        """(kind, name) of every object owned by a LearnerPlatform, by the owner's uid."""
+        out: dict[str, set[tuple[str, str]]] = {}
+        for plural, api_version in CHILD_PLURALS.items():
+            for ns in NAMESPACES:
+                for obj in self.cluster.all(api_version, plural, ns):
+                    for ref in obj["metadata"].get("ownerReferences") or []:
+                        if ref.get("kind") == "LearnerPlatform":
+                            out.setdefault(ref["uid"], set()).add((obj["kind"], obj["metadata"]["name"]))
+        return out
+
+    def leader(self) -> str:
+        lease = self.cluster.get("coordination.k8s.io/v1", "leases", LEASE_NS, LEASE) or {}
+        holder = str((lease.get("spec") or {}).get("holderIdentity") or "")
+        return holder.replace("replica-", "operator-") if holder else ""
+
+
+
+class System:
+    """Every process the soak started, by name, with the stores and the API they talk to."""
+
+    def __init__(self, args: argparse.Namespace, folder: Path, history: History) -> None:
+        self.args, self.folder, self.history = args, folder, history
+        self.postgres = Postgres(folder / "postgres")
+        self.redis = redis_side(folder)
+        self.kube = kube_side()
+        self.controllers = Controllers(self.kube.cluster)
+        self.procs: dict[str, Proc] = {}
+
+    def app_url(self, database: str = "soak") -> str:
+        return f"postgresql://soak_app@127.0.0.1:{self.postgres.port}/{database}"
+
+    def admin_db_url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.postgres.port}/soak"
+
+    def api_urls(self) -> list[str]:
+        return [f"http://127.0.0.1:{p.env['PORT']}" for p in self.procs.values() if p.kind == "api"]
+
+    async def setup_data(self) -> None:
+        self.postgres.init()
+        self.postgres.start()
+        for proc in self.redis.processes():
+            self.procs[proc.name] = proc
+        await self.redis.start()
+        admin = await asyncpg.connect(self.postgres.admin_url)
+        try:
+            await admin.execute('CREATE DATABASE "soak"')
+        finally:
+            await admin.close()
+        await migrate(self.admin_db_url())
+        admin = await asyncpg.connect(self.admin_db_url())
+        try:
+            await admin.execute("CREATE ROLE soak_app LOGIN; GRANT learner_app TO soak_app")
+        finally:
+            await admin.close()
+        for tenant in TENANTS:
+            await seed(self.admin_db_url(), self.redis.url, tenant)
+
+    def _service_env(self, port: int, metrics_port: int, pod: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBE", "DATABASE", "REDIS"))}
+        return {**env, "DATABASE_URL": self.app_url(), "REDIS_URL": self.redis.url, "NODE_ENV": "development",
+                "JWT_SECRET": JWT_SECRET, "PAYMENT_WEBHOOK_SECRET": WEBHOOK_SECRET, "PORT": str(port),
+                "METRICS_PORT": str(metrics_port), "PROGRESS_STREAM": STREAM, "LOG_FORMAT": "text",
+                "RATE_LIMIT_PER_LEARNER": "1000000", "RATE_LIMIT_PER_TENANT": "1000000", "POD_NAME": pod,
+                "EVALUATOR_CLAIM_IDLE_SECONDS": "15", "DATABASE_POOL_MAX": "5"}
+
+    def start_services(self) -> None:
+        logs = self.folder / "logs"
+        logs.mkdir(exist_ok=True)
+        for i in range(2):
+            port, metrics = free_port(), free_port()
+            self.procs[f"api-{i}"] = Proc(
+                f"api-{i}", "api", [str(BIN / "learner-api"), "serve", "--host", "127.0.0.1", "--drain-seconds", "0"],
+                self._service_env(port, metrics, f"api-{i}"), logs / f"api-{i}.log",
+                ready_url=f"http://127.0.0.1:{port}/readyz")
+            metrics = free_port()
+            self.procs[f"evaluator-{i}"] = Proc(
+                f"evaluator-{i}", "evaluator", [str(BIN / "learner-api"), "evaluator"],
+                self._service_env(free_port(), metrics, f"evaluator-{i}"), logs / f"evaluator-{i}.log",
+                ready_url=f"http://127.0.0.1:{metrics}/livez")
+        for proc in self.procs.values():
+            if proc.kind in ("api", "evaluator"):
+                proc.start()
+
+    def start_operators(self) -> None:
+        logs = self.folder / "logs"
+        kubeconfig = self.kube.kubeconfig(self.folder)
+        for i in range(self.args.replicas):
+            health = free_port()
+            env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
+            env.update(KUBECONFIG=str(kubeconfig), POD_NAME=f"replica-{i}")
+            self.procs[f"operator-{i}"] = proc = Proc(f"operator-{i}", "operator", [
+                str(BIN / "learner-operator"), "run", "--all-namespaces", "--lease-namespace", LEASE_NS,
+                "--lease-seconds", "5", "--liveness", f"http://127.0.0.1:{health}/healthz",
+                "--metrics-port", str(free_port()), "--resync-seconds", str(self.args.resync_seconds)],
+                env, logs / f"operator-{i}.log", ready_url=f"http://127.0.0.1:{health}/healthz")
+            proc.start()
+
+    async def wait_ready(self, names: list[str] | None = None, within: float = 60.0) -> list[str]:
+        """The processes (all by default) that did not answer their readiness URL within ``within``."""
+        targets = [self.procs[n] for n in (names or list(self.procs)) if self.procs[n].ready_url]
+        deadline = now() + within
+        late = []
+        async with httpx.AsyncClient(timeout=2) as client:
+            for proc in targets:
+                while True:
+                    with contextlib.suppress(httpx.HTTPError):
+                        assert proc.ready_url is not None
+                        if (await client.get(proc.ready_url)).status_code == 200:
+                            break
+                    if now() > deadline:
+                        late.append(proc.name)
+                        break
+                    await asyncio.sleep(0.3)
+        return late
+
+    async def supervise(self, hard_stop: asyncio.Event) -> None:
+        """Restart a process that died by itself (a kubelet would), sample RSS: until the end."""
+        while not hard_stop.is_set():
+            for proc in list(self.procs.values()):
+                if proc.wanted and proc.process is not None and proc.process.poll() is not None:
+                    self.history.stats.crashes.append(f"{proc.name} exited by itself ({proc.process.returncode})")
+                    self.history.broke(f"{proc.name} exited by itself (status {proc.process.returncode}; "
+                                       f"see {proc.log}): restarted, as the kubelet would")
+                    proc.start()
+                    proc.restarts += 1
+                proc.rss_mib()
+            await asyncio.sleep(2)
