@@ -8,7 +8,7 @@ from typing import Any
 import kmock
 import pytest
 
-from learner_operator.models import parse_spec
+from learner_operator.models import InvalidSpec, parse_object, parse_spec
 from tests.conftest import EXAMPLES, load
 from tests.operator_harness import NS, AnyCluster
 
@@ -99,3 +99,38 @@ def test_a_canary_rollout_is_completed_by_defaults(cluster: AnyCluster) -> None:
     assert stored["spec"]["rollout"]["steps"] == [{"weight": 25, "pause": "2m"}]
     assert stored["spec"]["rollout"]["slo"]["minRequests"] == 100
     assert parse_spec(stored["spec"]).rollout.canary
+
+
+def _with_alert_rules(rules: list[dict[str, Any]]) -> dict[str, Any]:
+    doc = load(EXAMPLES / "01-minimal.yaml")
+    doc["spec"]["evaluator"] = {"alertRules": rules}
+    return doc
+
+
+@pytest.mark.parametrize(("field", "names", "complaint"), [
+    ("labels", {"team-name": "learning"}, "alert rule label names must be Prometheus label names"),
+    ("labels", {"9lives": "x"}, "alert rule label names must be Prometheus label names"),
+    ("labels", {"__name__": "x"}, "not starting with __"),
+    ("labels", {"a" * 64: "x"}, "of at most 63 characters"),
+    ("labels", {"tenant": "t1"}, "must not set alertname or tenant"),
+    ("labels", {"alertname": "Other"}, "must not set alertname or tenant"),
+    ("annotations", {"runbook-url": "https://runbooks/x"}, "alert rule annotation names must match"),
+], ids=["hyphen", "digit-first", "reserved-prefix", "too-long", "tenant", "alertname", "annotation-hyphen"])
+def test_alert_rule_label_names_the_evaluator_would_refuse_are_refused_at_admission(
+    cluster: AnyCluster, field: str, names: dict[str, str], complaint: str,
+) -> None:
+    """Not later by the evaluator (its pods crash-looping on the rule file) or by Prometheus/Alertmanager."""
+    doc = _with_alert_rules([{"alert": "Lag", "signal": "dead_letters", "above": 0, field: names}])
+    with pytest.raises(kmock.KubernetesError) as refused:
+        cluster.put(doc)
+    assert complaint in str(refused.value)
+    with pytest.raises(InvalidSpec, match=complaint):  # render says the same
+        parse_object(doc)
+
+
+def test_good_alert_rule_label_names_are_admitted(cluster: AnyCluster) -> None:
+    labels = {"severity": "page", "_team": "learning", "Team2": "x", "a" * 63: "y"}
+    stored = cluster.put(_with_alert_rules([{"alert": "Lag", "signal": "dead_letters", "above": 0, "labels": labels,
+                                             "annotations": {"runbook_url": "https://runbooks/lag"}}]))
+    assert parse_spec(stored["spec"]).evaluator.alert_rules[0].labels == labels
+
