@@ -7,6 +7,7 @@ from typing import Any
 
 import kmock
 import pytest
+import yaml
 
 from learner_operator.models import InvalidSpec, parse_object, parse_spec
 from tests.conftest import EXAMPLES, load
@@ -134,3 +135,18 @@ def test_good_alert_rule_label_names_are_admitted(cluster: AnyCluster) -> None:
                                              "annotations": {"runbook_url": "https://runbooks/lag"}}]))
     assert parse_spec(stored["spec"]).evaluator.alert_rules[0].labels == labels
 
+
+def test_alert_rules_too_big_for_their_config_map_are_refused_at_admission(cluster: AnyCluster) -> None:
+    """A ConfigMap holds at most 1 MiB: rules that would not fit are refused by `kubectl apply`, instead of
+    failing every reconcile with the API server's error."""
+    rules = [{"alert": f"Rule{i}", "signal": "dead_letters", "above": i, "annotations": {"description": "x" * 20_000}}
+             for i in range(60)]
+    assert len(yaml.safe_dump({"rules": rules}).encode()) > 2**20  # what the ConfigMap would have to hold
+    with pytest.raises(kmock.KubernetesError) as refused:
+        cluster.put(_with_alert_rules(rules))
+    assert "must have at most 50 items" in str(refused.value)
+    with pytest.raises(InvalidSpec, match="at most 50 items"):
+        parse_object(_with_alert_rules(rules))
+    with pytest.raises(kmock.KubernetesError) as refused:
+        cluster.put(_with_alert_rules(rules[:50]))
+    assert "Too long: may not be more than 200" in str(refused.value)

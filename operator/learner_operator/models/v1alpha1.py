@@ -245,13 +245,22 @@ OptionalNumber = Annotated[float | None, Field(allow_inf_nan=False), WithJsonSch
 LABEL_NAME_PATTERN = r"^[a-zA-Z_][a-zA-Z0-9_]*$"
 #: Label names the evaluator sets on every alert itself (learner_api.evaluator.alerting).
 EVALUATOR_LABELS = ("alertname", "tenant")
-#: At most this many labels and annotations per rule: the CEL rules over their names run once per entry, and the
-#: API server refuses a CRD whose rules' estimated cost is too high, as it is over a map without maxProperties
-#: (hundreds of thousands of entries fit in one request).
-ALERT_RULES_MAX = 100
+# The rules become one ConfigMap (builders/config.py), and the API server refuses a ConfigMap whose data
+# exceeds 1 MiB (1,048,576 bytes), failing every reconcile; these bounds keep the largest spec the CRD admits
+# under it, so that the user hears "too many" or "too long" at `kubectl apply` instead. The worst case, as
+# PyYAML writes it (tests/test_builders.py measures it): each character of a value may become a 10-byte
+# escape (\U0010FFFF), plus line folding, so a 63-character label value takes at most ~701 bytes and a
+# 200-character annotation ~2,173; names are ASCII (their pattern), at most 63 characters. One rule: alert
+# name, signal, threshold and `for` ~200 bytes + 8 labels x (63 + 701) + 4 annotations x (63 + 2,173)
+# ~ 15,256 bytes; 50 rules ~ 762,800 bytes (measured: 772,237), 74% of 1 MiB. The map bounds also keep the
+# CEL rules over the names affordable: over a map without maxProperties the API server estimates their
+# cost too high (hundreds of thousands of entries fit in one request).
+ALERT_RULES_MAX = 50
 ALERT_LABELS_MAX = 8
 ALERT_ANNOTATIONS_MAX = 4
 ALERT_NAME_MAX = 63
+ALERT_LABEL_VALUE_MAX = 63
+ALERT_ANNOTATION_VALUE_MAX = 200
 _LABEL_NAMES_MESSAGE = (f"alert rule label names must be Prometheus label names ({LABEL_NAME_PATTERN}) of at most "
                         f"{ALERT_NAME_MAX} characters, not starting with __ (reserved for Prometheus)")
 _EVALUATOR_LABELS_MESSAGE = "alert rule labels must not set alertname or tenant: the evaluator sets them on every alert"
@@ -285,11 +294,11 @@ class AlertRule(_Model):
     below: OptionalNumber = Field(default=None, description="Active while the signal is below this.")
     for_: str = Field(default="0s", alias="for", pattern=r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$", min_length=2,
                       max_length=20, description="How long it must stay active before it fires, e.g. 5m.")
-    labels: dict[str, str] = Field(
+    labels: dict[str, Annotated[str, Field(max_length=ALERT_LABEL_VALUE_MAX)]] = Field(
         default_factory=dict, max_length=ALERT_LABELS_MAX, description="Extra labels, e.g. severity.",
         json_schema_extra={"x-kubernetes-validations": _LABEL_RULES},
     )
-    annotations: dict[str, str] = Field(
+    annotations: dict[str, Annotated[str, Field(max_length=ALERT_ANNOTATION_VALUE_MAX)]] = Field(
         default_factory=dict, max_length=ALERT_ANNOTATIONS_MAX,
         description="summary, runbook...; {{ $value }} and {{ $labels.tenant }} are filled in.",
         json_schema_extra={"x-kubernetes-validations": _ANNOTATION_RULES},
