@@ -17,6 +17,10 @@ import asyncpg
 
 #: pg_advisory_lock key: any constant, the same for every replica.
 LOCK_KEY = 0x6C6561726E6572  # "learner"
+#: Unique indexes of the catalogs every database of a server shares: roles and role memberships.
+_SHARED_CATALOG_INDEXES = ("pg_authid_", "pg_auth_members_")
+#: Runs of one file that lost a race on those catalogs before the error is reported.
+_ATTEMPTS = 3
 
 
 class MigrationError(RuntimeError):
@@ -73,16 +77,39 @@ async def upgrade(dsn: str, migrations: list[Migration] | None = None) -> Outcom
                         raise MigrationError(f"migration {migration.version} was changed after it was applied; "
                                              "add a new migration instead of editing an applied one")
                     continue
-                async with connection.transaction():
-                    try:
-                        await connection.execute(migration.sql)
-                    except asyncpg.PostgresError as exc:
-                        raise MigrationError(f"migration {migration.version} failed: {exc}") from exc
-                    await connection.execute("INSERT INTO schema_migrations (version, checksum) VALUES ($1, $2)",
-                                             migration.version, migration.checksum)
+                await _apply(connection, migration)
                 done.append(migration.version)
             return Outcome(done, max([*applied, *done], default=""))
         finally:
             await connection.execute("SELECT pg_advisory_unlock($1)", LOCK_KEY)
     finally:
         await connection.close()
+
+
+def _lost_a_race_on_roles(exc: asyncpg.PostgresError) -> bool:
+    """Another database's migration created the same role or role membership at the same moment.
+
+    Roles are server-wide, but the advisory lock above (like every advisory lock) is per database, so two
+    databases of one server (two platforms sharing a managed PostgreSQL, or two tenants' databases) migrate
+    at once: both see no ``learner_stats`` membership, both insert it, and the one that waited on the
+    other's commit fails with a duplicate key on pg_auth_members (or pg_authid for a role)."""
+    if isinstance(exc, asyncpg.UniqueViolationError):
+        return (exc.constraint_name or "").startswith(_SHARED_CATALOG_INDEXES)
+    return isinstance(exc, asyncpg.DuplicateObjectError) and str(exc).startswith("role ")
+
+
+async def _apply(connection: asyncpg.Connection, migration: Migration) -> None:
+    """One file and its bookkeeping row in one transaction. A file that lost a race on the server-wide role
+    catalogs is run again: its transaction rolled back whole, and the winner has committed (the loser waited
+    for that), so the next run finds the role or membership made and passes it by."""
+    for attempt in range(1, _ATTEMPTS + 1):
+        try:
+            async with connection.transaction():
+                await connection.execute(migration.sql)
+                await connection.execute("INSERT INTO schema_migrations (version, checksum) VALUES ($1, $2)",
+                                         migration.version, migration.checksum)
+            return
+        except asyncpg.PostgresError as exc:
+            if attempt < _ATTEMPTS and _lost_a_race_on_roles(exc):
+                continue
+            raise MigrationError(f"migration {migration.version} failed: {exc}") from exc

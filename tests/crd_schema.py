@@ -1,9 +1,9 @@
 """What the API server does with a CRD, and with a custom resource at admission.
 
 For a custom resource (:func:`admit`): structural defaulting, then validation: types, required, enum,
-bounds, lengths, patterns, unknown fields (refused as with kubectl's default ``--validate=strict``),
-and the CEL rules in ``x-kubernetes-validations`` evaluated with cel-python (``self`` bound to the
-node, after defaulting, as on a real server).
+bounds, lengths, patterns, a map's size and values, unknown fields (refused as with kubectl's default
+``--validate=strict``), and the CEL rules in ``x-kubernetes-validations`` evaluated with cel-python
+(``self`` bound to the node, after defaulting, as on a real server).
 
 For the CRD itself (:func:`validate_crd`), what kube-apiserver checks when a CRD is created or
 updated: a structural schema (every node typed, no ``$ref``, ``properties`` and
@@ -189,6 +189,12 @@ def validate(schema: dict[str, Any], value: Any, path: str = "") -> list[str]:
                 if key in seen:
                     errors.append(f"{path}[{index}]: Duplicate value: {key}")
                 seen.add(key)
+    if isinstance(value, dict) and "properties" not in schema:  # a map: its size, and each value
+        if "maxProperties" in schema and len(value) > schema["maxProperties"]:
+            errors.append(f"{where}: Too many: {len(value)}: must have at most {schema['maxProperties']} items")
+        if isinstance(schema.get("additionalProperties"), dict):
+            for name, sub in value.items():
+                errors += validate(schema["additionalProperties"], sub, f"{path}.{name}" if path else str(name))
     if isinstance(value, dict) and "properties" in schema:
         props = schema["properties"]
         for name in schema.get("required", []):

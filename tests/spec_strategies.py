@@ -20,12 +20,14 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 Path_ = tuple[str | int, ...]
 
-#: Quantities a person (or a fuzzer) writes: every suffix, exponents, extremes, and near-misses.
+#: Quantities a person (or a fuzzer) writes: every suffix, exponents, extremes, and near-misses, and YAML
+#: floats (``cpu: 2.0``, which kubectl sends as 2).
 QUANTITY_CORNERS = [
     "0", "1", "100m", "0.5", ".5", "1.", "+1", "-1", "-0", "256Mi", "1Gi", "2Ei", "9Ei", "8Ei", "1Ki", "0.1Ki",
     "1k", "1K", "1M", "1G", "1T", "1P", "1E", "1n", "1u", "7e-12", "1e3", "1E3", "1e+3", "1e-3", "1e100",
     "1e1.5", "1.5e-2147483648", "1e2147483648", "123456789012345678901234567890", "9223372036854775807",
     "9223372036854775808", "-50857.", "lots", "", " 1", "1 ", "1\n", "1mi", "1Ki2", "0x10", "1e", "e3", ".",
+    2.0, 0.0, -0.0, -1.0, 0.5, 1e18, 9.3e18, 1e21,
 ]
 
 
@@ -53,7 +55,7 @@ def quantities() -> st.SearchStrategy[Any]:
 
 
 def _wrong() -> st.SearchStrategy[Any]:
-    return st.sampled_from([None, "x", "3", "true", 3, -1, 1.5, True, [], {}, [None]])
+    return st.sampled_from([None, "x", "3", "true", 3, 3.0, -1, 1.5, True, [], {}, [None]])
 
 
 def for_schema(node: dict[str, Any]) -> st.SearchStrategy[Any]:

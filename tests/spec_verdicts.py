@@ -53,8 +53,24 @@ def _validate(manifest: str, version: str) -> str | None:
     return None
 
 
+def _go_number(text: str) -> int | float:
+    """A JSON number as it reaches the API server from kubectl: Go's encoding/json writes a whole float64
+    below 1e21 in magnitude as an integer literal, which the server decodes as an int64 when it fits one."""
+    value = float(text)
+    if value.is_integer() and abs(value) < 1e21 and -(2**63) <= int(value) < 2**63:
+        return int(value)
+    return value
+
+
+def kubectl_sends(doc: dict[str, Any]) -> dict[str, Any]:
+    """``doc`` (a YAML file's document) as ``kubectl apply -f`` puts it on the wire: ``cpu: 2.0`` arrives as 2."""
+    sent: dict[str, Any] = json.loads(json.dumps(doc), parse_float=_go_number)
+    return sent
+
+
 def judge_one(doc: dict[str, Any], judge: Judge) -> Verdict:
-    admitted, stored = judge(doc)
+    """Admission judges what kubectl sends for the document; render reads the document itself."""
+    admitted, stored = judge(kubectl_sends(doc))
     try:
         manifests = cli.render([doc], None)
         rendered, why = True, ""

@@ -235,6 +235,36 @@ def test_the_evaluator_reads_the_alert_rules_the_operator_writes() -> None:
     assert (production[0].for_, production[0].above) == (1800.0, 7200.0)
 
 
+def test_the_largest_alert_rules_the_crd_admits_fit_in_their_config_map(crd: dict[str, Any]) -> None:
+    """The API server refuses a ConfigMap over 1 MiB of data; the CRD's bounds (read from it here) must keep the
+    worst spec it admits under that, with room to spare. Worst: every bound reached, and every character of a
+    value one PyYAML writes as a 10-byte escape."""
+    rules_schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"][
+        "evaluator"]["properties"]["alertRules"]
+    fields = rules_schema["items"]["properties"]
+    assert {"maxProperties", "additionalProperties"} <= set(fields["labels"]) | set(fields["annotations"]), \
+        "labels and annotations need bounds"
+    worst = "\U0010FFFF"
+
+    def entries(field: str) -> dict[str, str]:
+        bound = fields[field]
+        return {f"n{i}_{'x' * 63}"[:63]: worst * bound["additionalProperties"]["maxLength"]
+                for i in range(bound["maxProperties"])}
+
+    rules = [{"alert": f"R{i}{'x' * 100}"[:fields["alert"]["maxLength"]], "signal": "unfulfilled_purchases",
+              "above": -2.2250738585072014e-308, "for": "999999h999999m9999s"[:fields["for"]["maxLength"]],
+              "labels": entries("labels"), "annotations": entries("annotations")}
+             for i in range(rules_schema["maxItems"])]
+    doc = {**load(EXAMPLES / "01-minimal.yaml")}
+    doc["spec"] = {**doc["spec"], "evaluator": {"alertRules": rules}}
+    stored, errors = admit(crd, doc)
+    assert errors == []
+    [config_map] = [m for m in builders.children(platform(stored["spec"]))
+                    if m["metadata"]["name"].endswith("-alert-rules")]
+    size = sum(len(key.encode()) + len(value.encode()) for key, value in config_map["data"].items())
+    assert size <= 0.8 * 2**20, f"{size} bytes: the CRD admits alert rules too big for a ConfigMap (1 MiB)"
+
+
 def test_no_pod_of_a_deployment_migrates_or_holds_the_owners_url() -> None:
     """The migration Job migrates (tests/test_migration_job.py); the serving pods only check the schema."""
     for path in EXAMPLE_FILES:

@@ -7,8 +7,9 @@ from typing import Any
 
 import kmock
 import pytest
+import yaml
 
-from learner_operator.models import parse_spec
+from learner_operator.models import InvalidSpec, parse_object, parse_spec
 from tests.conftest import EXAMPLES, load
 from tests.operator_harness import NS, AnyCluster
 
@@ -99,3 +100,53 @@ def test_a_canary_rollout_is_completed_by_defaults(cluster: AnyCluster) -> None:
     assert stored["spec"]["rollout"]["steps"] == [{"weight": 25, "pause": "2m"}]
     assert stored["spec"]["rollout"]["slo"]["minRequests"] == 100
     assert parse_spec(stored["spec"]).rollout.canary
+
+
+def _with_alert_rules(rules: list[dict[str, Any]]) -> dict[str, Any]:
+    doc = load(EXAMPLES / "01-minimal.yaml")
+    doc["spec"]["evaluator"] = {"alertRules": rules}
+    return doc
+
+
+@pytest.mark.parametrize(("field", "names", "complaint"), [
+    ("labels", {"team-name": "learning"}, "alert rule label names must be Prometheus label names"),
+    ("labels", {"9lives": "x"}, "alert rule label names must be Prometheus label names"),
+    ("labels", {"__name__": "x"}, "not starting with __"),
+    ("labels", {"a" * 64: "x"}, "of at most 63 characters"),
+    ("labels", {"tenant": "t1"}, "must not set alertname or tenant"),
+    ("labels", {"alertname": "Other"}, "must not set alertname or tenant"),
+    ("annotations", {"runbook-url": "https://runbooks/x"}, "alert rule annotation names must match"),
+], ids=["hyphen", "digit-first", "reserved-prefix", "too-long", "tenant", "alertname", "annotation-hyphen"])
+def test_alert_rule_label_names_the_evaluator_would_refuse_are_refused_at_admission(
+    cluster: AnyCluster, field: str, names: dict[str, str], complaint: str,
+) -> None:
+    """Not later by the evaluator (its pods crash-looping on the rule file) or by Prometheus/Alertmanager."""
+    doc = _with_alert_rules([{"alert": "Lag", "signal": "dead_letters", "above": 0, field: names}])
+    with pytest.raises(kmock.KubernetesError) as refused:
+        cluster.put(doc)
+    assert complaint in str(refused.value)
+    with pytest.raises(InvalidSpec, match=complaint):  # render says the same
+        parse_object(doc)
+
+
+def test_good_alert_rule_label_names_are_admitted(cluster: AnyCluster) -> None:
+    labels = {"severity": "page", "_team": "learning", "Team2": "x", "a" * 63: "y"}
+    stored = cluster.put(_with_alert_rules([{"alert": "Lag", "signal": "dead_letters", "above": 0, "labels": labels,
+                                             "annotations": {"runbook_url": "https://runbooks/lag"}}]))
+    assert parse_spec(stored["spec"]).evaluator.alert_rules[0].labels == labels
+
+
+def test_alert_rules_too_big_for_their_config_map_are_refused_at_admission(cluster: AnyCluster) -> None:
+    """A ConfigMap holds at most 1 MiB: rules that would not fit are refused by `kubectl apply`, instead of
+    failing every reconcile with the API server's error."""
+    rules = [{"alert": f"Rule{i}", "signal": "dead_letters", "above": i, "annotations": {"description": "x" * 20_000}}
+             for i in range(60)]
+    assert len(yaml.safe_dump({"rules": rules}).encode()) > 2**20  # what the ConfigMap would have to hold
+    with pytest.raises(kmock.KubernetesError) as refused:
+        cluster.put(_with_alert_rules(rules))
+    assert "must have at most 50 items" in str(refused.value)
+    with pytest.raises(InvalidSpec, match="at most 50 items"):
+        parse_object(_with_alert_rules(rules))
+    with pytest.raises(kmock.KubernetesError) as refused:
+        cluster.put(_with_alert_rules(rules[:50]))
+    assert "Too long: may not be more than 200" in str(refused.value)

@@ -19,6 +19,7 @@ import kmock
 import pytest
 from hypothesis import HealthCheck, Phase, given, seed, settings
 
+from learner_operator import yamlio
 from tests.spec_strategies import platforms
 from tests.spec_verdicts import Judge, Verdict, emulator_judge, judge_one
 
@@ -67,3 +68,27 @@ def test_admission_and_render_agree_on_generated_specs(request: pytest.FixtureRe
     # The generator must exercise both verdicts, or the agreement says nothing.
     assert kinds["admitted"] >= EXAMPLES // 10, kinds
     assert kinds["refused"] >= EXAMPLES // 10, kinds
+
+
+@pytest.mark.parametrize(("resources", "expected"), [
+    ("{requests: {cpu: 2.0, memory: 256Mi}, limits: {cpu: 4.0, memory: 512Mi}}", "admitted"),
+    ("{requests: {cpu: 1, memory: 256Mi}, limits: {cpu: 2.0, memory: 1073741824.0}}", "admitted"),
+    ("{requests: {cpu: 0.5, memory: 256Mi}, limits: {cpu: 1, memory: 512Mi}}", "refused"),
+    ("{requests: {cpu: 3.0, memory: 256Mi}, limits: {cpu: 2, memory: 512Mi}}", "refused"),
+], ids=["whole-floats", "whole-float-limits", "fraction", "whole-float-above-limit"])
+def test_yaml_floats_get_the_verdict_of_what_kubectl_sends(request: pytest.FixtureRequest, crd: dict[str, Any],
+                                                           resources: str, expected: str) -> None:
+    """``cpu: 2.0`` is a YAML float; kubectl sends it as 2, which the CRD admits, so render must print it."""
+    doc = yamlio.load_all(f"""
+apiVersion: learner.dev/v1alpha1
+kind: LearnerPlatform
+metadata: {{name: ai-platform, namespace: learning}}
+spec:
+  image: {{tag: v1}}
+  learnerApi:
+    replicas: 3.0
+    autoscaling: {{enabled: false}}
+    resources: {resources}
+""")[0]
+    verdict = judge_one(doc, _judge(request, crd))
+    assert verdict.kind == expected, verdict.detail

@@ -78,9 +78,11 @@ class Rule(BaseModel):
     @field_validator("labels")
     @classmethod
     def _label_names(cls, value: dict[str, str]) -> dict[str, str]:
-        bad = [name for name in value if not _LABEL.match(name) or name in ("alertname", "tenant")]
+        bad = [name for name in value
+               if not _LABEL.match(name) or name.startswith("__") or name in ("alertname", "tenant")]
         if bad:
-            raise ValueError(f"label names {bad} are not allowed (alertname and tenant are set by the evaluator)")
+            raise ValueError(f"label names {bad} are not allowed (Prometheus label names, not starting with __; "
+                             "alertname and tenant are set by the evaluator)")
         return value
 
     @model_validator(mode="after")

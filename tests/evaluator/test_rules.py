@@ -27,6 +27,8 @@ def test_the_default_rules_load() -> None:
      "<test>:2: rule A: for: '5 minutes' is not a duration"),
     ("rules:\n  - alert: A\n    signal: dead_letters\n    above: 0\n    labels: {tenant: x}\n",
      "alertname and tenant are set by the evaluator"),
+    ("rules:\n  - alert: A\n    signal: dead_letters\n    above: 0\n    labels: {__name__: x}\n",
+     "not starting with __"),
     ("rules:\n  - alert: A\n    signal: dead_letters\n    above: 0\n    sevrity: page\n", "<test>:2: rule A: sevrity"),
     ("rules: [\n", "<test>:2: not valid YAML"),
     ("rule:\n  - alert: A\n", "unknown keys ['rule']"),

@@ -62,16 +62,38 @@ def as_stored(schema: dict[str, Any], value: Any, *, prune_unknown: bool) -> Any
     return value
 
 
+#: Go's encoding/json writes a whole float64 below 2^63 in magnitude as an integer literal ("2", not "2.0"),
+#: and the API server decodes an integer literal as an int64.
+_GO_WHOLE = 2.0**63
+
+
+def as_sent(value: Any) -> Any:
+    """``value`` as kubectl (or helm) sends it: a whole-number float is an integer on the wire.
+
+    ``cpu: 2.0`` in YAML is a float; kubectl's YAML-to-JSON (sigs.k8s.io/yaml, then Go's encoding/json)
+    writes it as ``2``, which the API server stores as the integer 2 (the Kubernetes CEL library's own
+    comment says as much), so the CRD admits it where ``cpu: 2`` is admitted. A fraction (``0.5``) stays a
+    float and is refused by both. A copy; everything else is kept as it is."""
+    if isinstance(value, float) and value.is_integer() and -_GO_WHOLE <= value < _GO_WHOLE:
+        return int(value)
+    if isinstance(value, dict):
+        return {key: as_sent(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [as_sent(item) for item in value]
+    return value
+
+
 def parse_spec(raw: Any, *, strict: bool = False) -> LearnerPlatformSpec:
     """The spec as the API server stores it, typed. ``strict`` is admission's view (render): types as JSON
     has them ("3" is not an integer, "true" not a boolean) and unknown fields refused, as by kubectl's
     default field validation. Not strict is the operator's view of a stored object: unknown fields were
     pruned by the server (or by an older CRD), so they are ignored. Either way a ``null`` the server
-    would drop counts as absent. Raises InvalidSpec, and nothing else, whatever ``raw`` is."""
+    would drop counts as absent, and a whole-number float is the integer kubectl sends for it (``cpu: 2.0``
+    is ``cpu: 2``). Raises InvalidSpec, and nothing else, whatever ``raw`` is."""
     if not isinstance(raw, dict):
         raise InvalidSpec("spec is missing or is not an object")
     try:
-        stored = as_stored(_spec_schema(), raw, prune_unknown=not strict)
+        stored = as_stored(_spec_schema(), as_sent(raw), prune_unknown=not strict)
         return LearnerPlatformSpec.model_validate(stored, strict=strict)
     except ValidationError as exc:
         raise InvalidSpec("; ".join(_describe(error) for error in exc.errors())) from None

@@ -16,7 +16,7 @@ import re
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, WithJsonSchema, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from learner_operator.models import quantity
@@ -241,6 +241,44 @@ AlertSignal = Literal["ingest_lag_seconds", "pending_entries", "stream_lag_entri
 OptionalNumber = Annotated[float | None, Field(allow_inf_nan=False), WithJsonSchema({"type": "number"})]
 
 
+#: Prometheus' label names, which Alertmanager also requires of annotation names.
+LABEL_NAME_PATTERN = r"^[a-zA-Z_][a-zA-Z0-9_]*$"
+#: Label names the evaluator sets on every alert itself (learner_api.evaluator.alerting).
+EVALUATOR_LABELS = ("alertname", "tenant")
+# The rules become one ConfigMap (builders/config.py), and the API server refuses a ConfigMap whose data
+# exceeds 1 MiB (1,048,576 bytes), failing every reconcile; these bounds keep the largest spec the CRD admits
+# under it, so that the user hears "too many" or "too long" at `kubectl apply` instead. The worst case, as
+# PyYAML writes it (tests/test_builders.py measures it): each character of a value may become a 10-byte
+# escape (\U0010FFFF), plus line folding, so a 63-character label value takes at most ~701 bytes and a
+# 200-character annotation ~2,173; names are ASCII (their pattern), at most 63 characters. One rule: alert
+# name, signal, threshold and `for` ~200 bytes + 8 labels x (63 + 701) + 4 annotations x (63 + 2,173)
+# ~ 15,256 bytes; 50 rules ~ 762,800 bytes (measured: 772,237), 74% of 1 MiB. The map bounds also keep the
+# CEL rules over the names affordable: over a map without maxProperties the API server estimates their
+# cost too high (hundreds of thousands of entries fit in one request).
+ALERT_RULES_MAX = 50
+ALERT_LABELS_MAX = 8
+ALERT_ANNOTATIONS_MAX = 4
+ALERT_NAME_MAX = 63
+ALERT_LABEL_VALUE_MAX = 63
+ALERT_ANNOTATION_VALUE_MAX = 200
+_LABEL_NAMES_MESSAGE = (f"alert rule label names must be Prometheus label names ({LABEL_NAME_PATTERN}) of at most "
+                        f"{ALERT_NAME_MAX} characters, not starting with __ (reserved for Prometheus)")
+_EVALUATOR_LABELS_MESSAGE = "alert rule labels must not set alertname or tenant: the evaluator sets them on every alert"
+_ANNOTATION_NAMES_MESSAGE = (f"alert rule annotation names must match {LABEL_NAME_PATTERN} (Alertmanager refuses "
+                             f"others) and have at most {ALERT_NAME_MAX} characters")
+_LABEL_RULES: list[JsonValue] = [
+    {"rule": f"self.all(k, size(k) <= {ALERT_NAME_MAX} && k.matches('{LABEL_NAME_PATTERN}') && !k.startsWith('__'))",
+     "message": _LABEL_NAMES_MESSAGE, "reason": "FieldValueInvalid"},
+    {"rule": " && ".join(f"!('{name}' in self)" for name in EVALUATOR_LABELS),
+     "message": _EVALUATOR_LABELS_MESSAGE, "reason": "FieldValueForbidden"},
+]
+_ANNOTATION_RULES: list[JsonValue] = [
+    {"rule": f"self.all(k, size(k) <= {ALERT_NAME_MAX} && k.matches('{LABEL_NAME_PATTERN}'))",
+     "message": _ANNOTATION_NAMES_MESSAGE, "reason": "FieldValueInvalid"},
+]
+_LABEL_NAME_RE = re.compile(LABEL_NAME_PATTERN)
+
+
 class AlertRule(_Model):
     """One evaluator alert rule; the same shape as the evaluator's rule file."""
 
@@ -256,10 +294,33 @@ class AlertRule(_Model):
     below: OptionalNumber = Field(default=None, description="Active while the signal is below this.")
     for_: str = Field(default="0s", alias="for", pattern=r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$", min_length=2,
                       max_length=20, description="How long it must stay active before it fires, e.g. 5m.")
-    labels: dict[str, str] = Field(default_factory=dict, description="Extra labels, e.g. severity.")
-    annotations: dict[str, str] = Field(default_factory=dict,
-                                        description="summary, runbook...; {{ $value }} and {{ $labels.tenant }} "
-                                        "are filled in.")
+    labels: dict[str, Annotated[str, Field(max_length=ALERT_LABEL_VALUE_MAX)]] = Field(
+        default_factory=dict, max_length=ALERT_LABELS_MAX, description="Extra labels, e.g. severity.",
+        json_schema_extra={"x-kubernetes-validations": _LABEL_RULES},
+    )
+    annotations: dict[str, Annotated[str, Field(max_length=ALERT_ANNOTATION_VALUE_MAX)]] = Field(
+        default_factory=dict, max_length=ALERT_ANNOTATIONS_MAX,
+        description="summary, runbook...; {{ $value }} and {{ $labels.tenant }} are filled in.",
+        json_schema_extra={"x-kubernetes-validations": _ANNOTATION_RULES},
+    )
+
+    @field_validator("labels")
+    @classmethod
+    def _label_names(cls, labels: dict[str, str]) -> dict[str, str]:
+        for name in labels:
+            if len(name) > ALERT_NAME_MAX or not _LABEL_NAME_RE.fullmatch(name) or name.startswith("__"):
+                raise ValueError(f"{_LABEL_NAMES_MESSAGE} ({name[:ALERT_NAME_MAX + 1]!r})")
+            if name in EVALUATOR_LABELS:
+                raise ValueError(f"{_EVALUATOR_LABELS_MESSAGE} ({name!r})")
+        return labels
+
+    @field_validator("annotations")
+    @classmethod
+    def _annotation_names(cls, annotations: dict[str, str]) -> dict[str, str]:
+        for name in annotations:
+            if len(name) > ALERT_NAME_MAX or not _LABEL_NAME_RE.fullmatch(name):
+                raise ValueError(f"{_ANNOTATION_NAMES_MESSAGE} ({name[:ALERT_NAME_MAX + 1]!r})")
+        return annotations
 
     @model_validator(mode="after")
     def _one_threshold(self) -> AlertRule:
@@ -309,7 +370,7 @@ class EvaluatorSpec(_Model):
     autoscaling: EvaluatorAutoscalingSpec = Field(default_factory=EvaluatorAutoscalingSpec)
     resources: ResourceRequirements = Field(default_factory=_evaluator_resources)
     alert_rules: list[AlertRule] = Field(
-        default_factory=list, max_length=100,
+        default_factory=list, max_length=ALERT_RULES_MAX,
         description="The evaluator's alert rules; empty means the defaults (ingest lag, dead letters, purchases).",
         # a map keyed by name: the API server refuses two rules of one name, as the evaluator does
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["alert"]},
