@@ -68,9 +68,9 @@ class Operator:
     """
 
     def __init__(self, cluster: AnyCluster, resync_seconds: float = 300.0, lease: LeaseConfig | None = None,
-                 namespaces: tuple[str, ...] = (), api_backoffs: EndlessBackoffs = EndlessBackoffs()) -> None:
+                 namespaces: tuple[str, ...] = (), api_backoffs: EndlessBackoffs | None = None) -> None:
         self.memo = kopf.Memo()
-        self._backoffs = api_backoffs
+        self._backoffs = api_backoffs or EndlessBackoffs()  # production's, unless a test scales it
         self._namespaces = namespaces  # empty: every namespace
         self._lease = lease
         self._login, self._where = connection(cluster)
@@ -149,7 +149,7 @@ class Operator:
 @contextlib.asynccontextmanager
 async def running_operator(cluster: AnyCluster, *, resync_seconds: float = 300.0,
                            namespaces: tuple[str, ...] = (),
-                           api_backoffs: EndlessBackoffs = EndlessBackoffs()) -> AsyncIterator[Operator]:
+                           api_backoffs: EndlessBackoffs | None = None) -> AsyncIterator[Operator]:
     operator = Operator(cluster, resync_seconds, namespaces=namespaces, api_backoffs=api_backoffs)
     await operator.start()
     try:

@@ -57,7 +57,7 @@ class OperatorConfig:
     #: After a watch re-lists, how long to wait for the rest of the listing before comparing with the server.
     verify_delay: float = 1.0
     #: kopf's delays between retries of one request (its watches, lists, discovery): endless, never given up.
-    api_backoffs: EndlessBackoffs = EndlessBackoffs()
+    api_backoffs: EndlessBackoffs = dataclasses.field(default_factory=EndlessBackoffs)
 
 
 @dataclasses.dataclass(frozen=True)
