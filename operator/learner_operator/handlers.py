@@ -187,6 +187,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, login: Cal
         configure(settings, config)
         metrics = Metrics()
         counter = RequestCounter(lambda verb: metrics.api_requests.labels(verb).inc())
+        metrics.api_available.set_function(lambda: float(counter.availability.available))
         api: KubeApi = await connect(config.api_host, counter, kubeconfig=config.kubeconfig)
         deps = Deps(api=api, live=LiveState(), platforms=Platforms(), metrics=metrics, discovery=Discovery(api),
                     retry_after_error=config.retry_after_error)
@@ -237,6 +238,12 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, login: Cal
         if config.metrics_port is not None:
             runtime.closers.append(await _serve_metrics(metrics, config.metrics_port))
         memo["runtime"] = runtime
+
+    @kopf.on.probe(id="apiServer", registry=registry)
+    def api_server(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
+        """In /healthz's body, never in its status: liveness must not fail while the API server is away."""
+        runtime: Runtime | None = memo.get("runtime")
+        return runtime.deps.api.counter.availability.report() if runtime is not None else {"available": None}
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(memo: kopf.Memo, **_: Any) -> None:
