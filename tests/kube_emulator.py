@@ -30,6 +30,13 @@ Emulated (each is something a real API server does that our tests depend on):
   (re)initializing", then "410 Gone" for a resume from before: deletions meanwhile are never heard).
 - Deletion with finalizers (``deletionTimestamp``), and background garbage collection of dependents
   through ``ownerReferences``; ``remove(quiet=True)`` is a deletion a platform watch missed.
+- Orphans collected as kube-controller-manager's garbage collector does (``attemptToDeleteItem``): an
+  object written with owner references is looked at a moment after the write's answer (not while the
+  server is down); a reference is dangling when no owner of its kind and name exists, or the one that does
+  has another uid (an owner deleted and made again under the same name owns nothing of the old one's).
+  All dangling: the dependent is deleted, with the usual events; some: only those references are removed.
+  Found by the chaos soak: a replica frozen while its create was on the wire, the platform deleted meanwhile,
+  the create landing after it: a real cluster removes that child at once, the emulator kept it forever.
 - Discovery from the declared kinds; :meth:`Cluster.undeclare` is a kind whose CRD is not installed.
 - Lists (and a watch's initial events) in etcd's key order: by namespace and name, not by age.
 - Decoding before admission: ``fieldValidation=Strict`` (``put``; kubectl's default) refuses an unknown
@@ -94,6 +101,9 @@ _WITH_STATUS = {"deployments", "horizontalpodautoscalers", "poddisruptionbudgets
                 "jobs", "pods"}
 _HANG_UP: dict[str, Any] = {}
 #: Built-in kinds: stored as Go types, so read back normalised (omitempty, canonical quantities, defaults).
+#: How long after a write the garbage collector looks at the owners of what was written, and who it writes as.
+_GC_DELAY = 0.1
+_GC_MANAGER = "kube-controller-manager"
 _BUILTIN_GROUPS = {"", "apps", "autoscaling", "policy", "networking.k8s.io", "coordination.k8s.io", "batch",
                    "rbac.authorization.k8s.io"}
 
@@ -401,6 +411,8 @@ class Cluster(kmock.KubernetesEmulator):
             self._emit(res, "ADDED", new)
             if res == _NAMESPACES:
                 self._populate_namespace(key[2])
+            if new["metadata"].get("ownerReferences"):
+                self._collect_soon(key, new["metadata"]["uid"])
             return copy.deepcopy(new)
         if _without_times(new) == _without_times(old):
             return copy.deepcopy(old)
@@ -414,6 +426,8 @@ class Cluster(kmock.KubernetesEmulator):
             return self._remove(key, new)
         self._store[key] = new
         self._emit(res, "MODIFIED", new)
+        if meta.get("ownerReferences") != old["metadata"].get("ownerReferences"):
+            self._collect_soon(key, meta["uid"])
         return copy.deepcopy(new)
 
     def _populate_namespace(self, namespace: str) -> None:
@@ -503,12 +517,60 @@ class Cluster(kmock.KubernetesEmulator):
         return obj
 
     def _collect_garbage(self, owner_uid: str) -> None:
-        """The garbage collector, in the background propagation mode: dependents follow their owner."""
+        """The garbage collector, in the background propagation mode: dependents follow their owner (at once
+        here: tests read the cascade's result right after the deletion)."""
         for key, obj in list(self._store.items()):
             owners = (obj.get("metadata") or {}).get("ownerReferences") or []
             if key in self._store and any(ref.get("uid") == owner_uid for ref in owners):
-                self._revision += 1
-                self._remove(key, obj)
+                self._attempt_to_delete(key, str(obj["metadata"].get("uid")))
+
+    def _collect_soon(self, key: ObjKey, uid: str) -> None:
+        """The graph builder hears of a written object whose owners it does not know and looks them up: a
+        moment after the write's answer, and not while the API server is away (it is the server's client)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # a test without an event loop: nothing could watch the moment between
+            self._attempt_to_delete(key, uid)
+            return
+
+        def attempt() -> None:
+            if self._down:
+                loop.call_later(_GC_DELAY, attempt)
+            else:
+                self._attempt_to_delete(key, uid)
+
+        loop.call_later(_GC_DELAY, attempt)
+
+    def _attempt_to_delete(self, key: ObjKey, uid: str) -> None:
+        """kube-controller-manager's ``attemptToDeleteItem``: an owner reference is dangling when no object of
+        its kind and name exists or the one that does has another uid (a re-created owner is not the owner).
+        All dangling: the dependent is deleted (background); some: the dangling ones are removed from it."""
+        obj = self._store.get(key)
+        if obj is None or obj["metadata"].get("uid") != uid or obj["metadata"].get("deletionTimestamp"):
+            return
+        refs = obj["metadata"].get("ownerReferences") or []
+        dangling = [ref for ref in refs if self._dangling(ref, key[1])]
+        if not dangling:
+            return
+        new = copy.deepcopy(obj)
+        if len(dangling) < len(refs):
+            new["metadata"]["ownerReferences"] = [ref for ref in refs if ref not in dangling]
+            self._store_object(key, new, obj, manager=_GC_MANAGER)
+        elif obj["metadata"].get("finalizers"):
+            new["metadata"]["deletionTimestamp"] = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            self._store_object(key, new, obj, manager=_GC_MANAGER)
+        else:
+            self._revision += 1
+            self._remove(key, obj)
+
+    def _dangling(self, ref: dict[str, Any], namespace: str | None) -> bool:
+        group, _, version = str(ref.get("apiVersion", "")).rpartition("/")
+        plural = _PLURALS.get(str(ref.get("kind")))
+        if plural is None:  # a kind the collector cannot map: it keeps retrying, it never deletes
+            return False
+        res, name = (group, version, plural), str(ref.get("name"))
+        owner = self._store.get((res, namespace, name)) or self._store.get((res, None, name))
+        return owner is None or owner["metadata"].get("uid") != ref.get("uid")
 
     def hang_up(self) -> None:
         """End every open watch stream, as an API server does when it shuts down."""

@@ -19,6 +19,7 @@ import yaml
 
 from learner_operator.handlers import LeaseConfig, OperatorConfig, Runtime, register
 from learner_operator.kube import KubeApi
+from learner_operator.kube.backoff import EndlessBackoffs
 from learner_operator.kube.client import connect
 from tests.conftest import NAMESPACE
 from tests.kube_emulator import Cluster
@@ -67,8 +68,9 @@ class Operator:
     """
 
     def __init__(self, cluster: AnyCluster, resync_seconds: float = 300.0, lease: LeaseConfig | None = None,
-                 namespaces: tuple[str, ...] = ()) -> None:
+                 namespaces: tuple[str, ...] = (), api_backoffs: EndlessBackoffs | None = None) -> None:
         self.memo = kopf.Memo()
+        self._backoffs = api_backoffs or EndlessBackoffs()  # production's, unless a test scales it
         self._namespaces = namespaces  # empty: every namespace
         self._lease = lease
         self._login, self._where = connection(cluster)
@@ -87,7 +89,7 @@ class Operator:
 
         self._config = OperatorConfig(**self._where, metrics_port=None, resync_seconds=self._resync, workers=4,
                                       retry_after_error=0.5, leader_election=self._lease, verify_delay=0.1,
-                                      namespaces=self._namespaces)
+                                      namespaces=self._namespaces, api_backoffs=self._backoffs)
         register(registry, self._config, login=login)
 
         async def main() -> None:
@@ -146,8 +148,9 @@ class Operator:
 
 @contextlib.asynccontextmanager
 async def running_operator(cluster: AnyCluster, *, resync_seconds: float = 300.0,
-                           namespaces: tuple[str, ...] = ()) -> AsyncIterator[Operator]:
-    operator = Operator(cluster, resync_seconds, namespaces=namespaces)
+                           namespaces: tuple[str, ...] = (),
+                           api_backoffs: EndlessBackoffs | None = None) -> AsyncIterator[Operator]:
+    operator = Operator(cluster, resync_seconds, namespaces=namespaces, api_backoffs=api_backoffs)
     await operator.start()
     try:
         yield operator

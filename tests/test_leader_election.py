@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime
 import threading
 from typing import Any
@@ -9,7 +11,7 @@ from typing import Any
 import pytest
 
 from learner_operator.handlers import LeaseConfig
-from learner_operator.kube.client import ApiError
+from learner_operator.kube.client import ApiError, connect
 from learner_operator.kube.lease import LeaderElection
 from tests.conftest import EXAMPLES, load
 from tests.operator_harness import NS, AnyCluster, Operator, eventually, operator_api, settled
@@ -134,3 +136,31 @@ async def test_a_leader_frozen_past_its_lease_sends_no_write_when_it_wakes(clust
     finally:
         await second.stop()
         await first.stop()
+
+
+async def test_leader_election_outlives_a_server_that_hangs_up() -> None:
+    """An API server killed mid-request hangs up without an answer (aiohttp's ServerDisconnectedError, not an
+    OSError): the election loop died of it, silently, and the replica never led or stopped leading again."""
+    attempts = 0
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal attempts
+        attempts += 1
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    api = await connect(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+    election = LeaderElection(api, NS, "l", "me", lease_seconds=1, renew_seconds=0.05)
+    running = asyncio.create_task(election.run())
+    try:
+        await eventually(lambda: attempts >= 5 or running.done(), within=30, what="five attempts")
+        assert not running.done(), f"the election stopped: {running.exception()!r}"
+        assert not election.leading
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+        await api.close()
+        server.close()
+        await server.wait_closed()

@@ -20,6 +20,7 @@ from tests.operator_harness import NS, AnyCluster, eventually, operator_api
 from tests.real_cluster import MADE_BY_TESTS
 
 LEASE = ("coordination.k8s.io/v1", "leases")
+LP = ("learner.dev/v1alpha1", "learnerplatforms")
 
 
 def _lease(renewed: str) -> dict[str, Any]:
@@ -102,3 +103,42 @@ async def test_an_apply_keeps_the_live_order_of_a_keyed_list_and_the_service_is_
         assert 'spec.ports[1].name: Duplicate value: "http"' in refused.value.message
     finally:
         await api.close()
+
+
+def _owned(name: str, *owners: dict[str, Any]) -> dict[str, Any]:
+    refs = [{"apiVersion": o["apiVersion"], "kind": o["kind"], "name": o["metadata"]["name"],
+             "uid": o["metadata"]["uid"]} for o in owners]
+    return {"apiVersion": "v1", "kind": "ConfigMap", "data": {"k": "v"},
+            "metadata": {"name": name, "namespace": NS, "ownerReferences": refs}}
+
+
+@pytest.mark.needs_controller("the garbage collector")
+async def test_a_dependent_whose_owners_are_all_gone_is_collected_and_a_new_owner_of_that_name_is_not_one(
+    cluster: AnyCluster,
+) -> None:
+    """The chaos soak's zombie: a replica frozen while its create was on the wire; the platform was deleted
+    meanwhile, and the create landed after it, owned by a uid that no longer exists. The garbage collector
+    looks owners up by uid: the platform made again under the same name does not keep it either."""
+    platform = load(EXAMPLES / "01-minimal.yaml")
+    platform["metadata"]["namespace"] = NS
+    gone = cluster.put(platform)
+    cluster.remove(*LP, NS, "ai-platform")
+    cluster.put(_owned("orphan", gone))  # accepted: the server does not check owners
+    await eventually(lambda: cluster.get("v1", "configmaps", NS, "orphan") is None, within=60,
+                     what="the orphan collected")
+
+    again = cluster.put(platform)
+    assert again["metadata"]["uid"] != gone["metadata"]["uid"]
+    cluster.put(_owned("stale", gone))
+    cluster.put(_owned("kept", again))
+    cluster.put(_owned("both", gone, again))  # a live owner keeps it; only the dangling reference goes
+    await eventually(lambda: cluster.get("v1", "configmaps", NS, "stale") is None, within=60,
+                     what="the dependent of the same name's old uid collected")
+
+    def owners_of_both() -> list[str]:
+        return [ref["uid"] for ref in (cluster.get("v1", "configmaps", NS, "both") or {})["metadata"]
+                .get("ownerReferences") or []]
+
+    await eventually(lambda: owners_of_both() == [again["metadata"]["uid"]], within=60,
+                     what="the dangling owner reference removed, the object kept")
+    assert cluster.get("v1", "configmaps", NS, "kept") is not None

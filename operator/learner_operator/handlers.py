@@ -23,6 +23,7 @@ from learner_operator import builders, memory
 from learner_operator.builders import FIELD_MANAGER
 from learner_operator.engine import Engine
 from learner_operator.kube import ApiError, Discovery, KubeApi, NotLeading, RequestCounter
+from learner_operator.kube.backoff import EndlessBackoffs
 from learner_operator.kube.client import connect
 from learner_operator.kube.lease import LeaderElection
 from learner_operator.livestate import LiveState
@@ -55,6 +56,8 @@ class OperatorConfig:
     namespaces: tuple[str, ...] = ()
     #: After a watch re-lists, how long to wait for the rest of the listing before comparing with the server.
     verify_delay: float = 1.0
+    #: kopf's delays between retries of one request (its watches, lists, discovery): endless, never given up.
+    api_backoffs: EndlessBackoffs = dataclasses.field(default_factory=EndlessBackoffs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,7 +125,7 @@ class PlatformLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
         return self._prefix + str(msg), kwargs
 
 
-def configure(settings: kopf.OperatorSettings) -> None:
+def configure(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
     # Watch streams that go silent (a dropped connection that never errors) are kopf's most reported
     # problem: the server closes each watch after server_timeout, the client gives up a bit later.
     settings.watching.server_timeout = 300
@@ -131,9 +134,9 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.networking.request_timeout = 60
     # kopf's default backoffs add up to 54 s (a watch that met "429 storage is (re)initializing" after
     # an API server restart waited 21 s before its next try); capped at 8 s, it is back within seconds.
-    # When they run out, kopf stops the whole operator (every replica at once): so they last through an
-    # outage of 5 minutes (a control-plane upgrade); a longer one ends in a restart by the kubelet.
-    settings.networking.error_backoffs = (0.5, 1, 2, 4) + (8,) * 37
+    # When a finite sequence runs out, kopf stops the whole operator (every replica at once), and a
+    # restart cannot bring the API server back: so they never run out (see kube.backoff).
+    settings.networking.error_backoffs = config.api_backoffs
     # Only warnings and errors become Kubernetes Events: every INFO line would be a write.
     settings.posting.level = logging.WARNING
     # kopf computes a diff base (a deep copy of every platform body) and reads handler progress on every
@@ -181,9 +184,10 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, login: Cal
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-        configure(settings)
+        configure(settings, config)
         metrics = Metrics()
         counter = RequestCounter(lambda verb: metrics.api_requests.labels(verb).inc())
+        metrics.api_available.set_function(lambda: float(counter.availability.available))
         api: KubeApi = await connect(config.api_host, counter, kubeconfig=config.kubeconfig)
         deps = Deps(api=api, live=LiveState(), platforms=Platforms(), metrics=metrics, discovery=Discovery(api),
                     retry_after_error=config.retry_after_error)
@@ -234,6 +238,12 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, login: Cal
         if config.metrics_port is not None:
             runtime.closers.append(await _serve_metrics(metrics, config.metrics_port))
         memo["runtime"] = runtime
+
+    @kopf.on.probe(id="apiServer", registry=registry)
+    def api_server(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
+        """In /healthz's body, never in its status: liveness must not fail while the API server is away."""
+        runtime: Runtime | None = memo.get("runtime")
+        return runtime.deps.api.counter.availability.report() if runtime is not None else {"available": None}
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(memo: kopf.Memo, **_: Any) -> None:

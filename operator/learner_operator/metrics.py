@@ -28,6 +28,11 @@ class Metrics:
             "learner_operator_api_requests_total", "Requests the reconciler sent to the Kubernetes API.",
             ["verb"], registry=self.registry,
         )
+        self.api_available = Gauge(
+            "learner_operator_api_server_available",
+            "1 while the Kubernetes API server answers this operator's requests, 0 while it does not.",
+            registry=self.registry,
+        )
         self.queue_depth = Gauge(
             "learner_operator_work_queue_depth", "Platforms waiting for a reconcile.", registry=self.registry,
         )

@@ -5,7 +5,9 @@ from __future__ import annotations
 import collections
 import contextlib
 import datetime
+import logging
 import secrets
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -19,6 +21,7 @@ from kubernetes.aio.client.rest import RESTClientObject
 from learner_operator.kube.paths import ResourceRef
 from learner_operator.models import FIELD_MANAGER
 
+logger = logging.getLogger(__name__)
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
 #: What the generated client allowed a request: five minutes (watches set their own read timeout).
@@ -39,12 +42,54 @@ class NotLeading(Exception):  # a state, not an error of the request
     """A write refused before it was sent: this replica can no longer be sure that it holds the Lease."""
 
 
+class Availability:
+    """Whether the API server answered the latest request: for /healthz and /metrics, which must say the truth
+    while it is away without failing the liveness probe (a restart cannot bring the API server back).
+
+    An answer is any status but 5xx and 429 (a 404 or 409 comes from a working server); no answer is a
+    connection error, a timeout, a 5xx or "429 storage is (re)initializing". Each change is logged once.
+    """
+
+    def __init__(self) -> None:
+        #: ``time.monotonic()`` of the first unanswered request since the last answer; None: answering.
+        self.failing_since: float | None = None
+        self.last_error = ""
+
+    @property
+    def available(self) -> bool:
+        return self.failing_since is None
+
+    def answered(self, status: int) -> None:
+        if status >= 500 or status == 429:
+            self.unanswered(f"HTTP {status}")
+        elif self.failing_since is not None:
+            logger.warning("The Kubernetes API server answers again (it did not for %.0f s)", self.away_seconds())
+            self.failing_since = None
+
+    def unanswered(self, error: object) -> None:
+        self.last_error = str(error) or type(error).__name__
+        if self.failing_since is None:
+            self.failing_since = time.monotonic()
+            logger.warning("The Kubernetes API server does not answer (%s); retrying until it does", self.last_error)
+
+    def away_seconds(self) -> float:
+        return 0.0 if self.failing_since is None else time.monotonic() - self.failing_since
+
+    def report(self) -> dict[str, Any]:
+        """What /healthz shows (kopf serves probe results with 200 whatever they say)."""
+        if self.available:
+            return {"available": True}
+        return {"available": False, "awaySeconds": round(self.away_seconds(), 1), "lastError": self.last_error}
+
+
 class RequestCounter:
-    """Counts requests by verb: for /metrics, and for the benchmark's requests-per-reconcile."""
+    """Counts requests by verb: for /metrics, and for the benchmark's requests-per-reconcile; and whether
+    the latest one was answered (shared by every client of one operator)."""
 
     def __init__(self, hook: Callable[[str], None] | None = None) -> None:
         self.by_verb: collections.Counter[str] = collections.Counter()
         self._hook = hook
+        self.availability = Availability()
 
     def count(self, verb: str) -> None:
         self.by_verb[verb] += 1
@@ -114,10 +159,15 @@ class KubeApi:
         self.counter.count(method)
         headers = await self._headers(accept, content_type if body is not None else None)
         data = orjson.dumps(body) if body is not None else None
-        async with self._session.request(method, self._url(path, query), headers=headers, data=data,
-                                         timeout=_TIMEOUT, **self._extra) as response:
-            payload = await response.read()
-            status = response.status
+        try:
+            async with self._session.request(method, self._url(path, query), headers=headers, data=data,
+                                             timeout=_TIMEOUT, **self._extra) as response:
+                payload = await response.read()
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self.counter.availability.unanswered(exc)
+            raise
+        self.counter.availability.answered(status)
         if status == 404 and method in ("GET", "DELETE"):
             return None
         if not 200 <= status < 300:
@@ -164,8 +214,13 @@ class KubeApi:
         self.counter.count("WATCH")
         url = self._url(_collection(api_version, plural, namespace), query)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=read_timeout)
-        async with self._session.get(url, headers=await self._headers(accept), timeout=timeout,
-                                     **self._extra) as raw:
+        try:
+            opened = await self._session.get(url, headers=await self._headers(accept), timeout=timeout, **self._extra)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self.counter.availability.unanswered(exc)
+            raise
+        self.counter.availability.answered(opened.status)
+        async with opened as raw:
             if raw.status != 200:
                 raise _error(raw.status, await raw.read())
             yield _lines(raw.content)

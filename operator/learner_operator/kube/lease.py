@@ -15,6 +15,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp
+
 from learner_operator.kube.client import ApiError, KubeApi, NotLeading
 from learner_operator.kube.paths import ResourceRef
 
@@ -114,8 +116,8 @@ class LeaderElection:
             sent = loop.time()
             try:
                 won = await self.try_acquire_or_renew()
-            except (ApiError, OSError) as exc:
-                logger.warning("Leader election request failed: %s", exc)
+            except (ApiError, OSError, aiohttp.ClientError, ValueError) as exc:  # ValueError: a body not JSON
+                logger.warning("Leader election request failed: %s", exc or type(exc).__name__)
                 won = self.leading and loop.time() < self._deadline()
             else:
                 if won:
