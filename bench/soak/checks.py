@@ -13,7 +13,15 @@ from typing import Any
 import asyncpg
 import redis.asyncio as aioredis
 
-from bench.soak.common import CONVERGE_SECONDS, RSS_BOUND_MIB, SETTLE_SECONDS, STREAM, UNSERVED, now
+from bench.soak.common import (
+    CONVERGE_SECONDS,
+    RSS_BOUND_MIB,
+    SETTLE_SECONDS,
+    STREAM,
+    UNSERVED,
+    ZOMBIE_GRACE_SECONDS,
+    now,
+)
 from bench.soak.faults import Faults
 from bench.soak.history import History
 from bench.soak.load import Churn, Clients
@@ -61,14 +69,35 @@ class Checks:
         self.stored_events = 0
         self.redis_keys = 0
         self.redis_keys_without_ttl = 0
+        self.zombie_seen: dict[str, float] = {}  # a deleted platform's uid -> when a child of it was first seen
+        self.unowned_reported: set[str] = set()
 
     def broke(self, what: str) -> None:
         self.history.broke(what)
 
-    def check_zombies(self, owned: dict[str, set[tuple[str, str]]]) -> None:
+    def check_zombies(self, owned: dict[str, set[tuple[str, str]]], *, final: bool = False) -> None:
+        """A child of a deleted platform that stays. A replica frozen while its create was on the wire can
+        still land it after the deletion (no lease fences a request already sent); the garbage collector
+        then removes it, as a real cluster's does, within a moment of the API server answering. So one is a
+        zombie once it outlives ZOMBIE_GRACE_SECONDS with the API server up, or is there at the end; a child
+        of a deleted platform made without an ownerReference, which no collector ever removes, at once."""
+        at = now()
+        for uid in set(self.zombie_seen) - set(owned):
+            self.stats.orphans_collected += 1  # landed late, collected: what a real cluster does too
+            del self.zombie_seen[uid]
+        if self.faults.api_down:
+            self.zombie_seen = dict.fromkeys(self.zombie_seen, at)  # the collector waits for the server too
         for uid in set(owned) & self.churn.deleted_uids:
-            self.broke(f"zombie: {sorted(owned[uid])} owned by a deleted LearnerPlatform (uid {uid}) re-created")
-            self.churn.deleted_uids.discard(uid)  # reported once
+            first = self.zombie_seen.setdefault(uid, at)
+            if final or at - first > ZOMBIE_GRACE_SECONDS:
+                self.broke(f"zombie: {sorted(owned[uid])} owned by a deleted LearnerPlatform (uid {uid}), still "
+                           f"there {at - first:.0f} s after it was first seen")
+                self.churn.deleted_uids.discard(uid)  # reported once
+                del self.zombie_seen[uid]
+        for key in self.controllers.unowned_children():
+            if key not in self.unowned_reported:
+                self.unowned_reported.add(key)
+                self.broke(f"zombie: {key} is a platform's child that no LearnerPlatform owns")
 
     def measure_convergence(self) -> None:
         owned = self.controllers.owned()
@@ -126,7 +155,7 @@ class Checks:
             self.broke(f"{len(self.stats.writes_at_rest)} operator writes in {self.args.quiet_seconds:.0f} s "
                        f"at rest: {self.stats.writes_at_rest[:5]}")
         owned = self.controllers.owned()
-        self.check_zombies(owned)
+        self.check_zombies(owned, final=True)
         for lp in self.controllers.platforms():
             if why := converged(self.cluster, lp, owned):
                 self.broke(f"{lp['metadata']['namespace']}/{lp['metadata']['name']} diverged at rest: {why}")

@@ -24,6 +24,8 @@ RSS_BOUND_MIB = {"operator": 300.0, "api": 300.0, "evaluator": 300.0, "redis": 2
 #: Writes after convergence that still belong to it (see Checks.finish), at most this far apart.
 SETTLE_SECONDS = 3.0
 CONVERGE_SECONDS = 60.0
+#: How long a late child of a deleted platform may live before the garbage collector removes it.
+ZOMBIE_GRACE_SECONDS = 10.0
 #: Kinds the emulator does not serve (no KEDA): what the operator leaves out.
 UNSERVED = ("ScaledObject", "TriggerAuthentication")
 BIN = Path(sys.executable).parent

@@ -20,6 +20,7 @@ class Stats:
     writes_at_rest: list[str] = field(default_factory=list)
     crashes: list[str] = field(default_factory=list)
     requests: Counter[str] = field(default_factory=Counter)
+    orphans_collected: int = 0  # children of deleted platforms that landed late and the GC removed
 
 
 class History:
@@ -62,6 +63,7 @@ def summary(stats: Stats, *, seed: int, minutes: float, quiet_seconds: float, ev
         "final_convergence_s": {"platforms": len(final), "max": round(final[-1], 1) if final else None,
                                 "median": round(statistics.median(final), 1) if final else None},
         "writes_at_rest": len(stats.writes_at_rest), "quiet_seconds": quiet_seconds,
+        "orphans_collected": stats.orphans_collected,
         "peak_rss_mib": {k: round(v) for k, v in sorted(peak_rss_mib.items())},
         "redis_keys": redis_keys[0], "redis_keys_without_ttl": redis_keys[1],
         "crashes": stats.crashes, "requests": dict(sorted(stats.requests.items())),

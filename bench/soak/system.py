@@ -40,6 +40,7 @@ from bench.soak.history import History
 from bench.soak.processes import Postgres, Proc
 from learner_api.migrate import bundled, migrate
 from learner_api.seed import seed
+from learner_operator.models import FIELD_MANAGER
 from tests.conftest import CRD_FILE, load
 from tests.kube_emulator import Cluster, standard_cluster
 from tests.net import free_port
@@ -191,6 +192,20 @@ class Controllers:
                         if ref.get("kind") == "LearnerPlatform":
                             out.setdefault(ref["uid"], set()).add((obj["kind"], obj["metadata"]["name"]))
         return out
+
+    def unowned_children(self) -> list[str]:
+        """The operator's children (its managed-by label) that no LearnerPlatform owns: no garbage collector
+        ever removes those. Jobs and pods are the controllers' play, not the operator's children."""
+        found = []
+        for plural, api_version in CHILD_PLURALS.items():
+            for ns in NAMESPACES:
+                for obj in self.cluster.all(api_version, plural, ns):
+                    meta = obj["metadata"]
+                    managed = (meta.get("labels") or {}).get("app.kubernetes.io/managed-by") == FIELD_MANAGER
+                    refs = [r for r in meta.get("ownerReferences") or [] if r.get("kind") == "LearnerPlatform"]
+                    if managed and not refs:
+                        found.append(f"{obj['kind']} {ns}/{meta['name']}")
+        return found
 
     def leader(self) -> str:
         lease = self.cluster.get("coordination.k8s.io/v1", "leases", LEASE_NS, LEASE) or {}
