@@ -46,6 +46,8 @@ class LeaderElection:
     lease_seconds: int = 15
     renew_seconds: float = 5.0
     on_change: Callable[[bool], None] = lambda leading: None
+    #: After each renewal that leaves the Lease surely ours (writes refused meanwhile may go again).
+    on_renew: Callable[[], None] = lambda: None
     leading: bool = False
     #: When (event loop time) the last successful renewal was sent.
     renewed_at: float = 0.0
@@ -123,7 +125,12 @@ class LeaderElection:
                 if won:
                     self.renewed_at = sent
             self._set(won)
-            await asyncio.sleep(self.renew_seconds if self.leading else self.renew_seconds / 2)
+            if won and loop.time() < self._deadline():
+                self.on_renew()
+            # Paced from when the request was sent: a renewal that took seconds to answer (a busy machine or
+            # API server) is followed by the next one at once, before the Lease is unsure.
+            interval = self.renew_seconds if self.leading else self.renew_seconds / 2
+            await asyncio.sleep(max(0.0, interval - (loop.time() - sent)))
 
     async def release(self) -> None:
         """On a clean shutdown, let another replica take over at once instead of after the lease expires."""
