@@ -147,6 +147,24 @@ async def test_an_api_server_outage_is_recovered_from_unaided(cluster: AnyCluste
     assert cluster.mutating_requests(start) == []
 
 
+
+@pytest.mark.emulator_only("an edit delivered just before the API server goes away: a real restart cannot be timed so")
+async def test_a_platform_that_failed_during_an_outage_goes_again_as_soon_as_the_server_answers(
+    cluster: AnyCluster, operator: Operator,
+) -> None:
+    """A change heard just before an outage fails to apply during it, again and again, and its backoff grows
+    (0.5 s doubling here; 10 s doubling up to 5 minutes in production). After the outage nothing looks
+    changed (the caches already hold the change), so nothing triggers it: it used to wait for its backoff,
+    minutes after a long outage. It must go as soon as the operator's requests are answered again."""
+    await _converged(cluster, operator)
+    cluster.edit(*LP, NS, "ai-platform", {"spec": {"evaluator": {"enabled": False}}})
+    async with cluster.watch_gap(down=True):  # no await between: the edit's event is the last one before it
+        # tries at 0, 0.5, 1.5, 3.5, 7.5, 15.5 and 31.5 s fail; the next would come 63.5 s in, 30 s after this
+        await asyncio.sleep(33)
+        assert cluster.get("apps/v1", "deployments", NS, EVALUATOR) is not None, "applied during the outage?"
+    await eventually(lambda: cluster.get("apps/v1", "deployments", NS, EVALUATOR) is None, within=18,
+                     what="the change heard before the outage applied soon after it")
+
 #: The production delays at 1/50: the finite sequence they replaced (0.5, 1, 2, 4 and 37 times 8 s, 303.5 s in
 #: all) would have run out after 6 s here.
 FAST = EndlessBackoffs(scale=0.02)

@@ -229,6 +229,8 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, login: Cal
             return retry
 
         engine: Engine[Key] = Engine(work, workers=config.workers)
+        # After an outage, platforms whose reconciles failed meanwhile go again at once, not after their backoff.
+        counter.availability.on_return = engine.retry_failed_now
         # The watches hold a connection each for minutes: a client of their own, so that they can never take
         # every connection the reconciles need (ten per watched namespace; the default pool has 100).
         watching = await connect(config.api_host, counter, kubeconfig=config.kubeconfig, connections=1000)

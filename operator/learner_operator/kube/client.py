@@ -54,6 +54,8 @@ class Availability:
         #: ``time.monotonic()`` of the first unanswered request since the last answer; None: answering.
         self.failing_since: float | None = None
         self.last_error = ""
+        #: Called once when the server answers again after it did not.
+        self.on_return: Callable[[], None] = lambda: None
 
     @property
     def available(self) -> bool:
@@ -65,6 +67,7 @@ class Availability:
         elif self.failing_since is not None:
             logger.warning("The Kubernetes API server answers again (it did not for %.0f s)", self.away_seconds())
             self.failing_since = None
+            self.on_return()
 
     def unanswered(self, error: object) -> None:
         self.last_error = str(error) or type(error).__name__
