@@ -149,16 +149,25 @@ class SoakCluster(RealCluster):
         if owner is None:
             raise kmock.KubernetesError(status=404, reason="NotFound", message=f"{plural} {namespace}/{name}")
         super().remove(api_version, plural, namespace, name)
-        self._collect(namespace, owner["metadata"]["uid"], timeout)
+        self.collect(namespace, owner["metadata"]["uid"], timeout)
 
     def dependents(self, namespace: str, uid: str) -> list[tuple[str, str, str]]:
-        """(apiVersion, plural, name) of what ``uid`` owns in ``namespace`` and is not being deleted already."""
-        return [(api_version, plural, obj["metadata"]["name"]) for api_version, plural in _DEPENDENTS
-                for obj in self.all(api_version, plural, namespace)
-                if not obj["metadata"].get("deletionTimestamp")
-                and any(ref.get("uid") == uid for ref in obj["metadata"].get("ownerReferences") or [])]
+        """(apiVersion, plural, name) of what ``uid`` owns in ``namespace`` and is not being deleted already
+        (kinds the server does not serve skipped)."""
+        out = []
+        for api_version, plural in _DEPENDENTS:
+            try:
+                found = self.all(api_version, plural, namespace)
+            except kmock.KubernetesError as exc:
+                if exc.status == 404:
+                    continue
+                raise
+            out += [(api_version, plural, obj["metadata"]["name"]) for obj in found
+                    if not obj["metadata"].get("deletionTimestamp")
+                    and any(ref.get("uid") == uid for ref in obj["metadata"].get("ownerReferences") or [])]
+        return out
 
-    def _collect(self, namespace: str, uid: str, timeout: float) -> None:
+    def collect(self, namespace: str, uid: str, timeout: float) -> None:
         def gone() -> bool:
             left = self.dependents(namespace, uid)
             if not self.has_controllers:
