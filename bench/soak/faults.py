@@ -62,7 +62,7 @@ class Faults:
         rng = self.rng
         operators = [p for p in self.procs.values() if p.kind == "operator"]
         if kind in ("kill_operator_leader", "kill_operator_follower", "freeze_operator"):
-            leader = self.system.controllers.leader()
+            leader = await self.system.kube.call(self.system.controllers.leader)
             pool = [p for p in operators if p.running() and not p.frozen and p.name not in self.busy and
                     ((p.name == leader) == (kind == "kill_operator_leader") or kind == "freeze_operator")]
             if not pool:
