@@ -34,9 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-faults", type=int, default=3, help="faults under way at once")
     parser.add_argument("--longest-fault", type=float, default=60.0,
                         help="cap on a freeze's or an API server outage's seconds (the smoke run's: 15)")
-    parser.add_argument("--kube", choices=("emulator", "real"),
-                        help="the Kubernetes API: the tests' emulator, or a real control plane from envtest's "
-                             "binaries (default: real when KUBEBUILDER_ASSETS is set)")
+    parser.add_argument("--kube", choices=("emulator", "emulator-rest", "real"),
+                        help="the Kubernetes API: the tests' emulator; the emulator called through the real "
+                             "control plane's REST client; a real control plane from envtest's binaries "
+                             "(default: real when KUBEBUILDER_ASSETS is set, else emulator)")
     parser.add_argument("--history", help="the JSONL history (default: in the soak's folder)")
     parser.add_argument("--keep", action="store_true", help="keep the folder (logs, data) even when all held")
     args = parser.parse_args(argv)

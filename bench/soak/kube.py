@@ -17,7 +17,7 @@ import contextlib
 import signal
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 import httpx
 import kmock
@@ -25,11 +25,14 @@ import kmock
 from bench.soak.common import LEASE, LEASE_NS, NAMESPACES
 from learner_api.migrate import bundled
 from learner_operator.models import FIELD_MANAGER
+from tests.audit_log import MUTATING
 from tests.conftest import CRD_FILE, load
 from tests.control_plane import Binaries, ControlPlane
 from tests.controllers import autoscaler_first_sync
 from tests.kube_emulator import Cluster, standard_cluster
+from tests.kube_rest import Rest
 from tests.operator_harness import operator_kubeconfig
+from tests.pki import write_pki
 from tests.real_cluster import RealCluster
 
 CHILD_PLURALS = {"serviceaccounts": "v1", "configmaps": "v1", "services": "v1", "deployments": "apps/v1",
@@ -232,10 +235,102 @@ class RealPlane:
             await asyncio.to_thread(self.plane.start_apiserver)
 
 
+class _ServedEmulator:
+    """What ``SoakCluster`` reads of its plane, for the emulator's served URL (``rest`` once it serves)."""
+
+    namespace = LEASE_NS
+    has_controllers = False
+    operator_user = "the emulator's operator"
+
+    def __init__(self, cluster: Cluster, folder: Path) -> None:
+        self.cluster, self.folder = cluster, folder
+        self.audit_log = folder / "no-audit.log"  # never written: the operator's requests are the emulator's log
+        self._rest: Rest | None = None
+
+    @property
+    def url(self) -> str:
+        return str(self.cluster.url).rstrip("/")
+
+    @property
+    def rest(self) -> Rest:
+        if self._rest is None:
+            pki = write_pki(self.folder / "pki")  # Rest needs a client certificate; over HTTP it goes unused
+            self._rest = Rest(self.url, pki.ca_cert, pki.admin_cert, pki.admin_key)
+        return self._rest
+
+
+class _RestOverEmulator(SoakCluster):
+    """The real control plane's client on the emulator's HTTP API, with two differences the emulator forces:
+    kmock parses no Namespace path (the soak's namespaces are made in place before), and the operator's
+    requests are the emulator's log, told from the soak's own by the operator's token."""
+
+    def __init__(self, served: _ServedEmulator) -> None:
+        super().__init__(cast("ControlPlane", served))
+        self.served = served
+
+    def put(self, obj: dict[str, Any]) -> dict[str, Any]:
+        return obj if obj["kind"] == "Namespace" else super().put(obj)
+
+    @property
+    def log(self) -> list[kmock.Request]:
+        return [r for r in self.served.cluster.log if "authorization" in {k.lower() for k in r.headers}]
+
+    def mutating_requests(self, since: int = 0) -> list[kmock.Request]:
+        return [r for r in self.log[since:] if r.method.value in MUTATING]
+
+
+class EmulatorOverRest:
+    """The emulator, called by the soak as it calls a real control plane (``--kube emulator-rest``): through
+    the real side's client (RealCluster's REST, SoakCluster's garbage collection), from a thread, so that
+    the real side's code runs here without envtest's binaries. The faults stay the emulator's; its 429s
+    and 503s now reach the soak's calls too, as a real server's would."""
+
+    name = "emulator, called over REST as a real control plane"
+    restart_stops_api = False
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.emulator = Emulator()
+        self._served = _ServedEmulator(self.emulator.cluster, folder)
+        self._cluster = _RestOverEmulator(self._served)
+
+    @property
+    def cluster(self) -> SoakCluster:
+        return self._cluster
+
+    @contextlib.asynccontextmanager
+    async def serving(self) -> AsyncIterator[SoakCluster]:
+        store = self.emulator.cluster
+        async with self.emulator.serving():
+            for ns in (*NAMESPACES, LEASE_NS):
+                store.put({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+            # kmock serves no PUT: a replace (RealCluster.put/update) is done in place, unconditionally.
+            store["put"] << (lambda request: store.put(request.data))
+            try:
+                yield self._cluster
+            finally:
+                self._served.rest.close()
+
+    def kubeconfig(self, folder: Path) -> Path:
+        return self.emulator.kubeconfig(folder)
+
+    async def call(self, fn: Callable[[], T]) -> T:
+        return await asyncio.to_thread(fn)
+
+    async def drop_watches(self) -> None:
+        await self.emulator.drop_watches()
+
+    async def restart(self, seconds: float) -> None:
+        await self.emulator.restart(seconds)
+
+    async def outage(self, seconds: float) -> None:
+        await self.emulator.outage(seconds)
+
+
 def real_binaries(choice: str | None) -> Binaries | None:
     """envtest's binaries when the soak runs on a real control plane: ``choice`` "real", or None and
     KUBEBUILDER_ASSETS set; None for the emulator. A ValueError says why a real one cannot run."""
-    binaries = Binaries.from_environment() if choice != "emulator" else None
+    binaries = Binaries.from_environment() if choice in (None, "real") else None
     if choice == "real" and binaries is None:
         raise ValueError("--kube real needs KUBEBUILDER_ASSETS naming envtest's binaries (etcd, kube-apiserver; "
                          "`setup-envtest use -p path 1.36.x`)")
@@ -245,6 +340,8 @@ def real_binaries(choice: str | None) -> Binaries | None:
 def kube_side(choice: str | None, folder: Path) -> KubeSide:
     """The Kubernetes API the soak runs against (see ``real_binaries``)."""
     binaries = real_binaries(choice)
+    if choice == "emulator-rest":
+        return EmulatorOverRest(folder / "emulator-rest")
     if binaries is None:
         return Emulator()
     return RealPlane(binaries, folder / "control-plane")
