@@ -86,6 +86,9 @@ class KubeSide(Protocol):
 
     name: str
     restart_stops_api: bool
+    #: Seconds between the soak's passes over the cluster (play, churn, convergence): each pass is tens of
+    #: list requests, which over HTTP the API server (the emulator: in the soak's own loop) must serve.
+    pass_seconds: float
 
     @property
     def cluster(self) -> KubeApi: ...
@@ -109,6 +112,7 @@ class Emulator:
 
     name = "emulator"
     restart_stops_api = False
+    pass_seconds = 0.5
 
     def __init__(self) -> None:
         self._cluster: Cluster = standard_cluster(load(CRD_FILE))
@@ -193,6 +197,7 @@ class RealPlane:
 
     name = "real control plane"
     restart_stops_api = True
+    pass_seconds = 1.0
 
     def __init__(self, binaries: Binaries, folder: Path) -> None:
         self.plane = ControlPlane(binaries, folder, load(CRD_FILE), namespace=LEASE_NS, audit_level="Metadata")
@@ -267,13 +272,19 @@ class _RestOverEmulator(SoakCluster):
     def __init__(self, served: _ServedEmulator) -> None:
         super().__init__(cast("ControlPlane", served))
         self.served = served
+        self._read = 0
+        self._operators: list[kmock.Request] = []
 
     def put(self, obj: dict[str, Any]) -> dict[str, Any]:
         return obj if obj["kind"] == "Namespace" else super().put(obj)
 
     @property
     def log(self) -> list[kmock.Request]:
-        return [r for r in self.served.cluster.log if "authorization" in {k.lower() for k in r.headers}]
+        """The operator's requests (it sends a token; the soak's client none), read on from the last look."""
+        served = self.served.cluster.log
+        self._operators += [r for r in served[self._read:] if any(k.lower() == "authorization" for k in r.headers)]
+        self._read = len(served)
+        return self._operators
 
     def mutating_requests(self, since: int = 0) -> list[kmock.Request]:
         return [r for r in self.log[since:] if r.method.value in MUTATING]
@@ -287,6 +298,7 @@ class EmulatorOverRest:
 
     name = "emulator, called over REST as a real control plane"
     restart_stops_api = False
+    pass_seconds = 2.0
 
     def __init__(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)

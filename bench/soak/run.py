@@ -51,7 +51,7 @@ class Soak:
                 except KUBE_ERRORS as exc:
                     self.history.stats.requests[f"kube pass {type(exc).__name__}"] += 1
                     self.history.record("kube_pass_failed", error=repr(exc)[:300])
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(self.system.kube.pass_seconds)
 
     async def run(self) -> int:
         args = self.args
