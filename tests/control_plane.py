@@ -226,7 +226,7 @@ class ControlPlane:
             health = f"http://127.0.0.1:{self.etcd_port}/health"
             wait_until(lambda: httpx.get(health, trust_env=False).json().get("health") == "true", "etcd /health", etcd)
             self._rest = Rest(self.url, self.pki.ca_cert, self.pki.admin_cert, self.pki.admin_key)
-            self._start_apiserver()
+            self.start_apiserver()
             self._set_up()
             if self.binaries.kube_controller_manager is not None:
                 manager = self.processes["kube-controller-manager"] = Process(
@@ -238,16 +238,21 @@ class ControlPlane:
             self.stop()
             raise
 
-    def _start_apiserver(self) -> None:
+    def start_apiserver(self) -> None:
+        """Start kube-apiserver (again: on the same port and etcd) and wait until it is ready."""
         apiserver = self.processes["kube-apiserver"] = Process("kube-apiserver", self.apiserver_command(),
                                                                self.folder)
         wait_until(lambda: self.rest.healthy("/readyz"), "kube-apiserver /readyz", apiserver)
 
-    def restart_apiserver(self, how: signal.Signals) -> None:
-        """Stop kube-apiserver with ``how`` (SIGKILL: a crash) and start it again on the same port and etcd."""
+    def stop_apiserver(self, how: signal.Signals) -> None:
+        """Stop kube-apiserver with ``how`` (SIGKILL: a crash); every request fails until ``start_apiserver``."""
         self.processes["kube-apiserver"].stop(how)
         self.rest.reconnect()
-        self._start_apiserver()
+
+    def restart_apiserver(self, how: signal.Signals) -> None:
+        """Stop kube-apiserver with ``how`` and start it again at once."""
+        self.stop_apiserver(how)
+        self.start_apiserver()
 
     def stop(self) -> None:
         for name in ("kube-controller-manager", "kube-apiserver", "etcd"):

@@ -48,7 +48,7 @@ from learner_operator.models import FIELD_MANAGER
 from tests.audit_log import MUTATING, AuditLog
 from tests.control_plane import ControlPlane
 from tests.controllers import autoscaler_first_sync, deployment_status
-from tests.kube_rest import MERGE, path
+from tests.kube_rest import MERGE, Rest, path
 
 USER_MANAGER = "test-user"  # the field manager of every change a test makes
 STRATEGIC = "application/strategic-merge-patch+json"
@@ -99,8 +99,12 @@ def _owned_by(obj: dict[str, Any], uid: str) -> bool:
 class RealCluster:
     def __init__(self, plane: ControlPlane) -> None:
         self.plane = plane
-        self._rest = plane.rest
         self._audit = AuditLog(plane.audit_log, plane.operator_user)
+
+    @property
+    def _rest(self) -> Rest:
+        """Read from the plane at each call, so a facade can be made before its plane has started."""
+        return self.plane.rest
 
     @property
     def url(self) -> yarl.URL:

@@ -19,11 +19,15 @@ pytestmark = [pytest.mark.soak, pytest.mark.skipif(
     reason="the soak starts its own PostgreSQL and Redis: apt-get install postgresql redis-server")]
 
 
-def test_a_short_soak_with_a_fixed_seed_holds_every_invariant(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kube", [
+    [],  # the emulator, or a real control plane where KUBEBUILDER_ASSETS names envtest's binaries
+    ["--kube", "emulator-rest"],  # the emulator through the real control plane's client: that code runs here
+], ids=["default", "emulator-rest"])
+def test_a_short_soak_with_a_fixed_seed_holds_every_invariant(tmp_path: Path, kube: list[str]) -> None:
     history = tmp_path / "history.jsonl"
     run = subprocess.run(
         [sys.executable, "-m", "bench.soak", "--minutes", "0.5", "--seed", "5", "--quiet-seconds", "10",
-         "--fault-seconds", "4", "--longest-fault", "15", "--history", str(history)],
+         "--fault-seconds", "4", "--longest-fault", "15", "--history", str(history), *kube],
         cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     report = [json.loads(line) for line in history.read_text().splitlines() if '"op": "report"' in line][-1]

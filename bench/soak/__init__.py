@@ -7,8 +7,9 @@ Starts, all on loopback and all its own:
   Redis (redis-server, append-only file fsynced on every write: a managed Redis does not lose what it
   acknowledged), so that it may kill -9, freeze (SIGSTOP) and restart them. The shared 5432/6379 are
   never touched;
-- the tests' Kubernetes API emulator (in this process), with 3 `learner-operator run` replicas electing a
-  leader through the Lease;
+- the Kubernetes API: the tests' emulator (in this process), or a real control plane from envtest's
+  binaries when KUBEBUILDER_ASSETS names them or with ``--kube real`` (bench/soak/kube.py), with 3
+  `learner-operator run` replicas electing a leader through the Lease;
 - 2 `learner-api serve` and 2 `learner-api evaluator` processes.
 
 Load (bounded): progress batches from learners of 3 tenants, retried with the same event ids as real
@@ -19,7 +20,8 @@ on/off, pause, delete). The soak plays the Job controller, the Deployment contro
 Faults, drawn from ``--seed``, several at once: kill -9 of the operator's leader or a follower, of a
 learner-api or evaluator process; SIGSTOP/SIGCONT of PostgreSQL, Redis or an operator replica; restart of
 PostgreSQL or Redis; the API server dropping every watch, restarting (429, then 410 Gone) or away for
-10-60 s (503); a child deleted or edited by someone else.
+10-60 s (503) (a real kube-apiserver: stopped with SIGTERM or kill -9 and started again, or away 10-60 s);
+a child deleted or edited by someone else.
 
 Everything is written to a history (JSONL), then checked: every progress event answered 202 is stored
 exactly once, none dead-lettered; at most one order per Idempotency-Key, each confirmed payment fulfilled

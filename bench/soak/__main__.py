@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 from bench import soak
+from bench.soak.kube import real_binaries
 from bench.soak.run import Soak
 
 
@@ -33,6 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-faults", type=int, default=3, help="faults under way at once")
     parser.add_argument("--longest-fault", type=float, default=60.0,
                         help="cap on a freeze's or an API server outage's seconds (the smoke run's: 15)")
+    parser.add_argument("--kube", choices=("emulator", "emulator-rest", "real"),
+                        help="the Kubernetes API: the tests' emulator; the emulator called through the real "
+                             "control plane's REST client; a real control plane from envtest's binaries "
+                             "(default: real when KUBEBUILDER_ASSETS is set, else emulator)")
     parser.add_argument("--history", help="the JSONL history (default: in the soak's folder)")
     parser.add_argument("--keep", action="store_true", help="keep the folder (logs, data) even when all held")
     args = parser.parse_args(argv)
@@ -40,6 +45,11 @@ def main(argv: list[str] | None = None) -> int:
         args.seed = random.SystemRandom().randrange(1, 1_000_000)
     if args.minutes <= 0 or args.quiet_seconds < 0 or args.replicas < 1:
         parser.error("--minutes must be > 0, --quiet-seconds >= 0, --replicas >= 1")
+    try:
+        real_binaries(args.kube)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     folder = Path(tempfile.mkdtemp(prefix=f"soak-{args.seed}-"))
     folder.chmod(0o755)  # PostgreSQL runs as its own user under it
     code = 2

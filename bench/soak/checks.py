@@ -24,16 +24,16 @@ from bench.soak.common import (
 )
 from bench.soak.faults import Faults
 from bench.soak.history import History
+from bench.soak.kube import KubeApi
 from bench.soak.load import Churn, Clients
 from bench.soak.system import System
 from learner_api.streams import CONSUMER_GROUP, dead_letters
 from learner_operator.builders import children
 from learner_operator.builders.common import Platform
 from learner_operator.models import LearnerPlatformSpec
-from tests.kube_emulator import Cluster
 
 
-def converged(cluster: Cluster, lp: dict[str, Any], owned: dict[str, set[tuple[str, str]]]) -> str:
+def converged(cluster: KubeApi, lp: dict[str, Any], owned: dict[str, set[tuple[str, str]]]) -> str:
     """Empty when ``lp`` is as its spec asks (children, status); else what is not (yet)."""
     meta, status = lp["metadata"], lp.get("status") or {}
     if status.get("observedGeneration") != meta.get("generation"):
@@ -111,6 +111,21 @@ class Checks:
                 else:
                     self.churn.pending[key] = (since, generation)
 
+    def final_pass(self) -> dict[str, str]:
+        """Play the controllers once, then what each platform still waits for (converged ones timed)."""
+        self.controllers.play_controllers()
+        owned = self.controllers.owned()
+        self.check_zombies(owned)
+        waiting = {}
+        for lp in self.controllers.platforms():
+            key = f"{lp['metadata']['namespace']}/{lp['metadata']['name']}"
+            why = converged(self.cluster, lp, owned)
+            if why:
+                waiting[key] = why
+            elif key not in self.stats.final_convergence:
+                self.stats.final_convergence[key] = max(0.0, now() - self.faults.last_fault_end)
+        return waiting
+
     async def finish(self) -> None:
         """After the last fault: convergence, readiness, the drained stream, then the writes at rest."""
         # every process that should run is back and ready
@@ -121,17 +136,7 @@ class Checks:
         deadline = self.faults.last_fault_end + CONVERGE_SECONDS
         waiting: dict[str, str] = {}
         while True:
-            self.controllers.play_controllers()
-            owned = self.controllers.owned()
-            self.check_zombies(owned)
-            waiting = {}
-            for lp in self.controllers.platforms():
-                key = f"{lp['metadata']['namespace']}/{lp['metadata']['name']}"
-                why = converged(self.cluster, lp, owned)
-                if why:
-                    waiting[key] = why
-                elif key not in self.stats.final_convergence:
-                    self.stats.final_convergence[key] = max(0.0, now() - self.faults.last_fault_end)
+            waiting = await self.system.kube.call(self.final_pass)
             if not waiting or now() > deadline:
                 break
             await asyncio.sleep(0.5)
@@ -147,19 +152,23 @@ class Checks:
         # at rest: no operator writes (lease renewals aside) for --quiet-seconds
         start = len(self.cluster.log)
         await asyncio.sleep(self.args.quiet_seconds)
-        self.controllers.play_controllers()  # nothing to do at rest; a write it needed would show below
+        # nothing to do at rest; a write it needed would show below
+        await self.system.kube.call(self.controllers.play_controllers)
         for request in self.cluster.mutating_requests(start):
             if request.resource is None or request.resource.plural != "leases":
                 self.stats.writes_at_rest.append(f"{request.method.value} {request.url}")
         if self.stats.writes_at_rest:
             self.broke(f"{len(self.stats.writes_at_rest)} operator writes in {self.args.quiet_seconds:.0f} s "
                        f"at rest: {self.stats.writes_at_rest[:5]}")
+        await self.system.kube.call(self.check_at_rest)
+        await self.check_data()
+
+    def check_at_rest(self) -> None:
         owned = self.controllers.owned()
         self.check_zombies(owned, final=True)
         for lp in self.controllers.platforms():
             if why := converged(self.cluster, lp, owned):
                 self.broke(f"{lp['metadata']['namespace']}/{lp['metadata']['name']} diverged at rest: {why}")
-        await self.check_data()
 
     def writes_since(self, start: int) -> int:
         return sum(1 for request in self.cluster.mutating_requests(start)
@@ -172,7 +181,7 @@ class Checks:
             if now() > deadline:
                 return False
             await asyncio.sleep(0.25)
-            self.controllers.play_controllers()
+            await self.system.kube.call(self.controllers.play_controllers)
             if self.writes_since(mark):
                 mark, since = len(self.cluster.log), now()
         return True

@@ -2,7 +2,9 @@
 
 kill -9 of the operator's leader or a follower, of a learner-api or evaluator process; SIGSTOP/SIGCONT of
 PostgreSQL, Redis or an operator replica; restart of PostgreSQL or Redis; the API server dropping every
-watch, restarting (429, then 410 Gone) or away for 10-60 s (503); a child deleted or edited by someone else.
+watch, restarting (429, then 410 Gone) or away for 10-60 s (503) on the emulator, kube-apiserver stopped
+(SIGTERM, kill -9) and started again, or away 10-60 s, on a real control plane; a child deleted or edited by
+someone else.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import contextlib
 import random
 import signal
 from typing import Any, ClassVar
+
+import kmock
 
 from bench.soak.common import now
 from bench.soak.history import History
@@ -55,10 +59,10 @@ class Faults:
         proc.restarts += 1
 
     async def fault(self, kind: str) -> None:
-        rng, cluster = self.rng, self.cluster
+        rng = self.rng
         operators = [p for p in self.procs.values() if p.kind == "operator"]
         if kind in ("kill_operator_leader", "kill_operator_follower", "freeze_operator"):
-            leader = self.system.controllers.leader()
+            leader = await self.system.kube.call(self.system.controllers.leader)
             pool = [p for p in operators if p.running() and not p.frozen and p.name not in self.busy and
                     ((p.name == leader) == (kind == "kill_operator_leader") or kind == "freeze_operator")]
             if not pool:
@@ -114,21 +118,32 @@ class Faults:
                 else:
                     redis.stop()
                 await self._restart_later(redis, 0.5, 5)
-        elif kind == "watches_dropped":
+        elif kind in ("watches_dropped", "apiserver_restart", "apiserver_outage"):
+            await self.api_server_fault(kind)
+        elif kind in ("child_deleted", "child_edited"):
+            await self.system.kube.call(lambda: self.someone_else(kind))
+        self.stats.faults[kind] += 1
+
+    async def api_server_fault(self, kind: str) -> None:
+        """The emulator plays each (watches end; 429 then 410 Gone; 503 throughout); a real kube-apiserver is
+        stopped (SIGTERM; kill -9; kill -9 and away) and started again, every request failing meanwhile."""
+        kube = self.system.kube
+        if kind == "watches_dropped":
+            seconds = 0.0
             self.record("fault", kind=kind)
-            cluster.hang_up()
-        elif kind in ("apiserver_restart", "apiserver_outage"):
+        else:
             seconds = self.span(1, 8) if kind == "apiserver_restart" else self.span(10, 60)
             self.record("fault", kind=kind, seconds=round(seconds, 1))
-            self.api_down = kind == "apiserver_outage"
-            try:
-                async with cluster.watch_gap(down=self.api_down):
-                    await asyncio.sleep(seconds)
-            finally:
-                self.api_down = False
-        elif kind in ("child_deleted", "child_edited"):
-            self.someone_else(kind)
-        self.stats.faults[kind] += 1
+        self.api_down = kind == "apiserver_outage" or kube.restart_stops_api
+        try:
+            if kind == "watches_dropped":
+                await kube.drop_watches()
+            elif kind == "apiserver_restart":
+                await kube.restart(seconds)
+            else:
+                await kube.outage(seconds)
+        finally:
+            self.api_down = False
 
     def someone_else(self, kind: str) -> None:
         cluster = self.cluster
@@ -146,7 +161,7 @@ class Faults:
                                  or [])]
             if candidates:
                 victim = self.rng.choice(candidates)["metadata"]["name"]
-                with contextlib.suppress(KeyError):
+                with contextlib.suppress(KeyError, kmock.KubernetesError):  # gone meanwhile
                     cluster.remove(api_version, plural, ns, victim)
                 self.record("fault", kind=kind, target=f"{plural}/{ns}/{victim}")
         else:
@@ -155,7 +170,7 @@ class Faults:
             def mutate(obj: dict[str, Any]) -> None:
                 obj["spec"]["template"]["spec"]["containers"][0]["image"] = "ghcr.io/someone/else:latest"
 
-            with contextlib.suppress(KeyError):
+            with contextlib.suppress(KeyError, kmock.KubernetesError):
                 cluster.update("apps/v1", "deployments", ns, target, mutate)
                 self.record("fault", kind=kind, target=f"deployments/{ns}/{target}")
         self.churn.pending.setdefault((ns, name), (now(), int(lp["metadata"].get("generation") or 1)))

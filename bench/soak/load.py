@@ -19,10 +19,10 @@ import kmock
 
 from bench.soak.common import JWT_SECRET, LESSONS, NAMESPACES, PRODUCT, TENANTS, WEBHOOK_SECRET, now
 from bench.soak.history import History
+from bench.soak.kube import KubeApi
 from bench.soak.system import System
 from learner_api.webhook_signature import HEADER, sign
 from tests.conftest import EXAMPLES, load
-from tests.kube_emulator import Cluster
 
 
 class Clients:
@@ -132,7 +132,7 @@ class Churn:
     """LearnerPlatform churn (create, image tag, autoscaling, evaluator on/off, pause, delete); ``pending`` is
     when each changed platform's spec last changed, for its convergence; ``deleted_uids`` those deleted."""
 
-    def __init__(self, cluster: Cluster, rng: random.Random, history: History, args: argparse.Namespace) -> None:
+    def __init__(self, cluster: KubeApi, rng: random.Random, history: History, args: argparse.Namespace) -> None:
         self.cluster, self.rng, self.history, self.args = cluster, rng, history, args
         self.lp_seq = 0
         #: (namespace, name) -> (when the spec last changed, its generation)

@@ -11,6 +11,7 @@ from bench.soak.checks import Checks
 from bench.soak.common import now
 from bench.soak.faults import Faults
 from bench.soak.history import History, report, summary
+from bench.soak.kube import KUBE_ERRORS
 from bench.soak.load import Churn, Clients
 from bench.soak.system import System
 
@@ -31,25 +32,37 @@ class Soak:
         self.stopping_churn = False
 
     async def kube_loop(self) -> None:
-        """Play the controllers, churn the platforms, measure convergence, watch for zombies: until the end."""
+        """Play the controllers, churn the platforms, measure convergence, watch for zombies: until the end.
+        A pass that meets the API server away (a real one restarting) is counted and tried again."""
         next_churn = now() + 1
+
+        def one_pass() -> None:
+            nonlocal next_churn
+            self.system.controllers.play_controllers()
+            if now() >= next_churn and not self.stopping_churn:
+                self.churn.churn_once()
+                next_churn = now() + self.rng.uniform(1.0, self.args.churn_seconds * 2)
+            self.checks.measure_convergence()
+
         while not self.clients.stop_load.is_set():
             if not self.faults.api_down:
-                self.system.controllers.play_controllers()
-                if now() >= next_churn and not self.stopping_churn:
-                    self.churn.churn_once()
-                    next_churn = now() + self.rng.uniform(1.0, self.args.churn_seconds * 2)
-                self.checks.measure_convergence()
-            await asyncio.sleep(0.5)
+                try:
+                    await self.system.kube.call(one_pass)
+                except KUBE_ERRORS as exc:
+                    self.history.stats.requests[f"kube pass {type(exc).__name__}"] += 1
+                    self.history.record("kube_pass_failed", error=repr(exc)[:300])
+            await asyncio.sleep(self.system.kube.pass_seconds)
 
     async def run(self) -> int:
         args = self.args
-        print(f"soak: seed {args.seed}, {args.minutes} min of load and faults, folder {self.folder}", flush=True)
+        print(f"soak: seed {args.seed}, {args.minutes} min of load and faults, Kubernetes: {self.system.kube.name}, "
+              f"folder {self.folder}", flush=True)
+        self.history.record("start", seed=args.seed, minutes=args.minutes, kube=self.system.kube.name)
         tasks: list[asyncio.Task[None]] = []
         try:
             await self.system.setup_data()
-            async with self.system.kube.serving() as cluster:
-                self.system.controllers.prepare()
+            async with self.system.kube.serving():
+                await self.system.kube.call(self.system.controllers.prepare)
                 self.system.start_services()
                 self.system.start_operators()
                 late = await self.system.wait_ready(within=90)
@@ -71,7 +84,6 @@ class Soak:
                 await asyncio.wait(load_tasks, timeout=30)
                 await asyncio.wait_for(kube, 30)
                 await self.checks.finish()
-                cluster.hang_up()
         finally:
             self.clients.stop_load.set()
             self.clients.hard_stop.set()
@@ -87,10 +99,10 @@ class Soak:
         for proc in self.system.procs.values():
             rss[proc.kind] = max(rss.get(proc.kind, 0.0), proc.peak_rss_mib)
         buyers = self.clients.buyers.values()
-        figures = summary(
+        figures = {"kube": self.system.kube.name, **summary(
             self.history.stats, seed=self.args.seed, minutes=self.args.minutes,
             quiet_seconds=self.args.quiet_seconds,
             events=(len(self.clients.progress_sent), len(self.clients.progress_acked), self.checks.stored_events),
             purchases=(len(buyers), sum(1 for b in buyers if b["order"]), sum(1 for b in buyers if b["paid"])),
-            peak_rss_mib=rss, redis_keys=(self.checks.redis_keys, self.checks.redis_keys_without_ttl))
+            peak_rss_mib=rss, redis_keys=(self.checks.redis_keys, self.checks.redis_keys_without_ttl))}
         return report(self.history, figures)

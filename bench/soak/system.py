@@ -1,55 +1,32 @@
 """The system under test: PostgreSQL, Redis, the Kubernetes API, the operator replicas, learner-api and
 its evaluators, and the controllers the API server lacks (the soak plays them).
 
-Two seams, each a Protocol with one implementation so far: ``RedisSide`` (``RedisServer``, one server; a
-cluster would be another class) and ``KubeSide`` (``Emulator``, the tests' emulator in this process; a real
-control plane would be another class). ``redis_side`` and ``kube_side`` pick one.
+Two seams, each a Protocol: ``RedisSide`` (``RedisServer``, one server; a cluster would be another class) and
+``KubeSide`` (bench/soak/kube.py: the emulator, or a real control plane). ``redis_side`` and ``kube_side``
+pick one.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import os
 import shutil
-import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import asyncpg
 import httpx
-import kmock
 import redis.asyncio as aioredis
 
-from bench.soak.common import (
-    BIN,
-    JWT_SECRET,
-    LEASE,
-    LEASE_NS,
-    NAMESPACES,
-    STREAM,
-    TENANTS,
-    WEBHOOK_SECRET,
-    now,
-    until,
-)
+from bench.soak.common import BIN, JWT_SECRET, LEASE_NS, STREAM, TENANTS, WEBHOOK_SECRET, now, until
 from bench.soak.history import History
+from bench.soak.kube import Controllers, kube_side
 from bench.soak.processes import Postgres, Proc
-from learner_api.migrate import bundled, migrate
+from learner_api.migrate import migrate
 from learner_api.seed import seed
-from learner_operator.models import FIELD_MANAGER
-from tests.conftest import CRD_FILE, load
-from tests.kube_emulator import Cluster, standard_cluster
 from tests.net import free_port
-from tests.operator_harness import operator_kubeconfig
-
-CHILD_PLURALS = {"serviceaccounts": "v1", "configmaps": "v1", "services": "v1", "deployments": "apps/v1",
-                 "horizontalpodautoscalers": "autoscaling/v2", "poddisruptionbudgets": "policy/v1",
-                 "networkpolicies": "networking.k8s.io/v1", "jobs": "batch/v1",
-                 "servicemonitors": "monitoring.coreos.com/v1"}
 
 
 async def redis_ping(url: str) -> bool:
@@ -105,115 +82,6 @@ def redis_side(folder: Path) -> RedisSide:
     return RedisServer(folder / "redis")
 
 
-class KubeSide(Protocol):
-    """The Kubernetes side of the system: ``serving`` holds the API up for the run, ``kubeconfig`` is what the
-    operator replicas connect with, and ``cluster`` what the soak reads, plays controllers in, churns and
-    faults (the emulator's store: a real control plane needs a client offering the same calls)."""
-
-    cluster: Cluster
-
-    def serving(self) -> contextlib.AbstractAsyncContextManager[Cluster]: ...
-
-    def kubeconfig(self, folder: Path) -> Path: ...
-
-
-class Emulator:
-    """The tests' Kubernetes API emulator, served in this process; ``cluster`` is its store."""
-
-    def __init__(self) -> None:
-        self.cluster: Cluster = standard_cluster(load(CRD_FILE))
-
-    @contextlib.asynccontextmanager
-    async def serving(self) -> AsyncIterator[Cluster]:
-        async with self.cluster, kmock.Server(self.cluster):
-            yield self.cluster
-
-    def kubeconfig(self, folder: Path) -> Path:
-        return operator_kubeconfig(self.cluster, folder)
-
-
-def kube_side() -> KubeSide:
-    """The Kubernetes API the soak runs against (the emulator: the real control plane is not supported yet)."""
-    if os.environ.get("KUBEBUILDER_ASSETS"):
-        print("note: the soak runs against the emulator; the real control plane (KUBEBUILDER_ASSETS) is not "
-              "supported by it yet", file=sys.stderr)
-    return Emulator()
-
-
-class Controllers:
-    """What the soak reads from and plays in the cluster: the Job controller (a migration succeeds), the HPA
-    (2 replicas), the Deployment controller; the platforms, their children and the operator's leader."""
-
-    def __init__(self, cluster: Cluster) -> None:
-        self.cluster = cluster
-
-    def prepare(self) -> None:
-        for ns in (*NAMESPACES, LEASE_NS):
-            self.cluster.put({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
-        data = {"DATABASE_URL": "postgresql://learner:soak@db.invalid:5432/learn?sslmode=require",
-                "REDIS_URL": "rediss://:soak@cache.invalid:6380/0", "JWT_SECRET": "soak-signing-key-0123456789abcdef"}
-        for ns in NAMESPACES:
-            self.cluster.put({"apiVersion": "v1", "kind": "Secret",
-                              "metadata": {"name": "ai-platform-secrets", "namespace": ns},
-                              "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}})
-
-    def play_controllers(self) -> None:
-        """One pass of the Job controller, the HPA and the Deployment controller."""
-        cluster = self.cluster
-        version = bundled()[-1].version
-        for ns in NAMESPACES:
-            for job in cluster.all("batch/v1", "jobs", ns):
-                if not (job.get("status") or {}).get("conditions"):
-                    with contextlib.suppress(KeyError):
-                        cluster.finish_job(ns, job["metadata"]["name"], succeeded=True,
-                                           message=f"learner-api migrate: schema version {version} (applied all)")
-            hpas = {h["spec"]["scaleTargetRef"]["name"] for h in cluster.all("autoscaling/v2",
-                                                                             "horizontalpodautoscalers", ns)}
-            for deployment in cluster.all("apps/v1", "deployments", ns):
-                name = deployment["metadata"]["name"]
-                with contextlib.suppress(KeyError):
-                    if name in hpas and "replicas" not in deployment["spec"]:
-                        deployment = cluster.scale(ns, name, 2)
-                    status = deployment.get("status") or {}
-                    if status.get("observedGeneration") != deployment["metadata"].get("generation") or \
-                            status.get("readyReplicas") != deployment["spec"].get("replicas", 1):
-                        cluster.set_deployment_status(ns, name)
-
-    def platforms(self) -> list[dict[str, Any]]:
-        return [lp for ns in NAMESPACES for lp in self.cluster.all("learner.dev/v1alpha1", "learnerplatforms", ns)]
-
-    def owned(self) -> dict[str, set[tuple[str, str]]]:
-        """(kind, name) of every object owned by a LearnerPlatform, by the owner's uid."""
-        out: dict[str, set[tuple[str, str]]] = {}
-        for plural, api_version in CHILD_PLURALS.items():
-            for ns in NAMESPACES:
-                for obj in self.cluster.all(api_version, plural, ns):
-                    for ref in obj["metadata"].get("ownerReferences") or []:
-                        if ref.get("kind") == "LearnerPlatform":
-                            out.setdefault(ref["uid"], set()).add((obj["kind"], obj["metadata"]["name"]))
-        return out
-
-    def unowned_children(self) -> list[str]:
-        """The operator's children (its managed-by label) that no LearnerPlatform owns: no garbage collector
-        ever removes those. Jobs and pods are the controllers' play, not the operator's children."""
-        found = []
-        for plural, api_version in CHILD_PLURALS.items():
-            for ns in NAMESPACES:
-                for obj in self.cluster.all(api_version, plural, ns):
-                    meta = obj["metadata"]
-                    managed = (meta.get("labels") or {}).get("app.kubernetes.io/managed-by") == FIELD_MANAGER
-                    refs = [r for r in meta.get("ownerReferences") or [] if r.get("kind") == "LearnerPlatform"]
-                    if managed and not refs:
-                        found.append(f"{obj['kind']} {ns}/{meta['name']}")
-        return found
-
-    def leader(self) -> str:
-        lease = self.cluster.get("coordination.k8s.io/v1", "leases", LEASE_NS, LEASE) or {}
-        holder = str((lease.get("spec") or {}).get("holderIdentity") or "")
-        return holder.replace("replica-", "operator-") if holder else ""
-
-
-
 class System:
     """Every process the soak started, by name, with the stores and the API they talk to."""
 
@@ -221,7 +89,7 @@ class System:
         self.args, self.folder, self.history = args, folder, history
         self.postgres = Postgres(folder / "postgres")
         self.redis = redis_side(folder)
-        self.kube = kube_side()
+        self.kube = kube_side(args.kube, folder)
         self.controllers = Controllers(self.kube.cluster)
         self.procs: dict[str, Proc] = {}
 
