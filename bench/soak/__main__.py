@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-faults", type=int, default=3, help="faults under way at once")
     parser.add_argument("--longest-fault", type=float, default=60.0,
                         help="cap on a freeze's or an API server outage's seconds (the smoke run's: 15)")
+    parser.add_argument("--redis", choices=("server", "cluster"), default="server",
+                        help="one redis-server, or a Redis Cluster of 3 masters with a replica each")
     parser.add_argument("--history", help="the JSONL history (default: in the soak's folder)")
     parser.add_argument("--keep", action="store_true", help="keep the folder (logs, data) even when all held")
     args = parser.parse_args(argv)

@@ -3,6 +3,13 @@
 kill -9 of the operator's leader or a follower, of a learner-api or evaluator process; SIGSTOP/SIGCONT of
 PostgreSQL, Redis or an operator replica; restart of PostgreSQL or Redis; the API server dropping every
 watch, restarting (429, then 410 Gone) or away for 10-60 s (503); a child deleted or edited by someone else.
+On a Redis Cluster (``--redis cluster``) the Redis faults are a coordinated failover, a master killed or
+frozen around the node timeout, and a progress stream's slot moved to another master under load.
+
+The plan (which fault, when, its durations and which of the candidates it hits) is drawn from a random
+source of its own, derived from the seed alone: the same seed plans the same faults however the load and
+the churn went. What a planned fault finds at the time (which replica leads, a target still busy with an
+earlier fault: then it is skipped, and recorded so) is the run's.
 """
 
 from __future__ import annotations
@@ -10,15 +17,53 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import random
 import signal
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from bench.soak.common import now
+from bench.soak.common import STREAM, now
 from bench.soak.history import History
 from bench.soak.load import Churn
 from bench.soak.processes import Proc
-from bench.soak.system import System
+from bench.soak.redis_cluster import RedisClusterSide
+from bench.soak.system import RedisServer, System
+
+SERVER_REDIS = ("freeze_redis", "restart_redis", "kill_redis")
+CLUSTER_REDIS = ("failover_redis", "kill_redis_master", "freeze_redis_master", "migrate_redis_slot")
+#: Faults after which Redis may have lost what it acknowledged (async replication, no WAIT)
+UNCLEAN_REDIS = ("kill_redis_master", "freeze_redis_master")
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One planned fault: ``gap`` seconds after the previous one; ``pick`` chooses among the candidates there
+    are at the time, ``draws`` (each in [0, 1)) its durations."""
+
+    n: int
+    gap: float
+    kind: str
+    pick: float
+    draws: tuple[float, float]
+
+    def line(self) -> str:
+        return f"{self.n}:{self.kind}@{self.gap:.2f}"
+
+
+def fault_plan(seed: int, kinds: tuple[str, ...], mean_gap: float) -> Iterator[Planned]:
+    """The faults of ``seed``, without end: a function of the seed, the kinds and the mean gap only."""
+    rng = random.Random(f"{seed}:faults")  # noqa: S311  # replayable, not secret
+    n = 0
+    while True:
+        gap = rng.uniform(2, mean_gap * 2)
+        yield Planned(n, gap, rng.choice(kinds), rng.random(), (rng.random(), rng.random()))
+        n += 1
+
+
+def plan_digest(plan: list[Planned]) -> str:
+    return hashlib.sha256(" ".join(p.line() for p in plan).encode()).hexdigest()[:12]
 
 
 class Faults:
@@ -30,12 +75,14 @@ class Faults:
               "watches_dropped", "apiserver_restart", "apiserver_outage", "child_deleted", "child_edited")
     TARGET: ClassVar[dict[str, str]] = {
         "freeze_postgres": "postgres", "restart_postgres": "postgres", "kill_postgres": "postgres",
-        "freeze_redis": "redis", "restart_redis": "redis", "kill_redis": "redis",
+        **dict.fromkeys(SERVER_REDIS + CLUSTER_REDIS, "redis"),
         "apiserver_restart": "kube", "apiserver_outage": "kube", "watches_dropped": "kube"}
 
-    def __init__(self, system: System, churn: Churn, rng: random.Random, history: History,
-                 args: argparse.Namespace) -> None:
-        self.system, self.churn, self.rng, self.history, self.args = system, churn, rng, history, args
+    def __init__(self, system: System, churn: Churn, history: History, args: argparse.Namespace) -> None:
+        self.system, self.churn, self.history, self.args = system, churn, history, args
+        redis = tuple(k for k in self.FAULTS if k not in SERVER_REDIS)
+        self.kinds = redis + CLUSTER_REDIS if system.redis.cluster else self.FAULTS
+        self.planned: list[Planned] = []  # the plan as far as the run went
         self.procs, self.postgres, self.cluster = system.procs, system.postgres, system.kube.cluster
         self.stats = history.stats
         self.busy: set[str] = set()
@@ -45,17 +92,18 @@ class Faults:
     def record(self, op: str, **fields: Any) -> None:
         self.history.record(op, **fields)
 
-    def span(self, low: float, high: float) -> float:
-        """A fault's duration from the seed, at most ``--longest-fault`` seconds (same draws whatever the cap)."""
-        return min(self.rng.uniform(low, high), float(self.args.longest_fault))
+    def span(self, draw: float, low: float, high: float) -> float:
+        """A fault's duration from the plan, at most ``--longest-fault`` seconds (same draws whatever the cap)."""
+        return min(low + draw * (high - low), float(self.args.longest_fault))
 
-    async def _restart_later(self, proc: Proc, low: float, high: float) -> None:
-        await asyncio.sleep(self.rng.uniform(low, high))
+    async def _restart_later(self, proc: Proc, draw: float, low: float, high: float) -> None:
+        await asyncio.sleep(low + draw * (high - low))
         proc.start()
         proc.restarts += 1
 
-    async def fault(self, kind: str) -> None:
-        rng, cluster = self.rng, self.cluster
+    async def fault(self, planned: Planned) -> None:
+        kind, cluster, (first, second) = planned.kind, self.cluster, planned.draws
+        rng = random.Random(planned.pick)  # noqa: S311  # picks among what there is: from the plan
         operators = [p for p in self.procs.values() if p.kind == "operator"]
         if kind in ("kill_operator_leader", "kill_operator_follower", "freeze_operator"):
             leader = self.system.controllers.leader()
@@ -63,19 +111,19 @@ class Faults:
                     ((p.name == leader) == (kind == "kill_operator_leader") or kind == "freeze_operator")]
             if not pool:
                 return
-            proc = rng.choice(pool)
+            proc = rng.choice(sorted(pool, key=lambda p: p.name))
             self.busy.add(proc.name)
-            self.record("fault", kind=kind, target=proc.name, leader=leader)
+            self.record("fault", n=planned.n, kind=kind, target=proc.name, leader=leader)
             try:
                 if kind == "freeze_operator":
                     proc.send(signal.SIGSTOP)
                     proc.frozen = True
-                    await asyncio.sleep(self.span(2, 30))
+                    await asyncio.sleep(self.span(first, 2, 30))
                     proc.send(signal.SIGCONT)
                     proc.frozen = False
                 else:
                     proc.kill9()
-                    await self._restart_later(proc, 0.5, 10)
+                    await self._restart_later(proc, second, 0.5, 10)
             finally:
                 self.busy.discard(proc.name)
         elif kind in ("kill_api", "kill_evaluator"):
@@ -83,43 +131,46 @@ class Faults:
                     and p.name not in self.busy]
             if not pool:
                 return
-            proc = rng.choice(pool)
+            proc = rng.choice(sorted(pool, key=lambda p: p.name))
             self.busy.add(proc.name)
-            self.record("fault", kind=kind, target=proc.name)
+            self.record("fault", n=planned.n, kind=kind, target=proc.name)
             try:
                 proc.kill9()
-                await self._restart_later(proc, 0.5, 5)
+                await self._restart_later(proc, second, 0.5, 5)
             finally:
                 self.busy.discard(proc.name)
         elif kind in ("freeze_postgres", "restart_postgres", "kill_postgres"):
-            self.record("fault", kind=kind)
+            self.record("fault", n=planned.n, kind=kind)
             if kind == "freeze_postgres":
                 self.postgres.freeze()
-                await asyncio.sleep(self.span(2, 20))
+                await asyncio.sleep(self.span(first, 2, 20))
                 self.postgres.thaw()
             else:
                 await asyncio.to_thread(self.postgres.stop, "fast" if kind == "restart_postgres" else "immediate")
-                await asyncio.sleep(rng.uniform(0.5, 5))
+                await asyncio.sleep(self.span(second, 0.5, 5))
                 await asyncio.to_thread(self.postgres.start)
-        elif kind in ("freeze_redis", "restart_redis", "kill_redis"):
+        elif kind in SERVER_REDIS:
+            assert isinstance(self.system.redis, RedisServer)
             redis = self.system.redis.proc
-            self.record("fault", kind=kind)
+            self.record("fault", n=planned.n, kind=kind)
             if kind == "freeze_redis":
                 redis.send(signal.SIGSTOP)
-                await asyncio.sleep(self.span(2, 15))
+                await asyncio.sleep(self.span(first, 2, 15))
                 redis.send(signal.SIGCONT)
             else:
                 if kind == "kill_redis":
                     redis.kill9()
                 else:
                     redis.stop()
-                await self._restart_later(redis, 0.5, 5)
+                await self._restart_later(redis, second, 0.5, 5)
+        elif kind in CLUSTER_REDIS:
+            await self.cluster_fault(planned)
         elif kind == "watches_dropped":
-            self.record("fault", kind=kind)
+            self.record("fault", n=planned.n, kind=kind)
             cluster.hang_up()
         elif kind in ("apiserver_restart", "apiserver_outage"):
-            seconds = self.span(1, 8) if kind == "apiserver_restart" else self.span(10, 60)
-            self.record("fault", kind=kind, seconds=round(seconds, 1))
+            seconds = self.span(first, 1, 8) if kind == "apiserver_restart" else self.span(first, 10, 60)
+            self.record("fault", n=planned.n, kind=kind, seconds=round(seconds, 1))
             self.api_down = kind == "apiserver_outage"
             try:
                 async with cluster.watch_gap(down=self.api_down):
@@ -127,25 +178,41 @@ class Faults:
             finally:
                 self.api_down = False
         elif kind in ("child_deleted", "child_edited"):
-            self.someone_else(kind)
+            self.someone_else(kind, rng)
         self.stats.faults[kind] += 1
 
-    def someone_else(self, kind: str) -> None:
+    async def cluster_fault(self, planned: Planned) -> None:
+        """A Redis Cluster fault; recorded when it starts (with its target) and when it is over."""
+        side = self.system.redis
+        assert isinstance(side, RedisClusterSide)
+        kind, pick, first = planned.kind, planned.pick, planned.draws[0]
+        self.record("fault", n=planned.n, kind=kind)
+        if kind == "failover_redis":
+            did = await side.failover(pick)
+        elif kind == "kill_redis_master":
+            did = await side.kill_master(pick, self.span(first, 2, 20))
+        elif kind == "freeze_redis_master":  # the node timeout is 3 s: about half of these fail it over
+            did = await side.freeze_master(pick, self.span(first, 1, 7))
+        else:
+            did = await side.migrate_slot(pick, STREAM)
+        self.record("fault_done", n=planned.n, kind=kind, target=did)
+
+    def someone_else(self, kind: str, rng: random.Random) -> None:
         cluster = self.cluster
         lps = [lp for lp in self.system.controllers.platforms() if not lp["spec"].get("paused")]
         if not lps:
             return
-        lp = self.rng.choice(lps)
+        lp = rng.choice(lps)
         ns, name = lp["metadata"]["namespace"], lp["metadata"]["name"]
         if kind == "child_deleted":
-            plural, api_version = self.rng.choice([("configmaps", "v1"), ("services", "v1"),
+            plural, api_version = rng.choice([("configmaps", "v1"), ("services", "v1"),
                                                    ("deployments", "apps/v1"), ("networkpolicies",
                                                                                 "networking.k8s.io/v1")])
             candidates = [o for o in cluster.all(api_version, plural, ns)
                           if any(r.get("uid") == lp["metadata"]["uid"] for r in o["metadata"].get("ownerReferences")
                                  or [])]
             if candidates:
-                victim = self.rng.choice(candidates)["metadata"]["name"]
+                victim = rng.choice(candidates)["metadata"]["name"]
                 with contextlib.suppress(KeyError):
                     cluster.remove(api_version, plural, ns, victim)
                 self.record("fault", kind=kind, target=f"{plural}/{ns}/{victim}")
@@ -161,23 +228,29 @@ class Faults:
         self.churn.pending.setdefault((ns, name), (now(), int(lp["metadata"].get("generation") or 1)))
 
     async def fault_loop(self, until: float) -> None:
+        """Inject the plan's faults until ``until``; one whose target is still busy, or beyond
+        ``--max-faults`` at once, is skipped (and recorded so)."""
         tasks: set[asyncio.Task[None]] = set()
+        plan = fault_plan(self.args.seed, self.kinds, self.args.fault_seconds)
         while now() < until:
-            await asyncio.sleep(self.rng.uniform(2, self.args.fault_seconds * 2))
-            if now() >= until or len(tasks) >= self.args.max_faults:
+            planned = next(plan)
+            self.planned.append(planned)
+            await asyncio.sleep(planned.gap)
+            target = self.TARGET.get(planned.kind)
+            if now() >= until:
+                break
+            if len(tasks) >= self.args.max_faults or (target or planned.kind) in self.busy:
+                self.record("fault_skipped", n=planned.n, kind=planned.kind, busy=sorted(self.busy))
                 continue
-            free = [k for k in self.FAULTS if self.TARGET.get(k, k) not in self.busy]
-            kind = self.rng.choice(free)
-            target = self.TARGET.get(kind)
 
-            async def run(kind: str = kind, target: str | None = target) -> None:
+            async def run(planned: Planned = planned, target: str | None = target) -> None:
                 if target:
                     self.busy.add(target)
                 try:
-                    await self.fault(kind)
+                    await self.fault(planned)
                 except Exception as exc:  # a fault that could not be injected is reported
-                    self.record("fault_failed", kind=kind, error=repr(exc))
-                    print(f"  fault {kind} could not be injected: {exc!r}", flush=True)
+                    self.record("fault_failed", n=planned.n, kind=planned.kind, error=repr(exc))
+                    print(f"  fault {planned.kind} could not be injected: {exc!r}", flush=True)
                 finally:
                     if target:
                         self.busy.discard(target)
