@@ -84,16 +84,17 @@ class RedisClusterSide:
         for port, proc in self.nodes.items():
             if not proc.running() or proc.frozen:
                 continue
-            try:
-                lines = redis.Redis(port=port, socket_timeout=2, protocol=2).execute_command("CLUSTER NODES")
+            try:  # redis-py hands CLUSTER NODES over parsed: {"ip:port@cport": {"node_id": ..., "flags": ...}}
+                described = redis.Redis(port=port, socket_timeout=2, protocol=2).execute_command("CLUSTER NODES")
             except redis.RedisError:
                 continue
-            text = lines.decode() if isinstance(lines, bytes) else str(lines)
             nodes = []
-            for line in text.splitlines():
-                node_id, address, flags, master_id = line.split()[:4]
-                nodes.append(Node(int(address.split(":")[1].split("@")[0]), node_id, "master" in flags,
-                                  master_id, ("fail" in flags and "fail?" not in flags) or "noaddr" in flags))
+            for address, node in described.items():
+                flags, port_text = str(node["flags"]), address.split("@")[0].rpartition(":")[2]
+                if not port_text.isdigit() or "noaddr" in flags or "handshake" in flags:
+                    continue  # a node being met or forgotten: not one of ours yet
+                nodes.append(Node(int(port_text), str(node["node_id"]), "master" in flags, str(node["master_id"]),
+                                  "fail" in flags.replace("fail?", "")))
             return nodes
         raise RuntimeError("no node of the Redis Cluster answers")
 
@@ -129,7 +130,7 @@ class RedisClusterSide:
         proc.start()
         proc.restarts += 1
         await asyncio.to_thread(self.wait_ok)
-        return str(master.port)
+        return await self.outcome(master)
 
     async def freeze_master(self, pick: float, seconds: float) -> str:
         """SIGSTOP of a master for ``seconds``: past the node timeout its replica takes over and the thawed
@@ -145,7 +146,11 @@ class RedisClusterSide:
             proc.send(signal.SIGCONT)
             proc.frozen = False
         await asyncio.to_thread(self.wait_ok)
-        return str(master.port)
+        return await self.outcome(master)
+
+    async def outcome(self, master: Node) -> str:
+        still = any(n.port == master.port for n in await asyncio.to_thread(self.masters))
+        return f"{master.port} ({'still master' if still else 'failed over to its replica'})"
 
     async def migrate_slot(self, pick: float, stream_base: str) -> str:
         """Move the slot of one progress stream to another master, a few keys at a time, under load."""
