@@ -20,7 +20,6 @@ import contextlib
 import hashlib
 import random
 import signal
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -52,14 +51,17 @@ class Planned:
         return f"{self.n}:{self.kind}@{self.gap:.2f}"
 
 
-def fault_plan(seed: int, kinds: tuple[str, ...], mean_gap: float) -> Iterator[Planned]:
-    """The faults of ``seed``, without end: a function of the seed, the kinds and the mean gap only."""
+def fault_plan(seed: int, kinds: tuple[str, ...], mean_gap: float, seconds: float) -> list[Planned]:
+    """The faults of ``seed`` over ``seconds``: a function of its arguments only, not of the run's timing."""
     rng = random.Random(f"{seed}:faults")  # noqa: S311  # replayable, not secret
-    n = 0
+    plan: list[Planned] = []
+    at = 0.0
     while True:
         gap = rng.uniform(2, mean_gap * 2)
-        yield Planned(n, gap, rng.choice(kinds), rng.random(), (rng.random(), rng.random()))
-        n += 1
+        at += gap
+        if at >= seconds:
+            return plan
+        plan.append(Planned(len(plan), gap, rng.choice(kinds), rng.random(), (rng.random(), rng.random())))
 
 
 def plan_digest(plan: list[Planned]) -> str:
@@ -80,14 +82,18 @@ class Faults:
 
     def __init__(self, system: System, churn: Churn, history: History, args: argparse.Namespace) -> None:
         self.system, self.churn, self.history, self.args = system, churn, history, args
-        redis = tuple(k for k in self.FAULTS if k not in SERVER_REDIS)
-        self.kinds = redis + CLUSTER_REDIS if system.redis.cluster else self.FAULTS
-        self.planned: list[Planned] = []  # the plan as far as the run went
+        self.kinds = self.kinds_for(cluster=system.redis.cluster)
+        self.plan = fault_plan(args.seed, self.kinds, args.fault_seconds, args.minutes * 60)
         self.procs, self.postgres, self.cluster = system.procs, system.postgres, system.kube.cluster
         self.stats = history.stats
         self.busy: set[str] = set()
         self.api_down = False
         self.last_fault_end = now()
+
+    @classmethod
+    def kinds_for(cls, *, cluster: bool) -> tuple[str, ...]:
+        """The faults a run draws from: on a cluster, the cluster's Redis faults instead of the server's."""
+        return tuple(k for k in cls.FAULTS if k not in SERVER_REDIS) + CLUSTER_REDIS if cluster else cls.FAULTS
 
     def record(self, op: str, **fields: Any) -> None:
         self.history.record(op, **fields)
@@ -231,10 +237,7 @@ class Faults:
         """Inject the plan's faults until ``until``; one whose target is still busy, or beyond
         ``--max-faults`` at once, is skipped (and recorded so)."""
         tasks: set[asyncio.Task[None]] = set()
-        plan = fault_plan(self.args.seed, self.kinds, self.args.fault_seconds)
-        while now() < until:
-            planned = next(plan)
-            self.planned.append(planned)
+        for planned in self.plan:
             await asyncio.sleep(planned.gap)
             target = self.TARGET.get(planned.kind)
             if now() >= until:
@@ -259,6 +262,7 @@ class Faults:
             task = asyncio.create_task(run())
             tasks.add(task)
             task.add_done_callback(tasks.discard)
+        await asyncio.sleep(max(0.0, until - now()))  # the plan's last fault may come well before the end
         if tasks:
             await asyncio.wait(tasks, timeout=120)
         self.last_fault_end = now()

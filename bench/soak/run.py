@@ -96,7 +96,7 @@ class Soak:
             events=(len(self.clients.progress_sent), len(self.clients.progress_acked), self.checks.stored_events),
             purchases=(len(buyers), sum(1 for b in buyers if b["order"]), sum(1 for b in buyers if b["paid"])),
             peak_rss_mib=rss, redis_keys=(self.checks.redis_keys, self.checks.redis_keys_without_ttl))
-        planned = self.faults.planned
-        figures["fault_plan"] = {"redis": self.system.redis_kind, "planned": len(planned),
-                                 "digest": plan_digest(planned), "first": [p.line() for p in planned[:8]]}
+        plan = self.faults.plan
+        figures["fault_plan"] = {"redis": self.system.redis_kind, "planned": len(plan), "digest": plan_digest(plan),
+                                 "first": [p.line() for p in plan[:8]]}
         return report(self.history, figures)
