@@ -73,6 +73,7 @@ class Checks:
         self.redis_keys_without_ttl = 0
         self.zombie_seen: dict[str, float] = {}  # a deleted platform's uid -> when a child of it was first seen
         self.unowned_reported: set[str] = set()
+        self.phantom_lag: dict[str, int] = {}
 
     def broke(self, what: str) -> None:
         self.history.broke(what)
@@ -198,8 +199,16 @@ class Checks:
                     except ResponseError:  # no such stream: nothing was queued on it
                         continue
                     group = groups.get(CONSUMER_GROUP)
-                    if not (group and group["pending"] == 0 and (group.get("lag") or 0) == 0):
+                    if not (group and group["pending"] == 0 and not await client.xrange(
+                            stream, min=b"(" + group["last-delivered-id"], count=1)):
                         undrained[stream] = group
+                    elif group.get("lag") and stream not in self.phantom_lag:
+                        # Redis before 7.4 can keep reporting a lag after a stream moved or failed over and
+                        # was trimmed (redis/redis#13337, #13336): nothing is left to deliver, though
+                        self.phantom_lag[stream] = int(group["lag"])
+                        self.history.record("redis_phantom_lag", stream=stream, lag=int(group["lag"]))
+                        print(f"  note: {stream} drained, yet Redis reports a lag of {group['lag']} "
+                              "(redis/redis#13337: KEDA and the evaluator's lag metric see it too)", flush=True)
                 if not undrained:
                     return
                 await asyncio.sleep(1)
