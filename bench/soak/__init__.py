@@ -21,7 +21,10 @@ Faults, drawn from ``--seed``, several at once: kill -9 of the operator's leader
 learner-api or evaluator process; SIGSTOP/SIGCONT of PostgreSQL, Redis or an operator replica; restart of
 PostgreSQL or Redis; the API server dropping every watch, restarting (429, then 410 Gone) or away for
 10-60 s (503) (a real kube-apiserver: stopped with SIGTERM or kill -9 and started again, or away 10-60 s);
-a child deleted or edited by someone else.
+a child deleted or edited by someone else. With ``--redis cluster``, a six-node Redis
+Cluster instead of the one server, and its faults: a coordinated failover, a master killed or frozen
+around the node timeout, a slot moved under load. The faults are planned from the seed alone, before the
+run (``fault_plan`` in the report): the same seed replays the same plan.
 
 Everything is written to a history (JSONL), then checked: every progress event answered 202 is stored
 exactly once, none dead-lettered; at most one order per Idempotency-Key, each confirmed payment fulfilled

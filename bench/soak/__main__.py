@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="the Kubernetes API: the tests' emulator; the emulator called through the real "
                              "control plane's REST client; a real control plane from envtest's binaries "
                              "(default: real when KUBEBUILDER_ASSETS is set, else emulator)")
+    parser.add_argument("--redis", choices=("server", "cluster"), default="server",
+                        help="one redis-server, or a Redis Cluster of 3 masters with a replica each")
     parser.add_argument("--history", help="the JSONL history (default: in the soak's folder)")
     parser.add_argument("--keep", action="store_true", help="keep the folder (logs, data) even when all held")
     args = parser.parse_args(argv)

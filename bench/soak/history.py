@@ -78,8 +78,9 @@ def report(history: History, summary: dict[str, Any]) -> int:
     print("\n== soak report")
     print(json.dumps(summary, indent=1))
     if summary["broken"]:
+        cluster = " --redis cluster" if summary.get("fault_plan", {}).get("redis") == "cluster" else ""
         print(f"\n{len(summary['broken'])} invariant(s) broke; replay with: python -m bench.soak "
-              f"--seed {summary['seed']} --minutes {summary['minutes']}")
+              f"--seed {summary['seed']} --minutes {summary['minutes']}{cluster}")
         return 1
     print("\nall invariants held")
     return 0

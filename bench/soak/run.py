@@ -9,7 +9,7 @@ from pathlib import Path
 
 from bench.soak.checks import Checks
 from bench.soak.common import now
-from bench.soak.faults import Faults
+from bench.soak.faults import Faults, plan_digest
 from bench.soak.history import History, report, summary
 from bench.soak.kube import KUBE_ERRORS
 from bench.soak.load import Churn, Clients
@@ -17,17 +17,19 @@ from bench.soak.system import System
 
 
 class Soak:
-    """Wires the parts together around one seeded random source (the load's URLs, the churn and the faults
-    draw from it in turn, so a seed replays the same run)."""
+    """Wires the parts together. The faults, the churn and the load each draw from a random source of their
+    own derived from the seed, so that the load's timing-dependent draws do not shift the faults: a seed
+    replays the same fault plan (its digest is in the report)."""
 
     def __init__(self, args: argparse.Namespace, folder: Path) -> None:
         self.args, self.folder = args, folder
-        self.rng = random.Random(args.seed)  # noqa: S311  # replayable, not secret
+        self.churn_rng = random.Random(f"{args.seed}:churn")  # noqa: S311  # replayable, not secret
         self.history = History(Path(args.history) if args.history else folder / f"history-seed{args.seed}.jsonl")
         self.system = System(args, folder, self.history)
-        self.churn = Churn(self.system.kube.cluster, self.rng, self.history, args)
-        self.clients = Clients(self.system, self.rng, self.history, args.seed)
-        self.faults = Faults(self.system, self.churn, self.rng, self.history, args)
+        self.churn = Churn(self.system.kube.cluster, self.churn_rng, self.history, args)
+        self.clients = Clients(self.system, random.Random(f"{args.seed}:load"), self.history,  # noqa: S311
+                               args.seed)
+        self.faults = Faults(self.system, self.churn, self.history, args)
         self.checks = Checks(self.system, self.churn, self.clients, self.faults, self.history, args)
         self.stopping_churn = False
 
@@ -41,7 +43,7 @@ class Soak:
             self.system.controllers.play_controllers()
             if now() >= next_churn and not self.stopping_churn:
                 self.churn.churn_once()
-                next_churn = now() + self.rng.uniform(1.0, self.args.churn_seconds * 2)
+                next_churn = now() + self.churn_rng.uniform(1.0, self.args.churn_seconds * 2)
             self.checks.measure_convergence()
 
         while not self.clients.stop_load.is_set():
@@ -56,8 +58,9 @@ class Soak:
     async def run(self) -> int:
         args = self.args
         print(f"soak: seed {args.seed}, {args.minutes} min of load and faults, Kubernetes: {self.system.kube.name}, "
-              f"folder {self.folder}", flush=True)
-        self.history.record("start", seed=args.seed, minutes=args.minutes, kube=self.system.kube.name)
+              f"Redis {self.system.redis_kind}, folder {self.folder}", flush=True)
+        self.history.record("start", seed=args.seed, minutes=args.minutes, kube=self.system.kube.name,
+                            redis=self.system.redis_kind)
         tasks: list[asyncio.Task[None]] = []
         try:
             await self.system.setup_data()
@@ -105,4 +108,7 @@ class Soak:
             events=(len(self.clients.progress_sent), len(self.clients.progress_acked), self.checks.stored_events),
             purchases=(len(buyers), sum(1 for b in buyers if b["order"]), sum(1 for b in buyers if b["paid"])),
             peak_rss_mib=rss, redis_keys=(self.checks.redis_keys, self.checks.redis_keys_without_ttl))}
+        plan = self.faults.plan
+        figures["fault_plan"] = {"redis": self.system.redis_kind, "planned": len(plan), "digest": plan_digest(plan),
+                                 "first": [p.line() for p in plan[:8]]}
         return report(self.history, figures)

@@ -1,9 +1,9 @@
 """The system under test: PostgreSQL, Redis, the Kubernetes API, the operator replicas, learner-api and
 its evaluators, and the controllers the API server lacks (the soak plays them).
 
-Two seams, each a Protocol: ``RedisSide`` (``RedisServer``, one server; a cluster would be another class) and
-``KubeSide`` (bench/soak/kube.py: the emulator, or a real control plane). ``redis_side`` and ``kube_side``
-pick one.
+Two seams, each a Protocol: ``RedisSide`` (``RedisServer``, one server, or ``RedisClusterSide``, six
+nodes: ``--redis``) and ``KubeSide`` (bench/soak/kube.py: the emulator, or a real control plane).
+``redis_side`` and ``kube_side`` pick one.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from bench.soak.common import BIN, JWT_SECRET, LEASE_NS, STREAM, TENANTS, WEBHOO
 from bench.soak.history import History
 from bench.soak.kube import Controllers, kube_side
 from bench.soak.processes import Postgres, Proc
+from bench.soak.redis_cluster import RedisClusterSide
 from learner_api.migrate import migrate
 from learner_api.seed import seed
 from tests.net import free_port
@@ -40,22 +41,32 @@ async def redis_ping(url: str) -> bool:
 
 
 class RedisSide(Protocol):
-    """The Redis side of the system: where its clients connect, the processes it runs (started by ``start``,
-    supervised with the others), and ``proc``, the one the Redis faults kill, freeze and restart."""
+    """The Redis side of the system: where its clients connect (``url``, and ``service_env`` for learner-api
+    and the evaluator), the processes it runs (started by ``start``, supervised with the others), a client
+    for the checks and the URL of every node holding keys."""
 
-    proc: Proc
+    cluster: bool
 
     @property
     def url(self) -> str: ...
+
+    @property
+    def service_env(self) -> dict[str, str]: ...
 
     def processes(self) -> list[Proc]: ...
 
     async def start(self) -> None: ...
 
+    def client(self) -> aioredis.Redis: ...
+
+    async def node_urls(self) -> list[str]: ...
+
 
 class RedisServer:
     """One throwaway redis-server, its append-only file fsynced on every write (a managed Redis does not lose
-    what it acknowledged)."""
+    what it acknowledged); ``proc`` is what the Redis faults kill, freeze and restart."""
+
+    cluster = False
 
     def __init__(self, folder: Path) -> None:
         self.folder, self.port = folder, free_port()
@@ -68,6 +79,10 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def service_env(self) -> dict[str, str]:
+        return {}
+
     def processes(self) -> list[Proc]:
         self.folder.mkdir(exist_ok=True)
         return [self.proc]
@@ -76,9 +91,17 @@ class RedisServer:
         self.proc.start()
         await until(lambda: redis_ping(self.url), 20, "the soak's Redis answers")
 
+    def client(self) -> aioredis.Redis:
+        return aioredis.from_url(self.url)
 
-def redis_side(folder: Path) -> RedisSide:
-    """The Redis the soak runs (one server: the only kind so far)."""
+    async def node_urls(self) -> list[str]:
+        return [self.url]
+
+
+def redis_side(folder: Path, kind: str = "server") -> RedisSide:
+    """The Redis the soak runs: one server, or a Redis Cluster of six nodes (``--redis cluster``)."""
+    if kind == "cluster":
+        return RedisClusterSide(folder / "redis-cluster")
     return RedisServer(folder / "redis")
 
 
@@ -88,7 +111,8 @@ class System:
     def __init__(self, args: argparse.Namespace, folder: Path, history: History) -> None:
         self.args, self.folder, self.history = args, folder, history
         self.postgres = Postgres(folder / "postgres")
-        self.redis = redis_side(folder)
+        self.redis_kind = getattr(args, "redis", "server")
+        self.redis = redis_side(folder, self.redis_kind)
         self.kube = kube_side(args.kube, folder)
         self.controllers = Controllers(self.kube.cluster)
         self.procs: dict[str, Proc] = {}
@@ -120,7 +144,8 @@ class System:
         finally:
             await admin.close()
         for tenant in TENANTS:
-            await seed(self.admin_db_url(), self.redis.url, tenant)
+            # seed announces the content version with a plain client: on a cluster the cache starts cold instead
+            await seed(self.admin_db_url(), None if self.redis.cluster else self.redis.url, tenant)
 
     def _service_env(self, port: int, metrics_port: int, pod: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBE", "DATABASE", "REDIS"))}
@@ -128,7 +153,7 @@ class System:
                 "JWT_SECRET": JWT_SECRET, "PAYMENT_WEBHOOK_SECRET": WEBHOOK_SECRET, "PORT": str(port),
                 "METRICS_PORT": str(metrics_port), "PROGRESS_STREAM": STREAM, "LOG_FORMAT": "text",
                 "RATE_LIMIT_PER_LEARNER": "1000000", "RATE_LIMIT_PER_TENANT": "1000000", "POD_NAME": pod,
-                "EVALUATOR_CLAIM_IDLE_SECONDS": "15", "DATABASE_POOL_MAX": "5"}
+                "EVALUATOR_CLAIM_IDLE_SECONDS": "15", "DATABASE_POOL_MAX": "5", **self.redis.service_env}
 
     def start_services(self) -> None:
         logs = self.folder / "logs"

@@ -28,7 +28,7 @@ def _free(port: int) -> bool:
     return True
 
 
-def _ports(n: int) -> list[int]:
+def free_ports(n: int) -> list[int]:
     """Ports whose cluster bus port (+10000) is free too."""
     found: list[int] = []
     while len(found) < n:
@@ -119,40 +119,54 @@ class Cluster:
             time.sleep(0.1)
 
 
-def _binary(name: str) -> str:
+def binary(name: str) -> str:
     found = shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists() else None)
     if found is None:
         raise RuntimeError(f"{name} is not installed: apt-get install redis-server (scripts/test does this as root)")
     return found
 
 
+def node_argv(server: str, port: int, directory: Path, *, node_timeout_ms: int = 3000,
+              durable: bool = False) -> list[str]:
+    """One node's command line; ``durable``: its append-only file fsynced on every write (in a folder of its
+    own: nodes sharing ``directory`` would share it)."""
+    persistence = ["--appendonly", "yes", "--appendfsync", "always", "--appenddirname", f"aof-{port}"] \
+        if durable else ["--appendonly", "no"]
+    return [server, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+            "--cluster-config-file", f"nodes-{port}.conf", "--cluster-node-timeout", str(node_timeout_ms),
+            "--dir", str(directory), "--save", "", *persistence, "--logfile", f"redis-{port}.log"]
+
+
+def create(cli: str, ports: list[int]) -> Cluster:
+    """Once every node of ``ports`` answers: make them a cluster (a replica per master) and wait until ok."""
+    for port in ports:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if redis.Redis(port=port, socket_timeout=1).ping():
+                    break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+    subprocess.run([cli, "--cluster", "create", *(f"127.0.0.1:{port}" for port in ports),
+                    "--cluster-replicas", "1", "--cluster-yes"],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=60)
+    cluster = Cluster(ports)
+    cluster.wait_ok()
+    return cluster
+
+
 @contextmanager
 def redis_cluster(directory: Path) -> Iterator[Cluster]:
-    server, cli = _binary("redis-server"), _binary("redis-cli")
-    ports = _ports(NODES)
+    server, cli = binary("redis-server"), binary("redis-cli")
+    ports = free_ports(NODES)
     processes = []
     try:
         for port in ports:
-            processes.append(subprocess.Popen(
-                [server, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
-                 "--cluster-config-file", f"nodes-{port}.conf", "--cluster-node-timeout", "3000",
-                 "--dir", str(directory), "--save", "", "--appendonly", "no", "--logfile", f"redis-{port}.log"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        for port in ports:
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    if redis.Redis(port=port, socket_timeout=1).ping():
-                        break
-                except redis.ConnectionError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)
-        subprocess.run([cli, "--cluster", "create", *(f"127.0.0.1:{port}" for port in ports),
-                        "--cluster-replicas", "1", "--cluster-yes"],
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=60)
-        cluster = Cluster(ports)
-        cluster.wait_ok()
+            processes.append(subprocess.Popen(node_argv(server, port, directory), stdout=subprocess.DEVNULL,
+                                              stderr=subprocess.DEVNULL))
+        cluster = create(cli, ports)
         yield cluster
     finally:
         for process in processes:
