@@ -21,9 +21,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from learner_api.problems import Problem
 
-#: What "PostgreSQL is unavailable" looks like from asyncpg (refused, reset, timed out, shutting down).
+#: What "PostgreSQL is unavailable" looks like from asyncpg (refused, reset, timed out, shutting down; and a
+#: pooled connection whose session the server ended after the pool had checked it: its protocol is left half
+#: way, "InternalClientError: cannot switch to state ..." (MagicStack/asyncpg#784), and must not be reused).
 POSTGRES_DOWN = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
-                 asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError)
+                 asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError, asyncpg.InternalClientError)
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
 
 
@@ -64,7 +66,9 @@ class Database:
                                          tenant, self.statement_timeout_ms)
             yield connection
             await connection.execute("COMMIT")
-        except POSTGRES_DOWN:
+        except POSTGRES_DOWN as exc:
+            if isinstance(exc, asyncpg.InternalClientError):
+                connection.terminate()  # the pool makes a new one
             raise unavailable("postgresql") from None
         finally:
             with contextlib.suppress(*POSTGRES_DOWN):  # asyncpg ended the connection; the error above says why
