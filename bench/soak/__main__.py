@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import random
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -16,6 +17,19 @@ from bench.soak.run import Soak
 
 
 async def _run(args: argparse.Namespace, folder: Path) -> int:
+    # SIGTERM (a CI job's timeout, `kill`) and SIGINT (also when started in the background, where it arrives
+    # ignored) stop the soak as its end does: every process it started stopped (thawed first), PostgreSQL too.
+    # A cancellation can be lost in a wait that ends at the same moment: asked again each second until it ends.
+    main_task, loop = asyncio.current_task(), asyncio.get_running_loop()
+    assert main_task is not None
+
+    def interrupt() -> None:
+        if not main_task.done():
+            main_task.cancel()
+            loop.call_later(1.0, interrupt)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, interrupt)
     return await Soak(args, folder).run()
 
 
@@ -57,8 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     code = 2
     try:
         code = asyncio.run(_run(args, folder))
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("interrupted: every process the soak started is stopped", file=sys.stderr)
+        code = 130
     finally:
         if code == 0 and not args.keep:
             shutil.rmtree(folder, ignore_errors=True)
