@@ -201,8 +201,6 @@ async def run(settings: Settings, stop: asyncio.Event, *, claim_interval: float 
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), settings.push_interval_seconds)
 
-    logger.info("evaluator %s consuming %s; %d alert rules from %s", consumer,
-                ", ".join(worker.stream for worker in workers), len(rules.rules), rules.source)
     tasks: list[asyncio.Task[None]] = []
     health = Health()
     server = _QuietServer(uvicorn.Config(health_app(metrics, health, workers, settings.evaluator_stall_seconds),
@@ -214,6 +212,8 @@ async def run(settings: Settings, stop: asyncio.Event, *, claim_interval: float 
         if not (await _checked_database(settings, stop, health.waiting)
                 and await _redis_ready(workers, stop, health.waiting)):
             return  # stopped while waiting
+        logger.info("evaluator %s consuming %s; %d alert rules from %s", consumer,
+                    ", ".join(worker.stream for worker in workers), len(rules.rules), rules.source)
         health.worker_task = worker_task = asyncio.create_task(_run_all(workers, stop), name="worker")
         tasks += [worker_task, asyncio.create_task(watch(), name="alerts"),
                   asyncio.create_task(housekeeping(), name="housekeeping")]

@@ -54,8 +54,8 @@ async def until_up(name: str, attempt: Callable[[], Awaitable[T]], away: tuple[t
             result = await attempt()
         except away as exc:
             if name not in waiting:
-                logger.warning("%s is not reachable (%s: %s): waiting for it, trying again at least every %.0fs",
-                               name, type(exc).__name__, exc, MAX_DELAY)
+                logger.warning("%s is not reachable (%s: %s): waiting for it, trying again at most %.0fs apart",
+                               name, type(exc).__name__, str(exc) or "no answer in time", MAX_DELAY)
                 waiting.add(name)
         else:
             if name in waiting:

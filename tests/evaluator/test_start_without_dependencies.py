@@ -150,8 +150,11 @@ async def test_started_against_a_frozen_redis_it_waits_then_stores_progress_once
             await client.aclose()
 
 
-async def _forward(port: int, target: tuple[str, int]) -> AsyncIterator[None]:
-    """A TCP forwarder on ``port`` to ``target``: PostgreSQL "coming back" at the address the process knows."""
+async def _forward(port: int, target: tuple[str, int] | None) -> AsyncIterator[None]:
+    """A TCP forwarder on ``port`` to ``target`` (PostgreSQL "coming back" at the address the process
+    knows); with no target, a server that accepts connections and never answers (a hung one)."""
+    clients: set[asyncio.StreamWriter] = set()
+
     async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError):
             while data := await reader.read(65536):
@@ -159,15 +162,16 @@ async def _forward(port: int, target: tuple[str, int]) -> AsyncIterator[None]:
                 await writer.drain()
         writer.close()
 
-    clients: set[asyncio.StreamWriter] = set()
-
     async def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         clients.add(writer)
+        if target is None:
+            return  # held open, never answered, until the block ends
         try:
             upstream_reader, upstream_writer = await asyncio.open_connection(*target)
         except OSError:
             writer.close()
             return
+        clients.add(upstream_writer)
         await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
 
     server = await asyncio.start_server(connected, "127.0.0.1", port)
@@ -177,6 +181,7 @@ async def _forward(port: int, target: tuple[str, int]) -> AsyncIterator[None]:
         server.close()
         for client in clients:
             client.close()
+        await server.wait_closed()
 
 
 forwarding = contextlib.asynccontextmanager(_forward)
@@ -189,16 +194,25 @@ def _behind(url: str, port: int) -> tuple[str, tuple[str, int]]:
     return url.replace(f"@{host}:{target}/", f"@127.0.0.1:{port}/", 1), (host, int(target))
 
 
-async def test_started_before_postgresql_it_waits_then_stores_progress_once_postgresql_answers(
+@pytest.mark.parametrize("hung", [False, True], ids=["refusing", "hung"])
+async def test_started_without_postgresql_it_waits_then_stores_progress_once_postgresql_answers(
         database_url: str, admin_database_url: str, stream: str, tenant: str, redis_client: aioredis.Redis,
-        tmp_path: Path) -> None:
+        hung: bool, tmp_path: Path) -> None:
     port = free_port()
     url, target = _behind(database_url, port)
-    async with Evaluator(tmp_path, DATABASE_URL=url, REDIS_URL=REDIS_URL, PROGRESS_STREAM=stream) as evaluator:
+    async with contextlib.AsyncExitStack() as stack:
+        if hung:  # connections accepted, never answered: asyncpg's connect times out (5 s)
+            silent = await stack.enter_async_context(contextlib.AsyncExitStack())
+            await silent.enter_async_context(forwarding(port, None))
+        evaluator = await stack.enter_async_context(
+            Evaluator(tmp_path, DATABASE_URL=url, REDIS_URL=REDIS_URL, PROGRESS_STREAM=stream))
         await eventually(lambda: _waiting_for(evaluator, "PostgreSQL"), what="/livez says it waits for PostgreSQL")
         await redis_client.xadd(stream, entry(tenant))  # type: ignore[arg-type]
-        async with forwarding(port, target):
-            await eventually(lambda: _stored(admin_database_url, tenant, evaluator), what="the event stored")
+        if hung:
+            await silent.aclose()
+        await stack.enter_async_context(forwarding(port, target))
+        await eventually(lambda: _stored(admin_database_url, tenant, evaluator), what="the event stored")
+        assert await evaluator.livez() == {"status": "ok"}
 
 
 async def test_a_superuser_is_refused_once_postgresql_answers(admin_database_url: str, stream: str,
