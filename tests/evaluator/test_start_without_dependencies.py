@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 
 from tests.api.conftest import REDIS_URL
 from tests.evaluator.conftest import _binary, entry, rows
-from tests.net import free_port
+from tests.net import behind, forwarding, free_port
 
 T = TypeVar("T")
 LEARNER_API = str(Path(sys.executable).parent / "learner-api")
@@ -150,56 +150,12 @@ async def test_started_against_a_frozen_redis_it_waits_then_stores_progress_once
             await client.aclose()
 
 
-async def _forward(port: int, target: tuple[str, int] | None) -> AsyncIterator[None]:
-    """A TCP forwarder on ``port`` to ``target`` (PostgreSQL "coming back" at the address the process
-    knows); with no target, a server that accepts connections and never answers (a hung one)."""
-    clients: set[asyncio.StreamWriter] = set()
-
-    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        writer.close()
-
-    async def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        clients.add(writer)
-        if target is None:
-            return  # held open, never answered, until the block ends
-        try:
-            upstream_reader, upstream_writer = await asyncio.open_connection(*target)
-        except OSError:
-            writer.close()
-            return
-        clients.add(upstream_writer)
-        await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
-
-    server = await asyncio.start_server(connected, "127.0.0.1", port)
-    try:
-        yield
-    finally:
-        server.close()
-        for client in clients:
-            client.close()
-        await server.wait_closed()
-
-
-forwarding = contextlib.asynccontextmanager(_forward)
-
-
-def _behind(url: str, port: int) -> tuple[str, tuple[str, int]]:
-    """``url`` with its port replaced, and the address it named."""
-    rest = url.split("@", 1)[1]
-    host, target = rest.split("/", 1)[0].rsplit(":", 1)
-    return url.replace(f"@{host}:{target}/", f"@127.0.0.1:{port}/", 1), (host, int(target))
-
-
 @pytest.mark.parametrize("hung", [False, True], ids=["refusing", "hung"])
 async def test_started_without_postgresql_it_waits_then_stores_progress_once_postgresql_answers(
         database_url: str, admin_database_url: str, stream: str, tenant: str, redis_client: aioredis.Redis,
         hung: bool, tmp_path: Path) -> None:
     port = free_port()
-    url, target = _behind(database_url, port)
+    url, target = behind(database_url, port)
     async with contextlib.AsyncExitStack() as stack:
         if hung:  # connections accepted, never answered: asyncpg's connect times out (5 s)
             silent = await stack.enter_async_context(contextlib.AsyncExitStack())
@@ -219,7 +175,7 @@ async def test_a_superuser_is_refused_once_postgresql_answers(admin_database_url
                                                               tmp_path: Path) -> None:
     """Waiting must not skip the checks: PostgreSQL down at start, then the role it is given is refused."""
     port = free_port()
-    url, target = _behind(admin_database_url, port)
+    url, target = behind(admin_database_url, port)
     async with Evaluator(tmp_path, DATABASE_URL=url, REDIS_URL=REDIS_URL, PROGRESS_STREAM=stream,
                          NODE_ENV="production", TERMINATION_MESSAGE_PATH=str(tmp_path / "termination-log"),
                          ALLOW_INSECURE_CONNECTIONS="true") as evaluator:
