@@ -1,8 +1,8 @@
 """`learner-api evaluator`: the worker, the alert rules and the metrics endpoint in one process.
 
-Port METRICS_PORT serves /livez and /metrics, from the start. While PostgreSQL or Redis is away at start
-the process waits for it (evaluator/startup.py) and /livez answers 200 "waiting": an exit or a restart
-would only delay the start (CrashLoopBackOff). After that /livez fails (503) when the worker has
+Port METRICS_PORT serves /livez and /metrics. While PostgreSQL or Redis is away at start the process
+waits for it (evaluator/startup.py) with the port open and /livez answering 200 "waiting": an exit or a
+restart would only delay the start (CrashLoopBackOff). After that /livez fails (503) when the worker has
 stopped, or when entries are waiting and none has been stored or dead-lettered for EVALUATOR_STALL_SECONDS (a hung
 connection, say): the kubelet then restarts the pod and another consumer claims its entries.
 SIGTERM stops taking new entries, lets the batch in hand commit and be acknowledged (or, if it cannot,
@@ -53,11 +53,24 @@ class _QuietServer(uvicorn.Server):
 
 
 class Health:
-    """What /livez reports: the dependencies still waited for at start, then the worker task."""
+    """What /livez reports: the dependencies still waited for at start, then the worker task. The port is
+    opened when a wait begins, or when the work does: a refusal found at once (a superuser role, a wrong
+    password) stays the one line on stderr."""
 
     def __init__(self) -> None:
         self.waiting: set[str] = set()
         self.worker_task: asyncio.Task[None] | None = None
+        self.server: uvicorn.Server | None = None
+        self.serving: asyncio.Task[None] | None = None
+
+    def serve(self) -> None:
+        if self.serving is None and self.server is not None:
+            self.serving = asyncio.create_task(self.server.serve(), name="metrics")
+
+    async def close(self) -> None:
+        if self.serving is not None and self.server is not None:
+            self.server.should_exit = True
+            await asyncio.gather(self.serving, return_exceptions=True)
 
 
 def health_app(metrics: EvaluatorMetrics, health: Health, workers: list[Worker], stall_seconds: float) -> Starlette:
@@ -79,11 +92,11 @@ def health_app(metrics: EvaluatorMetrics, health: Health, workers: list[Worker],
     return Starlette(routes=[Route("/livez", livez), Route("/metrics", metrics_endpoint)])
 
 
-async def _checked_database(settings: Settings, stop: asyncio.Event, waiting: set[str]) -> bool:
+async def _checked_database(settings: Settings, stop: asyncio.Event, health: Health) -> bool:
     """Wait for PostgreSQL, then refuse (ConfigError) a role or schema this code cannot work with.
     False if stopped while waiting."""
     connection = await startup.until_up("PostgreSQL", lambda: startup_checks.connect(settings),
-                                        startup.POSTGRES_AWAY, stop, waiting)
+                                        startup.POSTGRES_AWAY, stop, health.waiting, health.serve)
     if connection is None:
         return False
     try:
@@ -94,10 +107,10 @@ async def _checked_database(settings: Settings, stop: asyncio.Event, waiting: se
     return True
 
 
-async def _redis_ready(workers: list[Worker], stop: asyncio.Event, waiting: set[str]) -> bool:
+async def _redis_ready(workers: list[Worker], stop: asyncio.Event, health: Health) -> bool:
     """Wait for Redis and make the consumer groups; False if stopped while waiting."""
     await startup.until_up("Redis", lambda: startup.redis_setup([worker.setup for worker in workers]),
-                           startup.REDIS_AWAY, stop, waiting)
+                           startup.REDIS_AWAY, stop, health.waiting, health.serve)
     return not stop.is_set()
 
 
@@ -203,15 +216,13 @@ async def run(settings: Settings, stop: asyncio.Event, *, claim_interval: float 
 
     tasks: list[asyncio.Task[None]] = []
     health = Health()
-    server = _QuietServer(uvicorn.Config(health_app(metrics, health, workers, settings.evaluator_stall_seconds),
-                                         host="0.0.0.0",  # noqa: S104
-                                         port=settings.metrics_port, log_config=None, access_log=False,
-                                         lifespan="off"))
-    metrics_server = asyncio.create_task(server.serve(), name="metrics")  # first: /livez answers while waiting
+    health.server = _QuietServer(uvicorn.Config(
+        health_app(metrics, health, workers, settings.evaluator_stall_seconds), host="0.0.0.0",  # noqa: S104
+        port=settings.metrics_port, log_config=None, access_log=False, lifespan="off"))
     try:
-        if not (await _checked_database(settings, stop, health.waiting)
-                and await _redis_ready(workers, stop, health.waiting)):
+        if not (await _checked_database(settings, stop, health) and await _redis_ready(workers, stop, health)):
             return  # stopped while waiting
+        health.serve()
         logger.info("evaluator %s consuming %s; %d alert rules from %s", consumer,
                     ", ".join(worker.stream for worker in workers), len(rules.rules), rules.source)
         health.worker_task = worker_task = asyncio.create_task(_run_all(workers, stop), name="worker")
@@ -229,10 +240,10 @@ async def run(settings: Settings, stop: asyncio.Event, *, claim_interval: float 
     finally:
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
-        server.should_exit = True
-        await asyncio.gather(metrics_server, return_exceptions=True)
-        if pusher is not None:
+        await health.close()
+        if pusher is not None and health.worker_task is not None:
             await pusher.delete()
         await client.aclose()
         await pool.close()
-        logger.info("evaluator %s stopped", consumer)
+        if health.serving is not None:
+            logger.info("evaluator %s stopped", consumer)

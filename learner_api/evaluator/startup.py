@@ -45,9 +45,9 @@ REDIS_REFUSED = (AuthenticationError, AuthorizationError)
 
 
 async def until_up(name: str, attempt: Callable[[], Awaitable[T]], away: tuple[type[BaseException], ...],
-                   stop: asyncio.Event, waiting: set[str]) -> T | None:
+                   stop: asyncio.Event, waiting: set[str], on_wait: Callable[[], None]) -> T | None:
     """``attempt()``'s result once ``name`` answers; None if ``stop`` is set first. ``waiting`` holds
-    ``name`` meanwhile (/livez shows it)."""
+    ``name`` meanwhile (/livez shows it); ``on_wait()`` is called when a wait begins."""
     delay = 0.5
     while True:
         try:
@@ -57,6 +57,7 @@ async def until_up(name: str, attempt: Callable[[], Awaitable[T]], away: tuple[t
                 logger.warning("%s is not reachable (%s: %s): waiting for it, trying again at most %.0fs apart",
                                name, type(exc).__name__, str(exc) or "no answer in time", MAX_DELAY)
                 waiting.add(name)
+                on_wait()
         else:
             if name in waiting:
                 logger.info("%s answers: starting", name)
