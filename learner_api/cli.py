@@ -83,13 +83,12 @@ def evaluator_command() -> int:
 
     async def main() -> None:
         rules.load(Path(settings.alert_rules_file) if settings.alert_rules_file else None)  # before connecting
-        await startup_checks.check_database(settings, startup_checks.EVALUATOR)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        process.quiet_gc()  # start-up is done: what exists now lives as long as the process
-        await service.run(settings, stop)
+        process.quiet_gc()  # the modules are loaded: they live as long as the process
+        await service.run(settings, stop)  # waits for PostgreSQL and Redis, then checks the role and schema
 
     try:
         process.run(main())

@@ -52,24 +52,33 @@ def require_jwt_key(settings: Settings) -> None:
                       "every route answers 503; add one to the Secret (docs/install.md, step 2)")
 
 
+async def connect(settings: Settings) -> asyncpg.Connection:
+    """One connection; a refusal (password, unknown role or database) is a ConfigError, while an
+    unreachable server raises what asyncpg raised (OSError, TimeoutError, CannotConnectNowError)."""
+    try:
+        connection: asyncpg.Connection = await asyncpg.connect(
+            settings.database_url.get_secret_value(), timeout=5,
+            statement_cache_size=settings.database_statement_cache_size)
+    except (OSError, asyncpg.CannotConnectNowError):
+        raise
+    except asyncpg.PostgresError as exc:
+        raise ConfigError(f"DATABASE_URL: PostgreSQL refused the connection: {exc}; check the URL in the "
+                          "Secret") from None
+    return connection
+
+
 async def _connect(settings: Settings, attempts: int) -> asyncpg.Connection | None:
     """One connection, retried while the server is unreachable (a managed database may be waking up);
-    None when it stays unreachable. A refusal (password, unknown role or database) is final."""
+    None when it stays unreachable. A refusal is final."""
     delay = 0.5
     for attempt in range(1, attempts + 1):
         try:
-            connection: asyncpg.Connection = await asyncpg.connect(
-                settings.database_url.get_secret_value(), timeout=5,
-                statement_cache_size=settings.database_statement_cache_size)
-            return connection
+            return await connect(settings)
         except (OSError, asyncpg.CannotConnectNowError):
             if attempt == attempts:
                 return None
             await asyncio.sleep(delay)
             delay *= 2
-        except asyncpg.PostgresError as exc:
-            raise ConfigError(f"DATABASE_URL: PostgreSQL refused the connection: {exc}; check the URL in the "
-                              "Secret") from None
     return None
 
 
@@ -84,13 +93,18 @@ async def check_database(settings: Settings, needs: Needs, *, attempts: int = 3)
                        "reports the database until it answers)")
         return
     try:
-        for problem in await _role_problems(connection):
-            if not settings.development:
-                raise ConfigError(problem)
-            logger.warning("%s (allowed with NODE_ENV=development)", problem)
-        await _check_schema(connection, needs)
+        await check(settings, connection, needs)
     finally:
         await connection.close()
+
+
+async def check(settings: Settings, connection: asyncpg.Connection, needs: Needs) -> None:
+    """The checks of ``check_database`` on a connection the caller made (and closes)."""
+    for problem in await _role_problems(connection):
+        if not settings.development:
+            raise ConfigError(problem)
+        logger.warning("%s (allowed with NODE_ENV=development)", problem)
+    await _check_schema(connection, needs)
 
 
 async def _role_problems(connection: asyncpg.Connection) -> list[str]:

@@ -1,7 +1,9 @@
 """`learner-api evaluator`: the worker, the alert rules and the metrics endpoint in one process.
 
-Port METRICS_PORT serves /livez and /metrics. /livez fails (503) when the worker has stopped, or when
-entries are waiting and none has been stored or dead-lettered for EVALUATOR_STALL_SECONDS (a hung
+Port METRICS_PORT serves /livez and /metrics. While PostgreSQL or Redis is away at start the process
+waits for it (evaluator/startup.py) with the port open and /livez answering 200 "waiting": an exit or a
+restart would only delay the start (CrashLoopBackOff). After that /livez fails (503) when the worker has
+stopped, or when entries are waiting and none has been stored or dead-lettered for EVALUATOR_STALL_SECONDS (a hung
 connection, say): the kubelet then restarts the pod and another consumer claims its entries.
 SIGTERM stops taking new entries, lets the batch in hand commit and be acknowledged (or, if it cannot,
 stay pending for the next consumer: nothing is lost either way), deletes this pod's Pushgateway group and exits.
@@ -26,10 +28,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from learner_api import startup_checks
 from learner_api.app import connect_postgres
 from learner_api.data.progress import prune_bookkeeping, tenant_stats
 from learner_api.dependencies import POSTGRES_DOWN, REDIS_DOWN, Database
 from learner_api.evaluator import rules as rule_files
+from learner_api.evaluator import startup
 from learner_api.evaluator.alerting import AlertEngine, Alertmanager, Signals
 from learner_api.evaluator.metrics import EvaluatorMetrics
 from learner_api.evaluator.pushgateway import Pusher
@@ -48,10 +52,32 @@ class _QuietServer(uvicorn.Server):
         yield
 
 
-def health_app(metrics: EvaluatorMetrics, worker_task: asyncio.Task[None], workers: list[Worker],
-               stall_seconds: float) -> Starlette:
+class Health:
+    """What /livez reports: the dependencies still waited for at start, then the worker task. The port is
+    opened when a wait begins, or when the work does: a refusal found at once (a superuser role, a wrong
+    password) stays the one line on stderr."""
+
+    def __init__(self) -> None:
+        self.waiting: set[str] = set()
+        self.worker_task: asyncio.Task[None] | None = None
+        self.server: uvicorn.Server | None = None
+        self.serving: asyncio.Task[None] | None = None
+
+    def serve(self) -> None:
+        if self.serving is None and self.server is not None:
+            self.serving = asyncio.create_task(self.server.serve(), name="metrics")
+
+    async def close(self) -> None:
+        if self.serving is not None and self.server is not None:
+            self.server.should_exit = True
+            await asyncio.gather(self.serving, return_exceptions=True)
+
+
+def health_app(metrics: EvaluatorMetrics, health: Health, workers: list[Worker], stall_seconds: float) -> Starlette:
     async def livez(request: Request) -> Response:
-        if worker_task.done():
+        if health.worker_task is None:  # waiting for a dependency is right: a restart would not help
+            return JSONResponse({"status": "waiting", "for": sorted(health.waiting) or ["start-up"]})
+        if health.worker_task.done():
             return JSONResponse({"status": "worker stopped"}, status_code=503)
         stalled = [worker.stream for worker in workers if worker.stalled(stall_seconds)]
         if stalled:  # a restart is the one remedy left (a hung connection, a batch that never ends...)
@@ -64,6 +90,28 @@ def health_app(metrics: EvaluatorMetrics, worker_task: asyncio.Task[None], worke
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return Starlette(routes=[Route("/livez", livez), Route("/metrics", metrics_endpoint)])
+
+
+async def _checked_database(settings: Settings, stop: asyncio.Event, health: Health) -> bool:
+    """Wait for PostgreSQL, then refuse (ConfigError) a role or schema this code cannot work with.
+    False if stopped while waiting."""
+    connection = await startup.until_up("PostgreSQL", lambda: startup_checks.connect(settings),
+                                        startup.POSTGRES_AWAY, stop, health.waiting, health.serve)
+    if connection is None:
+        return False
+    try:
+        await startup_checks.check(settings, connection, startup_checks.EVALUATOR)
+    finally:
+        with contextlib.suppress(*POSTGRES_DOWN):
+            await connection.close(timeout=5)
+    return True
+
+
+async def _redis_ready(workers: list[Worker], stop: asyncio.Event, health: Health) -> bool:
+    """Wait for Redis and make the consumer groups; False if stopped while waiting."""
+    await startup.until_up("Redis", lambda: startup.redis_setup([worker.setup for worker in workers]),
+                           startup.REDIS_AWAY, stop, health.waiting, health.serve)
+    return not stop.is_set()
 
 
 async def observe(workers: list[Worker], metrics: EvaluatorMetrics) -> dict[str, float]:
@@ -166,21 +214,22 @@ async def run(settings: Settings, stop: asyncio.Event, *, claim_interval: float 
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), settings.push_interval_seconds)
 
-    for worker in workers:
-        await worker.setup()
-    worker_task = asyncio.create_task(_run_all(workers, stop), name="worker")
-    server = _QuietServer(uvicorn.Config(health_app(metrics, worker_task, workers, settings.evaluator_stall_seconds),
-                                         host="0.0.0.0",  # noqa: S104
-                                         port=settings.metrics_port, log_config=None, access_log=False,
-                                         lifespan="off"))
-    tasks = [worker_task, asyncio.create_task(watch(), name="alerts"),
-             asyncio.create_task(housekeeping(), name="housekeeping")]
-    if pusher is not None:
-        tasks.append(asyncio.create_task(push(pusher), name="push"))
-    metrics_server = asyncio.create_task(server.serve(), name="metrics")
-    logger.info("evaluator %s consuming %s; %d alert rules from %s", consumer,
-                ", ".join(worker.stream for worker in workers), len(rules.rules), rules.source)
+    tasks: list[asyncio.Task[None]] = []
+    health = Health()
+    health.server = _QuietServer(uvicorn.Config(
+        health_app(metrics, health, workers, settings.evaluator_stall_seconds), host="0.0.0.0",  # noqa: S104
+        port=settings.metrics_port, log_config=None, access_log=False, lifespan="off"))
     try:
+        if not (await _checked_database(settings, stop, health) and await _redis_ready(workers, stop, health)):
+            return  # stopped while waiting
+        health.serve()
+        logger.info("evaluator %s consuming %s; %d alert rules from %s", consumer,
+                    ", ".join(worker.stream for worker in workers), len(rules.rules), rules.source)
+        health.worker_task = worker_task = asyncio.create_task(_run_all(workers, stop), name="worker")
+        tasks += [worker_task, asyncio.create_task(watch(), name="alerts"),
+                  asyncio.create_task(housekeeping(), name="housekeeping")]
+        if pusher is not None:
+            tasks.append(asyncio.create_task(push(pusher), name="push"))
         done, _ = await asyncio.wait([stop_task := asyncio.create_task(stop.wait()), *tasks],
                                      return_when=asyncio.FIRST_COMPLETED)
         stop.set()
@@ -190,10 +239,11 @@ async def run(settings: Settings, stop: asyncio.Event, *, claim_interval: float 
         await asyncio.gather(*tasks)
     finally:
         stop.set()
-        server.should_exit = True
-        await asyncio.gather(metrics_server, return_exceptions=True)
-        if pusher is not None:
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await health.close()
+        if pusher is not None and health.worker_task is not None:
             await pusher.delete()
         await client.aclose()
         await pool.close()
-        logger.info("evaluator %s stopped", consumer)
+        if health.serving is not None:
+            logger.info("evaluator %s stopped", consumer)

@@ -159,11 +159,14 @@ class Worker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Until ``stop`` is set; the batches in hand are finished (written and acknowledged) first."""
-        await self.setup()
         backoff = 0.5
+        made = False  # the group, within the retries: Redis may be away when the loop starts
         try:
             while not stop.is_set():
                 try:
+                    if not made:
+                        await self.setup()
+                        made = True
                     await self.step()
                     if self._failure is not None:  # a batch in flight met a dependency that is down
                         failure, self._failure = self._failure, None
