@@ -27,8 +27,10 @@ from learner_api.settings import ConfigError, Settings
 logger = logging.getLogger("learner_api")
 
 
-async def connect_postgres(settings: Settings, attempts: int = 5) -> asyncpg.Pool:
-    """The managed database may be waking up (Neon scales to zero): retry with backoff, then give up loudly."""
+async def connect_postgres(settings: Settings, attempts: int = 5, *, role: str = "learner-api") -> asyncpg.Pool:
+    """The managed database may be waking up (Neon scales to zero): retry with backoff, then give up loudly.
+    Its sessions carry ``role/pod`` as their application_name: who is connected, in pg_stat_activity."""
+    name = f"{role}/{settings.pod_name}" if settings.pod_name else role
     delay = 0.5
     for attempt in range(1, attempts + 1):
         try:
@@ -37,6 +39,7 @@ async def connect_postgres(settings: Settings, attempts: int = 5) -> asyncpg.Poo
                 statement_cache_size=settings.database_statement_cache_size, timeout=5,
                 # the client stops waiting a moment after the server-side statement_timeout would have fired
                 command_timeout=settings.database_statement_timeout_seconds + 1,
+                server_settings={"application_name": name[:63]},
             )
         except (OSError, asyncpg.PostgresError) as exc:
             if attempt == attempts:

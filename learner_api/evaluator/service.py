@@ -167,7 +167,7 @@ async def run(settings: Settings, stop: asyncio.Event, *, claim_interval: float 
     rules = rule_files.load(Path(settings.alert_rules_file) if settings.alert_rules_file else None)
     consumer = settings.pod_name or socket.gethostname()
     metrics = EvaluatorMetrics()
-    pool = await connect_postgres(settings)
+    pool = await connect_postgres(settings, role="learner-evaluator")
     client = connect_redis(settings, socket_timeout=10, socket_connect_timeout=5)
     database = Database(pool, timeout=5.0)  # the pool (DATABASE_POOL_MAX) must exceed evaluator_concurrency
     writers = asyncio.Semaphore(settings.evaluator_concurrency)  # transactions at once, over all streams

@@ -125,6 +125,16 @@ async def test_sigkill_mid_batch_then_restart_stores_every_event_exactly_once(
             if started_again(first):
                 first, _ = await start()
             await asyncio.sleep(0.002)
+        if first.returncode is None:
+            first.send_signal(signal.SIGKILL)
+        await first.wait()
+        # A COMMIT the killed process had sent is still the server's to finish: count once its sessions are gone.
+        deadline = time.monotonic() + 30
+        while await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1"
+                                   " AND datname = current_database()",
+                                   "learner-evaluator/evaluator-0"):
+            assert time.monotonic() < deadline, "the killed evaluator's sessions outlived it by 30 s"
+            await asyncio.sleep(0.05)
     finally:
         if first.returncode is None:
             first.send_signal(signal.SIGKILL)
