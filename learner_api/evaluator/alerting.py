@@ -9,6 +9,7 @@ Several evaluator replicas send the same alerts: Alertmanager deduplicates them 
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import logging
 import urllib.request
@@ -108,7 +109,7 @@ class Alertmanager:
                                          headers={"Content-Type": "application/json"})
         try:
             await asyncio.to_thread(self._post, request)
-        except OSError as exc:
+        except (OSError, http.client.HTTPException) as exc:  # down, or not an HTTP server (BadStatusLine...)
             self.metrics.notifications.labels("failed").inc()
             logger.warning("Alertmanager did not take %d alerts: %s", len(alerts), exc)
             return False

@@ -186,9 +186,12 @@ async def run(settings: Settings, stop: asyncio.Event, *, claim_interval: float 
 
     async def watch() -> None:
         while not stop.is_set():
-            notify = engine.evaluate(await measure(workers, database), datetime.now(UTC))
-            if alertmanager is not None:
-                await alertmanager.send(notify, valid_for=4 * rules.interval, generator=generator)
+            try:
+                notify = engine.evaluate(await measure(workers, database), datetime.now(UTC))
+                if alertmanager is not None:
+                    await alertmanager.send(notify, valid_for=4 * rules.interval, generator=generator)
+            except Exception:  # a bug in alerting must not stop the progress it watches: logged, tried again
+                logger.exception("alert evaluation failed; trying again in %.1fs", rules.interval)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), rules.interval)
 

@@ -165,3 +165,48 @@ async def test_sigkill_mid_batch_then_restart_stores_every_event_exactly_once(
         log.close()
     assert await rows(admin_database_url, tenant) == N
     assert (await redis_client.xpending(stream, "evaluator"))["pending"] == 0
+
+
+async def test_an_alertmanager_url_that_does_not_speak_http_is_a_failed_notification_not_a_crash(
+        database_url: str, admin_database_url: str, stream: str, tenant: str, tmp_path: Path,
+        redis_client: aioredis.Redis) -> None:
+    """ALERTMANAGER_URL pointing at the wrong port (an SSH server, say) answered every notification with a line
+    urllib cannot read (http.client.BadStatusLine, not an OSError): the alert loop died and took the evaluator,
+    and its progress ingestion, down with it at every firing alert: a crash loop. It is a failed notification."""
+    async def not_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"SSH-2.0-OpenSSH_9.2\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(not_http, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("interval: 0.2\nrules:\n  - alert: AlwaysFiring\n    signal: dead_letters\n    above: -1\n"
+                     "    for: 0s\n    labels: {severity: warning}\n")
+    settings = settings_for(database_url, progress_stream=stream, alert_rules_file=str(rules),
+                            alertmanager_url=f"http://127.0.0.1:{port}/api/v2/alerts",
+                            metrics_port=free_port(), pod_name=f"evaluator-{tenant}")
+    stop = asyncio.Event()
+    running = asyncio.create_task(service.run(settings, stop, claim_interval=0.2))
+    try:
+        await asyncio.to_thread(wait_http, f"http://127.0.0.1:{settings.metrics_port}/livez")
+
+        def failed_notifications() -> float:
+            for line in get(f"http://127.0.0.1:{settings.metrics_port}/metrics").splitlines():
+                if line.startswith('evaluator_alert_notifications_total{result="failed"}'):
+                    return float(line.split()[1])
+            return 0.0
+
+        await eventually(lambda: failed_notifications() >= 3, within=30)
+        assert not running.done(), running
+        await redis_client.xadd(stream, entry(tenant))  # and progress is still stored
+        deadline = time.monotonic() + 30
+        while await rows(admin_database_url, tenant) < 1:
+            assert time.monotonic() < deadline, "progress not stored while notifications failed"
+            await asyncio.sleep(0.1)
+        assert not running.done(), running
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 20)
+        server.close()
+        await server.wait_closed()
