@@ -8,6 +8,7 @@ its pod forever.
 from __future__ import annotations
 
 import asyncio
+import http.client
 import logging
 
 from prometheus_client import CollectorRegistry, delete_from_gateway, push_to_gateway
@@ -25,7 +26,7 @@ class Pusher:
         try:
             await asyncio.to_thread(push_to_gateway, self.url, job=JOB, registry=self.registry,
                                     grouping_key={"instance": self.instance}, timeout=5)
-        except OSError as exc:
+        except (OSError, http.client.HTTPException) as exc:  # down, or not an HTTP server (BadStatusLine...)
             logger.warning("Pushgateway push failed: %s", exc)
             return False
         return True
@@ -34,5 +35,5 @@ class Pusher:
         try:
             await asyncio.to_thread(delete_from_gateway, self.url, job=JOB,
                                     grouping_key={"instance": self.instance}, timeout=5)
-        except OSError as exc:
+        except (OSError, http.client.HTTPException) as exc:
             logger.warning("Pushgateway group not deleted: %s", exc)

@@ -167,12 +167,13 @@ async def test_sigkill_mid_batch_then_restart_stores_every_event_exactly_once(
     assert (await redis_client.xpending(stream, "evaluator"))["pending"] == 0
 
 
-async def test_an_alertmanager_url_that_does_not_speak_http_is_a_failed_notification_not_a_crash(
+async def test_an_alertmanager_or_pushgateway_url_that_does_not_speak_http_is_a_failure_not_a_crash(
         database_url: str, admin_database_url: str, stream: str, tenant: str, tmp_path: Path,
         redis_client: aioredis.Redis) -> None:
     """ALERTMANAGER_URL pointing at the wrong port (an SSH server, say) answered every notification with a line
     urllib cannot read (http.client.BadStatusLine, not an OSError): the alert loop died and took the evaluator,
-    and its progress ingestion, down with it at every firing alert: a crash loop. It is a failed notification."""
+    and its progress ingestion, down with it at every firing alert: a crash loop. It is a failed notification
+    (and, for a PUSHGATEWAY_URL so wrong, a failed push)."""
     async def not_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"SSH-2.0-OpenSSH_9.2\r\n")
         await writer.drain()
@@ -185,6 +186,7 @@ async def test_an_alertmanager_url_that_does_not_speak_http_is_a_failed_notifica
                      "    for: 0s\n    labels: {severity: warning}\n")
     settings = settings_for(database_url, progress_stream=stream, alert_rules_file=str(rules),
                             alertmanager_url=f"http://127.0.0.1:{port}/api/v2/alerts",
+                            pushgateway_url=f"http://127.0.0.1:{port}", push_interval_seconds=0.2,
                             metrics_port=free_port(), pod_name=f"evaluator-{tenant}")
     stop = asyncio.Event()
     running = asyncio.create_task(service.run(settings, stop, claim_interval=0.2))
