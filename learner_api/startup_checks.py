@@ -52,14 +52,20 @@ def require_jwt_key(settings: Settings) -> None:
                       "every route answers 503; add one to the Secret (docs/install.md, step 2)")
 
 
+#: PostgreSQL not there, not ready, full (no connection slot left: 53300) or gone mid-way: not the user's to fix.
+UNREACHABLE = (OSError, TimeoutError, asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError,
+               asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
+
+
 async def connect(settings: Settings) -> asyncpg.Connection:
     """One connection; a refusal (password, unknown role or database) is a ConfigError, while an
-    unreachable server raises what asyncpg raised (OSError, TimeoutError, CannotConnectNowError)."""
+    unreachable or full server raises what asyncpg raised (one of UNREACHABLE). Its statements are bounded
+    too: a server that freezes after the connect is not waited for forever."""
     try:
         connection: asyncpg.Connection = await asyncpg.connect(
-            settings.database_url.get_secret_value(), timeout=5,
+            settings.database_url.get_secret_value(), timeout=5, command_timeout=10,
             statement_cache_size=settings.database_statement_cache_size)
-    except (OSError, asyncpg.CannotConnectNowError):
+    except UNREACHABLE:
         raise
     except asyncpg.PostgresError as exc:
         raise ConfigError(f"DATABASE_URL: PostgreSQL refused the connection: {exc}; check the URL in the "
@@ -74,7 +80,7 @@ async def _connect(settings: Settings, attempts: int) -> asyncpg.Connection | No
     for attempt in range(1, attempts + 1):
         try:
             return await connect(settings)
-        except (OSError, asyncpg.CannotConnectNowError):
+        except UNREACHABLE:
             if attempt == attempts:
                 return None
             await asyncio.sleep(delay)

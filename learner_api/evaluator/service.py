@@ -95,16 +95,18 @@ def health_app(metrics: EvaluatorMetrics, health: Health, workers: list[Worker],
 async def _checked_database(settings: Settings, stop: asyncio.Event, health: Health) -> bool:
     """Wait for PostgreSQL, then refuse (ConfigError) a role or schema this code cannot work with.
     False if stopped while waiting."""
-    connection = await startup.until_up("PostgreSQL", lambda: startup_checks.connect(settings),
-                                        startup.POSTGRES_AWAY, stop, health.waiting, health.serve)
-    if connection is None:
-        return False
-    try:
-        await startup_checks.check(settings, connection, startup_checks.EVALUATOR)
-    finally:
-        with contextlib.suppress(*POSTGRES_DOWN):
-            await connection.close(timeout=5)
-    return True
+    async def connect_and_check() -> bool:  # a server lost during the checks is waited for as one away
+        connection = await startup_checks.connect(settings)
+        try:
+            await startup_checks.check(settings, connection, startup_checks.EVALUATOR)
+        finally:
+            with contextlib.suppress(*POSTGRES_DOWN):
+                await connection.close(timeout=5)
+        return True
+
+    checked = await startup.until_up("PostgreSQL", connect_and_check, startup.POSTGRES_AWAY, stop, health.waiting,
+                                     health.serve)
+    return checked is True
 
 
 async def _redis_ready(workers: list[Worker], stop: asyncio.Event, health: Health) -> bool:

@@ -16,7 +16,6 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-import asyncpg
 from redis.exceptions import (
     AuthenticationError,
     AuthorizationError,
@@ -28,6 +27,7 @@ from redis.exceptions import (
 
 from learner_api.dependencies import REDIS_DOWN
 from learner_api.settings import ConfigError
+from learner_api.startup_checks import UNREACHABLE
 
 logger = logging.getLogger("learner_api.evaluator")
 
@@ -36,8 +36,7 @@ T = TypeVar("T")
 #: The longest pause between two attempts: work starts within this long of the dependency's return.
 MAX_DELAY = 5.0
 #: PostgreSQL is not there yet, or not ready: anything else it answers is a refusal to act on.
-POSTGRES_AWAY = (OSError, TimeoutError, asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError,
-                 asyncpg.ConnectionDoesNotExistError)
+POSTGRES_AWAY = UNREACHABLE
 #: Redis is not there yet, loading its data set, or a cluster without a master for some slots.
 REDIS_AWAY = (*REDIS_DOWN, ClusterError, TryAgainError, RedisClusterException)
 #: Redis answered and said no: the URL's credentials or the user's ACL.

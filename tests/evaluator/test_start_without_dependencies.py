@@ -20,7 +20,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from tests.api.conftest import REDIS_URL
+from tests.api.conftest import REDIS_URL, admin_execute
 from tests.evaluator.conftest import _binary, entry, rows
 from tests.net import behind, forwarding, free_port
 
@@ -204,3 +204,23 @@ def test_a_redis_that_refuses_the_credentials_ends_it_in_one_line(database_url: 
     assert last.startswith("learner-api evaluator: "), result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     assert password is None or password not in last
+
+
+async def test_started_while_postgresql_has_no_connection_slot_left_it_waits_then_stores_progress(
+        admin_database_url: str, database_url: str, stream: str, tenant: str, redis_client: aioredis.Redis,
+        tmp_path: Path) -> None:
+    """A full server ("too many connections", 53300: max_connections or the role's limit reached) is one to wait
+    for, not a refusal: it used to end the evaluator with "PostgreSQL refused the connection ... check the URL
+    in the Secret", a crash loop while the database was merely busy."""
+    role = f"lp_full_{tenant.replace('-', '_')}"[:63]
+    await admin_execute(f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 0 IN ROLE learner_app", url=admin_database_url)
+    try:
+        url = database_url.replace(f"//{database_url.split('//')[1].split('@')[0]}@", f"//{role}@", 1)
+        async with Evaluator(tmp_path, DATABASE_URL=url, REDIS_URL=REDIS_URL, PROGRESS_STREAM=stream) as evaluator:
+            await eventually(lambda: _waiting_for(evaluator, "PostgreSQL"), what="/livez says it waits for PostgreSQL")
+            assert "TooManyConnectionsError" in evaluator.log.read_text(), evaluator.log.read_text()[-3000:]
+            await redis_client.xadd(stream, entry(tenant))  # type: ignore[arg-type]
+            await admin_execute(f"ALTER ROLE {role} CONNECTION LIMIT -1", url=admin_database_url)
+            await eventually(lambda: _stored(admin_database_url, tenant, evaluator), what="the event stored")
+    finally:
+        await admin_execute(f"DROP ROLE IF EXISTS {role}", url=admin_database_url)
