@@ -12,6 +12,7 @@ import kmock
 import pytest
 
 from learner_operator.kube.backoff import EndlessBackoffs
+from learner_operator.kube.client import Availability
 from tests.conftest import EXAMPLES, load
 from tests.operator_harness import NS, AnyCluster, Operator, eventually, running_operator, settled
 from tests.test_operator import API, EVALUATOR, children, condition, conditions, secret
@@ -164,6 +165,28 @@ async def test_a_platform_that_failed_during_an_outage_goes_again_as_soon_as_the
         assert cluster.get("apps/v1", "deployments", NS, EVALUATOR) is not None, "applied during the outage?"
     await eventually(lambda: cluster.get("apps/v1", "deployments", NS, EVALUATOR) is None, within=18,
                      what="the change heard before the outage applied soon after it")
+
+
+def test_only_an_outage_counts_as_the_api_server_away() -> None:
+    """A 500 from an admission webhook, a 429 from priority and fairness, one request lost between answered ones
+    (one API server of several down behind a load balancer) are not an outage: each answer after them used to
+    retry every failing platform at once, undoing their backoff (found by a second read of the change)."""
+    returns: list[None] = []
+    availability = Availability()
+    availability.on_return = lambda: returns.append(None)
+    for status in (500, 429, 200, 503, 200, 409, 504, 201):
+        availability.answered(status)
+    assert availability.available
+    assert returns == []
+    availability.AWAY_SECONDS = 0.0  # an outage: unanswered for at least that long
+    availability.unanswered(ConnectionRefusedError("refused"))
+    availability.answered(503)
+    assert not availability.available
+    assert availability.report()["lastError"] == "HTTP 503"
+    availability.answered(200)
+    availability.answered(200)
+    assert availability.available
+    assert returns == [None]  # once, at the first answer
 
 #: The production delays at 1/50: the finite sequence they replaced (0.5, 1, 2, 4 and 37 times 8 s, 303.5 s in
 #: all) would have run out after 6 s here.

@@ -43,36 +43,47 @@ class NotLeading(Exception):  # a state, not an error of the request
 
 
 class Availability:
-    """Whether the API server answered the latest request: for /healthz and /metrics, which must say the truth
-    while it is away without failing the liveness probe (a restart cannot bring the API server back).
+    """Whether the API server answers: for /healthz and /metrics, which must say the truth while it is away
+    without failing the liveness probe (a restart cannot bring the API server back), and for ``on_return``.
 
-    An answer is any status but 5xx and 429 (a 404 or 409 comes from a working server); no answer is a
-    connection error, a timeout, a 5xx or "429 storage is (re)initializing". Each change is logged once.
+    No answer is a connection error, a timeout, or 502/503/504 (the server, or the load balancer before it,
+    saying it is not there). Any other status is an answer: a 500 from an admission webhook or a 429 from
+    priority and fairness come from a working server. An outage is declared once requests have gone unanswered
+    for AWAY_SECONDS: a single failed request between answered ones (one of several API servers down behind a
+    load balancer) is not one; its start and its end are each logged once.
     """
+
+    #: How long requests go unanswered before the server counts as away.
+    AWAY_SECONDS = 2.0
 
     def __init__(self) -> None:
         #: ``time.monotonic()`` of the first unanswered request since the last answer; None: answering.
         self.failing_since: float | None = None
         self.last_error = ""
-        #: Called once when the server answers again after it did not.
+        self._declared = False
+        #: Called once when the server answers again after an outage.
         self.on_return: Callable[[], None] = lambda: None
 
     @property
     def available(self) -> bool:
-        return self.failing_since is None
+        return not self._declared
 
     def answered(self, status: int) -> None:
-        if status >= 500 or status == 429:
+        if status in (502, 503, 504):
             self.unanswered(f"HTTP {status}")
-        elif self.failing_since is not None:
-            logger.warning("The Kubernetes API server answers again (it did not for %.0f s)", self.away_seconds())
-            self.failing_since = None
+            return
+        declared, away = self._declared, self.away_seconds()
+        self.failing_since, self._declared = None, False
+        if declared:
+            logger.warning("The Kubernetes API server answers again (it did not for %.0f s)", away)
             self.on_return()
 
     def unanswered(self, error: object) -> None:
         self.last_error = str(error) or type(error).__name__
         if self.failing_since is None:
             self.failing_since = time.monotonic()
+        if not self._declared and self.away_seconds() >= self.AWAY_SECONDS:
+            self._declared = True
             logger.warning("The Kubernetes API server does not answer (%s); retrying until it does", self.last_error)
 
     def away_seconds(self) -> float:
