@@ -15,8 +15,6 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import aiohttp
-
 from learner_operator.kube.client import ApiError, KubeApi, NotLeading
 from learner_operator.kube.paths import ResourceRef
 
@@ -115,22 +113,24 @@ class LeaderElection:
         """Forever: try to take or keep the Lease; a failure to renew in time means losing it."""
         loop = asyncio.get_running_loop()
         while True:
-            sent = loop.time()
+            sent, renewed = loop.time(), False
             try:
-                won = await self.try_acquire_or_renew()
-            except (ApiError, OSError, aiohttp.ClientError, ValueError) as exc:  # ValueError: a body not JSON
+                # bounded as client-go's RenewDeadline: a renewal that hangs must not keep us "leading" for long
+                won = await asyncio.wait_for(self.try_acquire_or_renew(),
+                                             max(self.renew_seconds, self.lease_seconds - self.renew_seconds))
+            except Exception as exc:  # any failure (API, network, credentials) is a failed try
                 logger.warning("Leader election request failed: %s", exc or type(exc).__name__)
                 won = self.leading and loop.time() < self._deadline()
             else:
                 if won:
-                    self.renewed_at = sent
+                    self.renewed_at, renewed = sent, True
             self._set(won)
-            if won and loop.time() < self._deadline():
+            if renewed and loop.time() < self._deadline():
                 self.on_renew()
             # Paced from when the request was sent: a renewal that took seconds to answer (a busy machine or
             # API server) is followed by the next one at once, before the Lease is unsure.
             interval = self.renew_seconds if self.leading else self.renew_seconds / 2
-            await asyncio.sleep(max(0.0, interval - (loop.time() - sent)))
+            await asyncio.sleep(max(interval / 10, interval - (loop.time() - sent)))
 
     async def release(self) -> None:
         """On a clean shutdown, let another replica take over at once instead of after the lease expires."""
