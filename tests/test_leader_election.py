@@ -196,3 +196,32 @@ async def test_a_leader_unsure_of_its_lease_for_a_while_reconciles_as_soon_as_it
                          what="the platform's children, with the Lease surely held again")
     finally:
         await op.stop()
+
+
+async def test_a_renewal_the_server_never_answers_ends_the_leadership_within_the_lease() -> None:
+    """A renewal sent to a server that accepts and never answers (frozen, or a half-open connection) waited for
+    the client's 5-minute timeout, the replica 'leading' all along with its writes fenced: nothing reconciled,
+    and no other replica could see why. It is a failed renewal after lease - renew seconds, as client-go's
+    RenewDeadline."""
+    silent: list[asyncio.StreamWriter] = []
+
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        silent.append(writer)  # held open, never written to
+
+    server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    api = await connect(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+    election = LeaderElection(api, NS, "l", "me", lease_seconds=2, renew_seconds=0.5)
+    election.leading, election.renewed_at = True, asyncio.get_running_loop().time()  # renewed just now
+    running = asyncio.create_task(election.run())
+    try:
+        await eventually(lambda: not election.leading or running.done(), within=30, what="the leadership given up")
+        assert not running.done(), f"the election stopped: {running.exception()!r}"
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+        await api.close()
+        for writer in silent:
+            writer.close()
+        server.close()
+        await server.wait_closed()
