@@ -64,8 +64,9 @@ missing_debian_packages() {
   command -v npm >/dev/null || printf '%s\n' "nodejs:the workflow lint (Node.js 18+)" "npm:the workflow lint (npm)"
   { command -v redis-server >/dev/null && command -v redis-cli >/dev/null; } \
     || echo "redis-server:the Redis Cluster tests start their own redis-server nodes"
-  port_open 5432 || ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1 \
-    || echo "postgresql:no PostgreSQL answers on 127.0.0.1:5432"
+  # the soak's smoke runs and the concurrent-migration test start PostgreSQL servers of their own
+  command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 \
+    || echo "postgresql:PostgreSQL's initdb/pg_ctl (tests start throwaway servers; and 127.0.0.1:5432 if down)"
   command -v promtool >/dev/null || echo "prometheus:checking the alert rules (promtool)"
   [ -x /usr/bin/prometheus-pushgateway ] || command -v prometheus-pushgateway >/dev/null ||
     echo "prometheus-pushgateway:the evaluator tests (Pushgateway)"

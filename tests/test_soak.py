@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from bench.soak.faults import CLUSTER_REDIS
+from bench.soak.processes import postgres_bin
 from tests.conftest import ROOT
 
-_POSTGRES = shutil.which("initdb") or any(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+_POSTGRES = postgres_bin() is not None
 pytestmark = [pytest.mark.soak, pytest.mark.skipif(
     not (_POSTGRES and shutil.which("redis-server")),
     reason="the soak starts its own PostgreSQL and Redis: apt-get install postgresql redis-server")]

@@ -96,16 +96,22 @@ def children_of(parent: int) -> list[int]:
     return out
 
 
+def postgres_bin() -> Path | None:
+    """The folder of PostgreSQL's initdb and pg_ctl (on PATH, or Debian's newest), None without them."""
+    found = shutil.which("initdb")
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin")) if Path("/usr/lib/postgresql").exists() else []
+    where = Path(found).parent if found else (candidates[-1] if candidates else None)
+    return where if where is not None and (where / "pg_ctl").exists() else None
+
+
 class Postgres:
     """A throwaway PostgreSQL cluster: initdb under ``folder``, served on a free loopback port."""
 
     def __init__(self, folder: Path) -> None:
         self.folder, self.port = folder, free_port()
         self.data, self.sockets = folder / "data", folder / "sock"
-        candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin")) if Path("/usr/lib/postgresql").exists() else []
-        found = shutil.which("initdb")
-        where = Path(found).parent if found else (candidates[-1] if candidates else None)
-        if where is None or not (where / "pg_ctl").exists():
+        where = postgres_bin()
+        if where is None:
             raise SystemExit("error: initdb/pg_ctl not found: apt-get install postgresql (the soak runs its own)")
         self.bin: Path = where
         self.as_user = ["runuser", "-u", "postgres", "--"] if os.getuid() == 0 else []

@@ -16,10 +16,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from bench.soak.processes import Postgres
+from bench.soak.processes import Postgres, postgres_bin
 from learner_api.migrate import bundled, migrate
 
-_POSTGRES = shutil.which("initdb") or any(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+_POSTGRES = postgres_bin() is not None
 pytestmark = pytest.mark.skipif(not _POSTGRES, reason="starts its own PostgreSQL: apt-get install postgresql")
 ROUNDS = 20
 MIGRATIONS = bundled()
