@@ -14,6 +14,7 @@ import logging
 
 import asyncpg
 
+from learner_api.dependencies import POSTGRES_DOWN
 from learner_api.migrate import bundled
 from learner_api.settings import ConfigError, Settings
 
@@ -53,8 +54,7 @@ def require_jwt_key(settings: Settings) -> None:
 
 
 #: PostgreSQL not there, not ready, full (no connection slot left: 53300) or gone mid-way: not the user's to fix.
-UNREACHABLE = (OSError, TimeoutError, asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError,
-               asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
+UNREACHABLE = (*POSTGRES_DOWN, asyncpg.TooManyConnectionsError)
 
 
 async def connect(settings: Settings) -> asyncpg.Connection:

@@ -96,6 +96,7 @@ async def test_a_stale_read_cannot_steal_the_lease(cluster: AnyCluster) -> None:
         await api.close()
 
 
+@pytest.mark.needs_controller("the garbage collector")
 async def test_a_leader_frozen_past_its_lease_sends_no_write_when_it_wakes(cluster: AnyCluster) -> None:
     """The leader stops dead between reading a platform and writing its children (SIGSTOP, a VM or GC pause);
     another replica takes over and the platform is deleted meanwhile. Woken, the old leader used to send the
@@ -107,6 +108,7 @@ async def test_a_leader_frozen_past_its_lease_sends_no_write_when_it_wakes(clust
         await eventually(lambda: holder(cluster) == "replica-a", within=10, what="replica-a leads")
         await second.start()
         frozen, release, woke = threading.Event(), threading.Event(), threading.Event()
+        fenced: list[NotLeading] = []
         api = first.runtime.deps.api
         apply = api.apply
 
@@ -116,6 +118,9 @@ async def test_a_leader_frozen_past_its_lease_sends_no_write_when_it_wakes(clust
                 release.wait(60)  # blocks replica-a's whole event loop: its lease renewals stop too
             try:
                 return await apply(*args, **kwargs)
+            except NotLeading as refused:
+                fenced.append(refused)
+                raise
             finally:
                 woke.set()
 
@@ -132,6 +137,7 @@ async def test_a_leader_frozen_past_its_lease_sends_no_write_when_it_wakes(clust
         finally:
             release.set()
         await eventually(woke.is_set, within=10, what="replica-a woke")
+        assert fenced, "the woken old leader's write was sent, not refused at the fence"
         assert children(cluster) == set(), "the woken old leader re-created children of a deleted platform"
     finally:
         await second.stop()
@@ -181,7 +187,7 @@ async def test_a_leader_unsure_of_its_lease_for_a_while_reconciles_as_soon_as_it
         registry = op.runtime.deps.metrics.registry
 
         def stopped() -> float:  # reconciles stopped at the fence
-            return registry.get_sample_value("learner_operator_reconciles_total", {"result": "retry"}) or 0.0
+            return registry.get_sample_value("learner_operator_reconciles_total", {"result": "fenced"}) or 0.0
 
         def unsure() -> None:
             if stopped() < 6:

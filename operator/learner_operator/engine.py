@@ -70,9 +70,9 @@ class Engine(Generic[K]):
         """Every key backing off after a failure runs now (the API server is back after an outage: its
         retry may be minutes away). Its failure count stays, so a key that fails again backs off further."""
         for key in list(self._failures):
-            if (timer := self._timers.pop(key, None)) is not None:
+            if (timer := self._timers.get(key)) is not None:
                 timer.cancel()
-                self.trigger(key)
+                self._fire(key)
 
     def forget(self, key: K) -> None:
         if (timer := self._timers.pop(key, None)) is not None:

@@ -212,7 +212,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, login: Cal
                     # for moments at a time, and backing off each time left platforms minutes behind their
                     # spec (found by the chaos soak, seed 11); it goes again after its next renewal.
                     logger.info("[%s/%s] Reconcile stopped: %s", *key, exc)
-                    metrics.reconciles.labels("retry").inc()
+                    metrics.reconciles.labels("fenced").inc()
                     runtime.fenced.add(key)
                     return None
                 except Exception:
